@@ -1,0 +1,56 @@
+//! The event bus: how a durable event reaches the processes holding a user's
+//! sessions (live delivery), and how one process asks another to act on a
+//! session (control). The bus carries no truth: everything on it is either in
+//! a user's durable log already (live events) or derivable again (control),
+//! so a lost bus message costs latency, never data — a gateway notices the
+//! gap by `prev` and reads the log.
+//!
+//! Backends: [`local::LocalBus`] (in-process, single node); NATS in the
+//! distributed mode.
+
+pub mod local;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use natter_types::{LogEvent, Result, SessionId, UserId};
+
+/// A durable log event on its way to a user's live sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveEvent {
+    pub seq: u64,
+    /// Seq of the user's previous event. A receiver that has delivered less
+    /// than `prev` missed something and reads the gap from the log.
+    pub prev: u64,
+    pub event: Arc<LogEvent>,
+}
+
+/// What a live subscription yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Live {
+    Event(LiveEvent),
+    /// The subscriber fell behind and events were dropped: re-read the log.
+    Lagged,
+}
+
+/// A request to the gateway that holds a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Control {
+    /// Close these sessions of the user: a newer device took their place.
+    Kick { user: UserId, sessions: Vec<SessionId> },
+}
+
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Sends a durable event to the user's live subscribers, if any.
+    async fn publish_user(&self, user: &UserId, event: LiveEvent) -> Result<()>;
+
+    /// Live events for one user, from now on. Subscribe before reading the
+    /// log so that nothing falls between the two.
+    async fn subscribe_user(&self, user: &UserId) -> Result<BoxStream<'static, Live>>;
+
+    async fn publish_control(&self, gateway: &str, control: Control) -> Result<()>;
+
+    async fn subscribe_control(&self, gateway: &str) -> Result<BoxStream<'static, Control>>;
+}

@@ -1,0 +1,156 @@
+//! In-process bus for the single-node mode: one broadcast channel per user
+//! with live subscribers, removed when the last subscriber goes.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use futures::{Stream, StreamExt};
+use futures::stream::BoxStream;
+use natter_types::{Result, UserId};
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+
+use crate::{Bus, Control, Live, LiveEvent};
+
+/// Events buffered per user before a slow subscriber is told it lagged.
+const USER_CHANNEL_CAPACITY: usize = 1024;
+
+#[derive(Debug, Clone, Default)]
+pub struct LocalBus {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    users: DashMap<UserId, broadcast::Sender<LiveEvent>>,
+    gateways: DashMap<String, broadcast::Sender<Control>>,
+}
+
+impl LocalBus {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Users with at least one live subscriber (for tests and metrics).
+    pub fn subscribed_users(&self) -> usize {
+        self.inner.users.len()
+    }
+}
+
+/// A user's live stream; removes the user's channel when the last
+/// subscriber goes, so idle users cost nothing.
+struct UserStream {
+    rx: BroadcastStream<LiveEvent>,
+    inner: Arc<Inner>,
+    user: UserId,
+}
+
+impl Stream for UserStream {
+    type Item = Live;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Live>> {
+        self.rx.poll_next_unpin(cx).map(|item| {
+            item.map(|r| match r {
+                Ok(event) => Live::Event(event),
+                Err(BroadcastStreamRecvError::Lagged(_)) => Live::Lagged,
+            })
+        })
+    }
+}
+
+impl Drop for UserStream {
+    fn drop(&mut self) {
+        // Our own receiver is still alive here (fields drop after this), so
+        // "last subscriber" means a count of one. The map's shard lock
+        // orders this against a concurrent subscribe.
+        self.inner.users.remove_if(&self.user, |_, tx| tx.receiver_count() <= 1);
+    }
+}
+
+#[async_trait]
+impl Bus for LocalBus {
+    async fn publish_user(&self, user: &UserId, event: LiveEvent) -> Result<()> {
+        if let Some(tx) = self.inner.users.get(user) {
+            // No receiver is fine: the event is in the durable log.
+            let _ = tx.send(event);
+        }
+        Ok(())
+    }
+
+    async fn subscribe_user(&self, user: &UserId) -> Result<BoxStream<'static, Live>> {
+        let rx = self
+            .inner
+            .users
+            .entry(user.clone())
+            .or_insert_with(|| broadcast::channel(USER_CHANNEL_CAPACITY).0)
+            .subscribe();
+        Ok(Box::pin(UserStream { rx: BroadcastStream::new(rx), inner: self.inner.clone(), user: user.clone() }))
+    }
+
+    async fn publish_control(&self, gateway: &str, control: Control) -> Result<()> {
+        if let Some(tx) = self.inner.gateways.get(gateway) {
+            let _ = tx.send(control);
+        }
+        Ok(())
+    }
+
+    async fn subscribe_control(&self, gateway: &str) -> Result<BoxStream<'static, Control>> {
+        let rx = self
+            .inner
+            .gateways
+            .entry(gateway.to_owned())
+            .or_insert_with(|| broadcast::channel(USER_CHANNEL_CAPACITY).0)
+            .subscribe();
+        Ok(Box::pin(BroadcastStream::new(rx).filter_map(|item| async move { item.ok() })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use natter_types::{GroupChange, GroupChangeKind, GroupId, LogEvent};
+
+    use super::*;
+
+    fn live(seq: u64) -> LiveEvent {
+        let change = GroupChange {
+            kind: GroupChangeKind::Created,
+            group_id: GroupId::from_id(1),
+            group_name: String::new(),
+            operator: UserId::system(),
+            members: vec![],
+            time: 0,
+        };
+        LiveEvent { seq, prev: seq - 1, event: Arc::new(LogEvent::GroupChange(change)) }
+    }
+
+    #[tokio::test]
+    async fn every_subscriber_gets_events_and_the_last_one_out_cleans_up() {
+        let bus = LocalBus::new();
+        let alice = UserId::parse("alice", "u").unwrap();
+        let mut one = bus.subscribe_user(&alice).await.unwrap();
+        let two = bus.subscribe_user(&alice).await.unwrap();
+        bus.publish_user(&alice, live(1)).await.unwrap();
+        assert_eq!(one.next().await, Some(Live::Event(live(1))));
+        drop(two);
+        assert_eq!(bus.subscribed_users(), 1, "one subscriber left");
+        drop(one);
+        assert_eq!(bus.subscribed_users(), 0);
+        // Publishing with nobody listening is not an error.
+        bus.publish_user(&alice, live(2)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_slow_subscriber_is_told_it_lagged() {
+        let bus = LocalBus::new();
+        let bob = UserId::parse("bob", "u").unwrap();
+        let mut slow = bus.subscribe_user(&bob).await.unwrap();
+        for seq in 1..=(USER_CHANNEL_CAPACITY as u64 + 5) {
+            bus.publish_user(&bob, live(seq)).await.unwrap();
+        }
+        assert_eq!(slow.next().await, Some(Live::Lagged));
+    }
+}

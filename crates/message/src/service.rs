@@ -1,0 +1,194 @@
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use natter_bus::{Bus, LiveEvent};
+use natter_store::{Inserted, Stores};
+use natter_types::{
+    Actor, ChatType, Error, Group, GroupId, IdGenerator, Limits, LogEvent, Message, NewMessage,
+    Result, UserId,
+};
+
+use crate::{MemberPage, MessageApi, NewGroup, SendOutcome};
+
+#[derive(Debug, Clone, Default)]
+pub struct MessageOptions {
+    /// Distinguishes id generators of several message-service instances.
+    pub node_id: u16,
+    pub limits: Limits,
+}
+
+/// The local implementation of [`MessageApi`]; cheap to share behind an `Arc`.
+pub struct MessageService {
+    pub(crate) stores: Stores,
+    pub(crate) bus: Arc<dyn Bus>,
+    pub(crate) ids: IdGenerator,
+    pub(crate) limits: Limits,
+}
+
+impl std::fmt::Debug for MessageService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessageService").field("limits", &self.limits).finish_non_exhaustive()
+    }
+}
+
+impl MessageService {
+    pub fn new(options: MessageOptions, stores: Stores, bus: Arc<dyn Bus>) -> Self {
+        Self { stores, bus, ids: IdGenerator::new(options.node_id), limits: options.limits }
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Who gets a message: both sides of a 1:1 chat (the sender for their
+    /// other devices), every member of a group.
+    async fn recipients(&self, from: &Actor, message: &NewMessage) -> Result<Vec<UserId>> {
+        match message.chat_type {
+            ChatType::Single => {
+                let to = UserId::parse(&message.to, "to")?;
+                Ok(match from {
+                    Actor::User(me) if *me != to => vec![me.clone(), to],
+                    _ => vec![to],
+                })
+            }
+            ChatType::Group => {
+                let group = GroupId::parse(&message.to, "to")?;
+                self.require_group(&group).await?;
+                if let Actor::User(me) = from
+                    && self.stores.groups.get_member(&group, me).await?.is_none()
+                {
+                    return Err(Error::forbidden(format!("{me} is not a member of group {group}")));
+                }
+                self.stores.groups.member_ids(&group).await
+            }
+            ChatType::Thread => Err(Error::bad_request("chat_type", "thread messages are not supported yet")),
+        }
+    }
+
+    pub(crate) async fn require_group(&self, group: &GroupId) -> Result<Group> {
+        self.stores
+            .groups
+            .get_group(group)
+            .await?
+            .ok_or_else(|| Error::not_found(format!("group {group} does not exist")))
+    }
+
+    /// Appends the event to every recipient's durable log, then tells their
+    /// live sessions. Returns once the logs are durable.
+    pub(crate) async fn fan_out(&self, recipients: &[UserId], event: LogEvent) -> Result<()> {
+        if recipients.is_empty() {
+            return Ok(());
+        }
+        let appended = self.stores.log.append(recipients, &event).await?;
+        let event = Arc::new(event);
+        for (user, at) in recipients.iter().zip(appended) {
+            let live = LiveEvent { seq: at.seq, prev: at.prev, event: event.clone() };
+            if let Err(e) = self.bus.publish_user(user, live).await {
+                // The event is durable; the user's sessions will find it in
+                // their log at the next event or reconnect.
+                tracing::warn!(user = %user, error = %e, "live publish failed");
+            }
+        }
+        Ok(())
+    }
+
+    async fn complete_fan_out(&self, recipients: &[UserId], message: &Message) -> Result<()> {
+        self.fan_out(recipients, LogEvent::Message(message.clone())).await?;
+        self.stores.messages.mark_fanned_out(&message.from, &message.client_msg_id).await
+    }
+}
+
+#[async_trait]
+impl MessageApi for MessageService {
+    async fn send(&self, from: Actor, new: NewMessage) -> Result<SendOutcome> {
+        let recipients = self.recipients(&from, &new).await?;
+        let id = self.ids.next();
+        let message = Message {
+            id,
+            client_msg_id: new.client_msg_id,
+            from: from.user_id(),
+            to: new.to,
+            chat_type: new.chat_type,
+            // The server's clock, never the client's.
+            timestamp: id.timestamp_ms(),
+            body: new.body,
+            ext: new.ext,
+            from_system: from == Actor::System,
+        };
+        let (stored, duplicate) = match self.stores.messages.insert_message(&message).await? {
+            Inserted::New => {
+                self.complete_fan_out(&recipients, &message).await?;
+                (message, false)
+            }
+            Inserted::Duplicate { message: stored, fanned_out } => {
+                if !fanned_out {
+                    // A crash (or failure) came between storing and fan-out.
+                    tracing::info!(id = %stored.id, "completing interrupted fan-out on retry");
+                    self.complete_fan_out(&recipients, &stored).await?;
+                }
+                (stored, true)
+            }
+        };
+        Ok(SendOutcome { client_msg_id: stored.client_msg_id, id: stored.id, timestamp: stored.timestamp, duplicate })
+    }
+
+    async fn create_group(&self, owner: &UserId, group: NewGroup) -> Result<Group> {
+        self.create_group_impl(owner, group).await
+    }
+
+    async fn get_group(&self, actor: &Actor, group: &GroupId) -> Result<Group> {
+        self.require_member(actor, group).await?;
+        self.require_group(group).await
+    }
+
+    async fn add_members(&self, actor: &Actor, group: &GroupId, members: Vec<UserId>) -> Result<Group> {
+        self.add_members_impl(actor, group, members).await
+    }
+
+    async fn remove_members(&self, actor: &Actor, group: &GroupId, members: Vec<UserId>) -> Result<Group> {
+        self.remove_members_impl(actor, group, members).await
+    }
+
+    async fn set_admin(&self, actor: &Actor, group: &GroupId, user: &UserId, admin: bool) -> Result<Group> {
+        self.set_admin_impl(actor, group, user, admin).await
+    }
+
+    async fn leave_group(&self, user: &UserId, group: &GroupId) -> Result<()> {
+        self.leave_group_impl(user, group).await
+    }
+
+    async fn dissolve_group(&self, actor: &Actor, group: &GroupId) -> Result<()> {
+        self.dissolve_group_impl(actor, group).await
+    }
+
+    async fn list_members(
+        &self,
+        actor: &Actor,
+        group: &GroupId,
+        after: Option<UserId>,
+        limit: usize,
+    ) -> Result<MemberPage> {
+        self.require_member(actor, group).await?;
+        self.require_group(group).await?;
+        let limit = limit.clamp(1, 1000);
+        let mut members = self.stores.groups.list_members(group, after.as_ref(), limit + 1).await?;
+        let next = if members.len() > limit {
+            members.truncate(limit);
+            members.last().map(|m| m.user_id.clone())
+        } else {
+            None
+        };
+        Ok(MemberPage { members, next })
+    }
+
+    async fn user_groups(&self, user: &UserId) -> Result<Vec<Group>> {
+        let mut groups = Vec::new();
+        for id in self.stores.groups.user_groups(user).await? {
+            // A group deleted between the two reads is simply left out.
+            if let Some(group) = self.stores.groups.get_group(&id).await? {
+                groups.push(group);
+            }
+        }
+        Ok(groups)
+    }
+}

@@ -1,0 +1,333 @@
+//! Conversions between the wire types and the domain types of `natter-types`.
+//! Decoding from the wire validates (ids, enums); encoding is infallible.
+
+use std::collections::BTreeMap;
+
+use natter_types as t;
+
+use crate::v1;
+
+/// Stored or received bytes that do not decode to a valid domain value.
+#[derive(Debug)]
+pub struct DecodeError(pub String);
+
+impl std::error::Error for DecodeError {}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "decode: {}", self.0)
+    }
+}
+
+impl From<prost::DecodeError> for DecodeError {
+    fn from(e: prost::DecodeError) -> Self {
+        Self(e.to_string())
+    }
+}
+
+impl From<t::Error> for DecodeError {
+    fn from(e: t::Error) -> Self {
+        Self(e.message)
+    }
+}
+
+impl From<DecodeError> for t::Error {
+    fn from(e: DecodeError) -> Self {
+        t::Error::internal(e.to_string())
+    }
+}
+
+// ---- error codes ----
+
+impl From<t::ErrorCode> for v1::ErrorCode {
+    fn from(c: t::ErrorCode) -> Self {
+        use t::ErrorCode as C;
+        match c {
+            C::BadRequest => Self::BadRequest,
+            C::Unauthenticated => Self::Unauthenticated,
+            C::Forbidden => Self::Forbidden,
+            C::NotFound => Self::NotFound,
+            C::Conflict => Self::Conflict,
+            C::LimitExceeded => Self::LimitExceeded,
+            C::RateLimited => Self::RateLimited,
+            C::Unavailable => Self::Unavailable,
+            C::Internal => Self::Internal,
+            C::ResyncRequired => Self::ResyncRequired,
+        }
+    }
+}
+
+impl From<&t::Error> for v1::Error {
+    fn from(e: &t::Error) -> Self {
+        Self {
+            code: v1::ErrorCode::from(e.code) as i32,
+            message: e.message.clone(),
+            field: e.field.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// The gRPC status for an error of the closed set; the code name travels in
+/// the `natter-error-code` metadata and the field in `natter-error-field`.
+pub fn status_from_error(e: &t::Error) -> tonic::Status {
+    use t::ErrorCode as C;
+    let code = match e.code {
+        C::BadRequest => tonic::Code::InvalidArgument,
+        C::Unauthenticated => tonic::Code::Unauthenticated,
+        C::Forbidden => tonic::Code::PermissionDenied,
+        C::NotFound => tonic::Code::NotFound,
+        C::Conflict => tonic::Code::AlreadyExists,
+        C::LimitExceeded => tonic::Code::ResourceExhausted,
+        C::RateLimited => tonic::Code::ResourceExhausted,
+        C::Unavailable => tonic::Code::Unavailable,
+        C::Internal => tonic::Code::Internal,
+        C::ResyncRequired => tonic::Code::OutOfRange,
+    };
+    let mut status = tonic::Status::new(code, e.message.clone());
+    if let Ok(v) = e.code.as_str().parse() {
+        status.metadata_mut().insert("natter-error-code", v);
+    }
+    if let Some(Ok(v)) = e.field.as_deref().map(str::parse) {
+        status.metadata_mut().insert("natter-error-field", v);
+    }
+    status
+}
+
+// ---- chat types ----
+
+impl From<t::ChatType> for v1::ChatType {
+    fn from(c: t::ChatType) -> Self {
+        match c {
+            t::ChatType::Single => Self::Single,
+            t::ChatType::Group => Self::Group,
+            t::ChatType::Thread => Self::Thread,
+        }
+    }
+}
+
+/// `None` for UNSPECIFIED or an unknown number.
+pub fn chat_type(raw: i32) -> Option<t::ChatType> {
+    match v1::ChatType::try_from(raw).ok()? {
+        v1::ChatType::Single => Some(t::ChatType::Single),
+        v1::ChatType::Group => Some(t::ChatType::Group),
+        v1::ChatType::Thread => Some(t::ChatType::Thread),
+        v1::ChatType::Unspecified => None,
+    }
+}
+
+// ---- messages ----
+
+fn body_to_wire(body: &t::MessageBody) -> v1::message::Body {
+    match body {
+        t::MessageBody::Text(text) => v1::message::Body::Text(v1::TextBody { text: text.clone() }),
+        t::MessageBody::Custom { event, params } => v1::message::Body::Custom(v1::CustomBody {
+            event: event.clone(),
+            params: params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        }),
+    }
+}
+
+pub fn send_body(body: Option<v1::send_message::Body>) -> Option<t::MessageBody> {
+    Some(match body? {
+        v1::send_message::Body::Text(t) => t::MessageBody::Text(t.text),
+        v1::send_message::Body::Custom(c) => {
+            t::MessageBody::Custom { event: c.event, params: c.params.into_iter().collect() }
+        }
+    })
+}
+
+impl From<&t::Message> for v1::Message {
+    fn from(m: &t::Message) -> Self {
+        Self {
+            id: m.id.0,
+            client_msg_id: m.client_msg_id.clone(),
+            from: m.from.to_string(),
+            to: m.to.clone(),
+            chat_type: v1::ChatType::from(m.chat_type) as i32,
+            timestamp: m.timestamp,
+            body: Some(body_to_wire(&m.body)),
+            ext: m.ext.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            from_system: m.from_system,
+        }
+    }
+}
+
+impl TryFrom<v1::Message> for t::Message {
+    type Error = DecodeError;
+
+    fn try_from(m: v1::Message) -> Result<Self, DecodeError> {
+        let body = match m.body.ok_or_else(|| DecodeError("message without body".into()))? {
+            v1::message::Body::Text(x) => t::MessageBody::Text(x.text),
+            v1::message::Body::Custom(c) => {
+                t::MessageBody::Custom { event: c.event, params: c.params.into_iter().collect() }
+            }
+        };
+        Ok(Self {
+            id: t::MessageId(m.id),
+            client_msg_id: m.client_msg_id,
+            from: t::UserId::parse(&m.from, "from")?,
+            to: m.to,
+            chat_type: chat_type(m.chat_type).ok_or_else(|| DecodeError("message chat type".into()))?,
+            timestamp: m.timestamp,
+            body,
+            ext: m.ext.into_iter().collect::<BTreeMap<_, _>>(),
+            from_system: m.from_system,
+        })
+    }
+}
+
+// ---- groups ----
+
+impl From<t::GroupRole> for v1::GroupRole {
+    fn from(r: t::GroupRole) -> Self {
+        match r {
+            t::GroupRole::Member => Self::Member,
+            t::GroupRole::Admin => Self::Admin,
+            t::GroupRole::Owner => Self::Owner,
+        }
+    }
+}
+
+pub fn group_role(raw: i32) -> Result<t::GroupRole, DecodeError> {
+    match v1::GroupRole::try_from(raw) {
+        Ok(v1::GroupRole::Member) => Ok(t::GroupRole::Member),
+        Ok(v1::GroupRole::Admin) => Ok(t::GroupRole::Admin),
+        Ok(v1::GroupRole::Owner) => Ok(t::GroupRole::Owner),
+        _ => Err(DecodeError(format!("group role {raw}"))),
+    }
+}
+
+impl From<&t::Group> for v1::Group {
+    fn from(g: &t::Group) -> Self {
+        Self {
+            id: g.id.to_string(),
+            name: g.name.clone(),
+            description: g.description.clone(),
+            owner: g.owner.to_string(),
+            created_at: g.created_at,
+            member_count: g.member_count,
+            max_members: g.max_members,
+        }
+    }
+}
+
+impl TryFrom<v1::Group> for t::Group {
+    type Error = DecodeError;
+
+    fn try_from(g: v1::Group) -> Result<Self, DecodeError> {
+        Ok(Self {
+            id: t::GroupId::parse(&g.id, "group.id")?,
+            name: g.name,
+            description: g.description,
+            owner: t::UserId::parse(&g.owner, "group.owner")?,
+            created_at: g.created_at,
+            member_count: g.member_count,
+            max_members: g.max_members,
+        })
+    }
+}
+
+impl From<&t::GroupMember> for v1::GroupMember {
+    fn from(m: &t::GroupMember) -> Self {
+        Self {
+            user_id: m.user_id.to_string(),
+            role: v1::GroupRole::from(m.role) as i32,
+            joined_at: m.joined_at,
+        }
+    }
+}
+
+impl From<t::GroupChangeKind> for v1::GroupChangeKind {
+    fn from(k: t::GroupChangeKind) -> Self {
+        use t::GroupChangeKind as K;
+        match k {
+            K::Created => Self::Created,
+            K::MembersAdded => Self::MembersAdded,
+            K::MembersRemoved => Self::MembersRemoved,
+            K::MemberLeft => Self::MemberLeft,
+            K::AdminAdded => Self::AdminAdded,
+            K::AdminRemoved => Self::AdminRemoved,
+            K::Destroyed => Self::Destroyed,
+        }
+    }
+}
+
+impl From<&t::GroupChange> for v1::GroupChange {
+    fn from(c: &t::GroupChange) -> Self {
+        Self {
+            kind: v1::GroupChangeKind::from(c.kind) as i32,
+            group_id: c.group_id.to_string(),
+            operator: c.operator.to_string(),
+            members: c.members.iter().map(ToString::to_string).collect(),
+            time: c.time,
+            group_name: c.group_name.clone(),
+        }
+    }
+}
+
+impl TryFrom<v1::GroupChange> for t::GroupChange {
+    type Error = DecodeError;
+
+    fn try_from(c: v1::GroupChange) -> Result<Self, DecodeError> {
+        use t::GroupChangeKind as K;
+        let kind = match v1::GroupChangeKind::try_from(c.kind) {
+            Ok(v1::GroupChangeKind::Created) => K::Created,
+            Ok(v1::GroupChangeKind::MembersAdded) => K::MembersAdded,
+            Ok(v1::GroupChangeKind::MembersRemoved) => K::MembersRemoved,
+            Ok(v1::GroupChangeKind::MemberLeft) => K::MemberLeft,
+            Ok(v1::GroupChangeKind::AdminAdded) => K::AdminAdded,
+            Ok(v1::GroupChangeKind::AdminRemoved) => K::AdminRemoved,
+            Ok(v1::GroupChangeKind::Destroyed) => K::Destroyed,
+            _ => return Err(DecodeError(format!("group change kind {}", c.kind))),
+        };
+        Ok(Self {
+            kind,
+            group_id: t::GroupId::parse(&c.group_id, "group_id")?,
+            group_name: c.group_name,
+            operator: t::UserId::parse(&c.operator, "operator")?,
+            members: c
+                .members
+                .iter()
+                .map(|m| t::UserId::parse(m, "members"))
+                .collect::<Result<_, _>>()?,
+            time: c.time,
+        })
+    }
+}
+
+// ---- log events ----
+
+impl From<&t::LogEvent> for v1::LogEvent {
+    fn from(e: &t::LogEvent) -> Self {
+        let kind = match e {
+            t::LogEvent::Message(m) => v1::log_event::Kind::Message(m.into()),
+            t::LogEvent::GroupChange(c) => v1::log_event::Kind::GroupChange(c.into()),
+        };
+        Self { kind: Some(kind) }
+    }
+}
+
+impl TryFrom<v1::LogEvent> for t::LogEvent {
+    type Error = DecodeError;
+
+    fn try_from(e: v1::LogEvent) -> Result<Self, DecodeError> {
+        match e.kind.ok_or_else(|| DecodeError("empty log event".into()))? {
+            v1::log_event::Kind::Message(m) => Ok(Self::Message(m.try_into()?)),
+            v1::log_event::Kind::GroupChange(c) => Ok(Self::GroupChange(c.try_into()?)),
+        }
+    }
+}
+
+/// The client-facing event for a log entry; the callback name follows the
+/// message type (`onTextMessage`, `onCustomMessage`, `onGroupChange`).
+pub fn event_frame(seq: u64, event: &t::LogEvent) -> v1::Event {
+    use v1::event::Kind;
+    let kind = match event {
+        t::LogEvent::Message(m) => match m.body {
+            t::MessageBody::Text(_) => Kind::OnTextMessage(m.into()),
+            t::MessageBody::Custom { .. } => Kind::OnCustomMessage(m.into()),
+        },
+        t::LogEvent::GroupChange(c) => Kind::OnGroupChange(c.into()),
+    };
+    v1::Event { seq, kind: Some(kind) }
+}

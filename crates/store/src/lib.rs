@@ -1,0 +1,170 @@
+//! Domain-level storage: one trait per aggregate (messages, groups, per-user
+//! event logs), each with an embedded backend (fjall, single node) and — in
+//! the distributed mode — a CQL backend. Services see only these traits.
+//!
+//! Contract shared by every backend (and checked by [`conformance`]):
+//! - a method that returns `Ok` has made its writes durable (the embedded
+//!   backend fsyncs with group commit before returning);
+//! - a method that returns `Err` has written nothing that a later read can
+//!   observe as half-done: multi-row writes are atomic or idempotent to retry.
+
+pub mod embedded;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use natter_types::{
+    ConversationKey, Group, GroupId, GroupMember, GroupRole, LogEvent, Message, MessageId, Result,
+    UserId,
+};
+
+/// Result of inserting a message under its idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    /// Stored now.
+    New,
+    /// `(sender, client_msg_id)` was stored before; this is the stored message
+    /// and whether its fan-out to the recipients' logs completed.
+    Duplicate { message: Message, fanned_out: bool },
+}
+
+/// Order of a history page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Newest first.
+    Up,
+    /// Oldest first.
+    Down,
+}
+
+#[async_trait]
+pub trait MessageStore: Send + Sync + 'static {
+    /// Stores `message` in its conversation's history together with the
+    /// idempotency record `(message.from, message.client_msg_id)`, atomically.
+    async fn insert_message(&self, message: &Message) -> Result<Inserted>;
+
+    /// Records that the message's events are in every recipient's log, so a
+    /// retry of the same client message id does not fan out again.
+    async fn mark_fanned_out(&self, sender: &UserId, client_msg_id: &str) -> Result<()>;
+
+    async fn get_message(&self, conversation: &ConversationKey, id: MessageId) -> Result<Option<Message>>;
+
+    /// A page of a conversation's history, strictly after (`Down`) or before
+    /// (`Up`) `cursor`; `None` starts at the oldest (`Down`) or newest (`Up`).
+    async fn history(
+        &self,
+        conversation: &ConversationKey,
+        cursor: Option<MessageId>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<Message>>;
+}
+
+/// Outcome of adding members under the group's size limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembersAdded {
+    /// Those that were not members before (already-members are skipped).
+    pub added: Vec<UserId>,
+    pub member_count: u32,
+}
+
+#[async_trait]
+pub trait GroupStore: Send + Sync + 'static {
+    /// Creates the group with its initial members (the owner among them).
+    /// `CONFLICT` if the id exists.
+    async fn create_group(&self, group: &Group, members: &[GroupMember]) -> Result<()>;
+
+    /// The group with its current member count.
+    async fn get_group(&self, id: &GroupId) -> Result<Option<Group>>;
+
+    async fn get_member(&self, id: &GroupId, user: &UserId) -> Result<Option<GroupMember>>;
+
+    /// Adds members that are not in yet, all or nothing: `LIMIT_EXCEEDED`
+    /// (naming `max_members`) if the group would grow past its maximum.
+    async fn add_members(&self, id: &GroupId, members: &[GroupMember]) -> Result<MembersAdded>;
+
+    /// Removes those that are members; returns who was removed.
+    async fn remove_members(&self, id: &GroupId, users: &[UserId]) -> Result<Vec<UserId>>;
+
+    /// Changes a current member's role; `NOT_FOUND` if not a member.
+    async fn set_role(&self, id: &GroupId, user: &UserId, role: GroupRole) -> Result<()>;
+
+    /// Deletes the group, its members and their membership index entries.
+    async fn delete_group(&self, id: &GroupId) -> Result<()>;
+
+    /// Members ordered by user id, strictly after `after`.
+    async fn list_members(&self, id: &GroupId, after: Option<&UserId>, limit: usize) -> Result<Vec<GroupMember>>;
+
+    /// Every member's id (the fan-out list).
+    async fn member_ids(&self, id: &GroupId) -> Result<Vec<UserId>>;
+
+    /// Groups the user is a member of.
+    async fn user_groups(&self, user: &UserId) -> Result<Vec<GroupId>>;
+}
+
+/// Where an appended event landed in one user's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub seq: u64,
+    /// Seq of the user's previous event (what a live receiver must have
+    /// delivered already to deliver this one without a gap).
+    pub prev: u64,
+}
+
+/// What a read of a user's log returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogPage {
+    /// `(seq, event)` in increasing seq order.
+    pub events: Vec<(u64, LogEvent)>,
+    /// Seq of the newest durable event (0 if none ever).
+    pub head: u64,
+}
+
+/// Asked for events the log no longer retains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CursorExpired {
+    pub requested: u64,
+    /// The oldest retained seq.
+    pub oldest: u64,
+    pub head: u64,
+}
+
+/// A user's durable, ordered event log: everything addressed to the user.
+/// Seqs are per user, start at 1 and grow by one per event; a read never
+/// returns an event that is not durable.
+#[async_trait]
+pub trait UserLog: Send + Sync + 'static {
+    /// Appends one event to each user's log, durably; returns where it
+    /// landed per user, in the order of `users`.
+    async fn append(&self, users: &[UserId], event: &LogEvent) -> Result<Vec<Appended>>;
+
+    /// Up to `limit` events with seq > `after`. `Err(Ok(CursorExpired))` when
+    /// events after `after` were dropped by retention.
+    async fn read(&self, user: &UserId, after: u64, limit: usize) -> Result<Result<LogPage, CursorExpired>>;
+
+    /// Seq of the newest durable event, and of the oldest retained (0 if none).
+    async fn bounds(&self, user: &UserId) -> Result<(u64, u64)>;
+
+    /// Remembers the highest seq any device of the user has processed: a new
+    /// device without a cursor starts there.
+    async fn ack(&self, user: &UserId, seq: u64) -> Result<()>;
+
+    async fn acked(&self, user: &UserId) -> Result<u64>;
+}
+
+/// The storage a Natter node uses, whichever backend.
+#[derive(Clone)]
+pub struct Stores {
+    pub messages: Arc<dyn MessageStore>,
+    pub groups: Arc<dyn GroupStore>,
+    pub log: Arc<dyn UserLog>,
+}
+
+impl std::fmt::Debug for Stores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stores").finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,23 @@
+//! Natter's domain vocabulary: ids, chat types, messages, groups, limits and
+//! the closed error-code set. No I/O and no protobuf: every other crate speaks
+//! these types, and only the edges convert to and from the wire.
+
+mod error;
+mod group;
+mod ids;
+mod limits;
+mod message;
+
+pub use error::{Error, ErrorCode, Result};
+pub use group::{Group, GroupChange, GroupChangeKind, GroupMember, GroupRole};
+pub use ids::{ConversationKey, GroupId, IdGenerator, MessageId, SessionId, UserId};
+pub use limits::Limits;
+pub use message::{Actor, ChatType, LogEvent, Message, MessageBody, NewMessage};
+
+/// Milliseconds since the Unix epoch by the server's clock.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
