@@ -1,0 +1,251 @@
+//! The gateway: terminates client WebSockets at `/ws`, authenticates them,
+//! decodes frames, answers requests through the message service, and
+//! delivers each user's durable event log to their sockets, in order and
+//! without gaps (see `session`).
+//!
+//! It is the only crate that knows WebSocket framing. It reaches the other
+//! services only through their traits, so it runs unchanged in both modes.
+
+pub mod auth;
+mod codec;
+mod dispatch;
+mod ratelimit;
+mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use dashmap::DashMap;
+use futures::StreamExt;
+use natter_bus::{Bus, Control};
+use natter_message::MessageApi;
+use natter_presence::SessionRegistry;
+use natter_store::UserLog;
+use natter_types::{Error, ErrorCode, Limits, SessionId};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use auth::Tokens;
+pub use codec::Format;
+pub use dispatch::{group_and_members, member_page, member_page_to_wire};
+
+#[derive(Debug, Clone)]
+pub struct GatewayOptions {
+    /// Unique per gateway process: where kicks for its sessions are sent.
+    pub gateway_id: String,
+    pub limits: Limits,
+    /// How often the server pings an idle socket.
+    pub ping_interval: Duration,
+    /// A socket silent for this long (no frame, no pong) is dead.
+    pub idle_timeout: Duration,
+    /// Events read from the log per page while catching a session up.
+    pub replay_page: usize,
+    /// Per-socket WebSocket buffers (tungstenite's 128 KiB default would
+    /// cost ~1 GB per 10k sockets).
+    pub read_buffer_bytes: usize,
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        Self {
+            gateway_id: "local".into(),
+            limits: Limits::default(),
+            ping_interval: Duration::from_secs(25),
+            idle_timeout: Duration::from_secs(60),
+            replay_page: 256,
+            read_buffer_bytes: 4 * 1024,
+            write_buffer_bytes: 4 * 1024,
+        }
+    }
+}
+
+/// What the gateway talks to; each is a local service or a remote client.
+#[derive(Clone)]
+pub struct GatewayDeps {
+    pub messages: Arc<dyn MessageApi>,
+    pub log: Arc<dyn UserLog>,
+    pub bus: Arc<dyn Bus>,
+    pub sessions: Arc<dyn SessionRegistry>,
+    pub tokens: Tokens,
+}
+
+pub(crate) enum Command {
+    Kick,
+}
+
+pub(crate) struct Shared {
+    pub(crate) options: GatewayOptions,
+    pub(crate) deps: GatewayDeps,
+    /// Commands to the sessions this process holds.
+    pub(crate) local: DashMap<SessionId, mpsc::Sender<Command>>,
+    pub(crate) connected: AtomicUsize,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) tasks: TaskTracker,
+}
+
+/// The gateway service. `router()` serves `/ws`; `run` owns the background
+/// work (control messages) until cancelled, then drains the sessions.
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+/// Cheap handle for observing a running gateway.
+#[derive(Clone)]
+pub struct GatewayHandle {
+    shared: Arc<Shared>,
+}
+
+impl GatewayHandle {
+    /// Sessions currently connected to this gateway.
+    pub fn connected(&self) -> usize {
+        self.shared.connected.load(Ordering::Relaxed)
+    }
+}
+
+impl Gateway {
+    pub fn new(options: GatewayOptions, deps: GatewayDeps, cancel: CancellationToken) -> Self {
+        let shared = Shared {
+            options,
+            deps,
+            local: DashMap::new(),
+            connected: AtomicUsize::new(0),
+            cancel,
+            tasks: TaskTracker::new(),
+        };
+        Self { shared: Arc::new(shared) }
+    }
+
+    pub fn handle(&self) -> GatewayHandle {
+        GatewayHandle { shared: self.shared.clone() }
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new().route("/ws", get(ws_handler)).with_state(self.shared.clone())
+    }
+
+    /// Listens for control messages addressed to this gateway until
+    /// cancelled, then waits for every session to say goodbye.
+    pub async fn run(self) -> natter_types::Result<()> {
+        let shared = self.shared;
+        let mut control = shared.deps.bus.subscribe_control(&shared.options.gateway_id).await?;
+        loop {
+            tokio::select! {
+                () = shared.cancel.cancelled() => break,
+                msg = control.next() => match msg {
+                    Some(Control::Kick { sessions, .. }) => {
+                        for id in sessions {
+                            // Clone the sender out so no map guard lives across the await.
+                            let tx = shared.local.get(&id).map(|tx| tx.clone());
+                            if let Some(tx) = tx {
+                                let _ = tx.send(Command::Kick).await;
+                            }
+                        }
+                    }
+                    None => {
+                        tracing::error!("control stream ended");
+                        break;
+                    }
+                },
+            }
+        }
+        shared.tasks.close();
+        shared.tasks.wait().await;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ConnectParams {
+    token: Option<String>,
+    cursor: Option<u64>,
+    format: Option<String>,
+    platform: Option<String>,
+}
+
+/// Platforms as the presence webhook names them (seed 001).
+const PLATFORMS: [&str; 5] = ["iOS", "Android", "Websocket", "PC", "MiniProgram"];
+
+fn http_error(error: &Error) -> Response {
+    let status = StatusCode::from_u16(error.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = serde_json::json!({
+        "code": error.code.as_str(),
+        "message": error.message,
+        "field": error.field,
+    });
+    (status, Json(body)).into_response()
+}
+
+async fn ws_handler(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    params: Result<Query<ConnectParams>, axum::extract::rejection::QueryRejection>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    let Ok(Query(params)) = params else {
+        return http_error(&Error::bad_request("query", "cursor must be an unsigned integer"));
+    };
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(token) = params.token.as_deref().or(bearer) else {
+        return http_error(&Error::new(
+            ErrorCode::Unauthenticated,
+            "a token is required: ?token=<jwt> or an Authorization: Bearer header",
+        ));
+    };
+    let (user, expires_at) = match shared.deps.tokens.verify(token) {
+        Ok(v) => v,
+        Err(e) => return http_error(&e),
+    };
+    let format = match Format::parse(params.format.as_deref()) {
+        Ok(f) => f,
+        Err(e) => return http_error(&e),
+    };
+    let platform = params.platform.unwrap_or_else(|| "Websocket".into());
+    let Some(platform) = PLATFORMS.iter().find(|p| p.eq_ignore_ascii_case(&platform)) else {
+        return http_error(&Error::bad_request("platform", format!("must be one of {}", PLATFORMS.join(", "))));
+    };
+    if shared.cancel.is_cancelled() {
+        return http_error(&Error::unavailable("the server is shutting down"));
+    }
+    let upgrade = match upgrade {
+        Ok(u) => u,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let limits = &shared.options.limits;
+    // Frames up to 4x the limit are read so they can be answered with a
+    // LIMIT_EXCEEDED error frame; beyond that the socket is closed (1009).
+    let hard_cap = limits.max_frame_bytes.saturating_mul(4).max(1 << 20);
+    let connection = session::Connection {
+        user,
+        session: SessionId(format!("{}-{}", shared.options.gateway_id, session::next_session_number())),
+        format,
+        platform: (*platform).to_owned(),
+        client_addr: addr.to_string(),
+        cursor: params.cursor,
+        expires_at,
+    };
+    upgrade
+        .read_buffer_size(shared.options.read_buffer_bytes)
+        .write_buffer_size(shared.options.write_buffer_bytes)
+        .max_message_size(hard_cap)
+        .max_frame_size(hard_cap)
+        .on_upgrade(move |socket| {
+            // Tracked so that shutdown waits for every goodbye.
+            let tasks = shared.tasks.clone();
+            tasks.track_future(session::run(shared, socket, connection))
+        })
+}

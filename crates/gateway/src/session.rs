@@ -1,0 +1,369 @@
+//! One client connection, from hello to goodbye.
+//!
+//! Delivery (the O1 / delivery-contract core): the session subscribes to the
+//! user's live events *before* reading the durable log, replays everything
+//! after the cursor, says `caught_up`, then forwards live events. Each live
+//! event names the seq before it (`prev`); if the session has delivered less
+//! than that — a lagging subscription, a lost bus message, or two appends
+//! published out of order — it reads the gap from the log first. Events at
+//! or below what it delivered are skipped. So every durable event reaches the
+//! socket once, in seq order, whatever the bus does.
+//!
+//! Requests are answered by a worker task, one at a time in arrival order
+//! (so a client's messages are stored in the order it sent them), while the
+//! main loop keeps delivering events.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures::stream::{SplitSink, SplitStream};
+use futures::{SinkExt, StreamExt};
+use natter_bus::{Control, Live, LiveEvent};
+use natter_presence::SessionInfo;
+use natter_proto::v1::{self, server_frame::Body as Out};
+use natter_types::{Error, ErrorCode, SessionId, UserId, now_ms};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::task::AbortOnDropHandle;
+
+use crate::codec::{self, Decoded, Format};
+use crate::ratelimit::TokenBucket;
+use crate::{Command, Shared, dispatch};
+
+/// Requests queued per connection before new ones are refused.
+const MAX_QUEUED_REQUESTS: usize = 32;
+
+static SESSION_NUMBER: AtomicU64 = AtomicU64::new(0);
+
+/// Unique within this gateway process (the gateway id makes it global).
+pub(crate) fn next_session_number() -> String {
+    format!("{:x}-{}", now_ms(), SESSION_NUMBER.fetch_add(1, Ordering::Relaxed))
+}
+
+pub(crate) struct Connection {
+    pub(crate) user: UserId,
+    pub(crate) session: SessionId,
+    pub(crate) format: Format,
+    pub(crate) platform: String,
+    pub(crate) client_addr: String,
+    pub(crate) cursor: Option<u64>,
+    /// Token expiry, seconds since the epoch.
+    pub(crate) expires_at: u64,
+}
+
+/// Why the session ended; decides the goodbye and the close code.
+enum End {
+    ClientGone,
+    Kicked,
+    Shutdown,
+    TokenExpired,
+    Idle,
+    Failed(Error),
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    conn: Connection,
+    sink: SplitSink<WebSocket, Message>,
+    /// Highest seq written to this socket.
+    delivered: u64,
+}
+
+pub(crate) async fn run(shared: Arc<Shared>, socket: WebSocket, conn: Connection) {
+    let (sink, stream) = socket.split();
+    let (commands_tx, commands_rx) = mpsc::channel(4);
+    shared.local.insert(conn.session.clone(), commands_tx);
+    shared.connected.fetch_add(1, Ordering::Relaxed);
+    let user = conn.user.clone();
+    let id = conn.session.clone();
+    tracing::debug!(user = %user, session = %id, "session opened");
+
+    let mut session = Session { shared: shared.clone(), conn, sink, delivered: 0 };
+    let end = session.serve(stream, commands_rx).await;
+    let kicked = matches!(end, End::Kicked);
+    session.close(end).await;
+
+    shared.local.remove(&id);
+    shared.connected.fetch_sub(1, Ordering::Relaxed);
+    if !kicked {
+        // A kicked session was already removed by the registry.
+        if let Err(e) = shared.deps.sessions.unregister(&user, &id).await {
+            tracing::warn!(user = %user, session = %id, error = %e, "unregister failed");
+        }
+    }
+    tracing::debug!(user = %user, session = %id, "session closed");
+}
+
+impl Session {
+    async fn serve(
+        &mut self,
+        mut stream: SplitStream<WebSocket>,
+        mut commands: mpsc::Receiver<Command>,
+    ) -> End {
+        if let Err(e) = self.register().await {
+            return End::Failed(e);
+        }
+        let deps = self.shared.deps.clone();
+        let mut live = match deps.bus.subscribe_user(&self.conn.user).await {
+            Ok(live) => live,
+            Err(e) => return End::Failed(e),
+        };
+        if let Err(e) = self.hello_and_replay().await {
+            return End::Failed(e);
+        }
+
+        let (requests_tx, requests_rx) = mpsc::channel(MAX_QUEUED_REQUESTS);
+        let (responses_tx, mut responses) = mpsc::channel(MAX_QUEUED_REQUESTS);
+        let _worker = AbortOnDropHandle::new(tokio::spawn(answer_requests(
+            self.shared.clone(),
+            self.conn.user.clone(),
+            requests_rx,
+            responses_tx,
+        )));
+
+        let options = &self.shared.options;
+        let limits = options.limits.clone();
+        let mut bucket = TokenBucket::new(limits.requests_per_second, limits.request_burst);
+        let mut heartbeat = tokio::time::interval(options.ping_interval);
+        heartbeat.reset();
+        let idle_timeout = options.idle_timeout;
+        let mut last_heard = Instant::now();
+        let token_left = Duration::from_secs(self.conn.expires_at.saturating_sub(unix_secs()));
+        let token_expiry = tokio::time::sleep(token_left);
+        tokio::pin!(token_expiry);
+        let cancel = self.shared.cancel.clone();
+
+        loop {
+            let step = tokio::select! {
+                () = cancel.cancelled() => return End::Shutdown,
+                Some(Command::Kick) = commands.recv() => return End::Kicked,
+                () = &mut token_expiry => return End::TokenExpired,
+                incoming = stream.next() => {
+                    let Some(Ok(message)) = incoming else { return End::ClientGone };
+                    last_heard = Instant::now();
+                    if matches!(message, Message::Close(_)) {
+                        return End::ClientGone;
+                    }
+                    self.on_frame(&message, &mut bucket, &requests_tx, limits.max_frame_bytes).await
+                }
+                Some(response) = responses.recv() => self.send(response).await,
+                live_event = live.next() => match live_event {
+                    Some(Live::Event(event)) => self.deliver_live(event).await,
+                    Some(Live::Lagged) => self.catch_up().await,
+                    None => Err(Error::unavailable("live event stream ended")),
+                },
+                _ = heartbeat.tick() => {
+                    if last_heard.elapsed() >= idle_timeout {
+                        return End::Idle;
+                    }
+                    self.sink.send(Message::Ping(Default::default())).await.map_err(socket_error)
+                }
+            };
+            if let Err(e) = step {
+                return End::Failed(e);
+            }
+        }
+    }
+
+    /// Joins the session registry; kicks the devices this one displaces.
+    async fn register(&mut self) -> Result<(), Error> {
+        let deps = &self.shared.deps;
+        let info = SessionInfo {
+            user: self.conn.user.clone(),
+            session: self.conn.session.clone(),
+            gateway: self.shared.options.gateway_id.clone(),
+            platform: self.conn.platform.clone(),
+            client_addr: self.conn.client_addr.clone(),
+            connected_at: now_ms(),
+        };
+        let kicked = deps.sessions.register(info, self.shared.options.limits.max_sessions_per_user).await?;
+        for old in kicked {
+            tracing::info!(user = %old.user, session = %old.session, "kicking oldest device");
+            let kick = Control::Kick { user: old.user, sessions: vec![old.session] };
+            deps.bus.publish_control(&old.gateway, kick).await?;
+        }
+        Ok(())
+    }
+
+    async fn hello_and_replay(&mut self) -> Result<(), Error> {
+        let log = &self.shared.deps.log;
+        let user = &self.conn.user;
+        let (head, oldest) = log.bounds(user).await?;
+        // Without a cursor a device starts where the user's devices last
+        // acknowledged: it receives what none of them has processed yet.
+        let start = match self.conn.cursor {
+            Some(cursor) => cursor,
+            None => log.acked(user).await?.max(oldest.saturating_sub(1)).min(head),
+        };
+        self.delivered = start;
+        let limits = &self.shared.options.limits;
+        let hello = v1::Hello {
+            user_id: user.to_string(),
+            session_id: self.conn.session.to_string(),
+            head,
+            cursor: start,
+            server_time: now_ms(),
+            max_body_bytes: limits.max_body_bytes as u32,
+            max_frame_bytes: limits.max_frame_bytes as u32,
+        };
+        self.send(Out::Hello(hello)).await?;
+        self.catch_up().await?;
+        self.send(Out::CaughtUp(v1::CaughtUp { seq: self.delivered })).await
+    }
+
+    /// Writes every durable event after `delivered`, page by page.
+    async fn catch_up(&mut self) -> Result<(), Error> {
+        let log = self.shared.deps.log.clone();
+        let page_size = self.shared.options.replay_page.max(1);
+        loop {
+            match log.read(&self.conn.user, self.delivered, page_size).await? {
+                Ok(page) => {
+                    let Some(&(last, _)) = page.events.last() else { return Ok(()) };
+                    for (seq, event) in &page.events {
+                        let frame = Out::Event(natter_proto::event_frame(*seq, event));
+                        self.sink.feed(codec::encode(&wrap(frame), self.conn.format)).await.map_err(socket_error)?;
+                    }
+                    self.sink.flush().await.map_err(socket_error)?;
+                    self.delivered = last;
+                }
+                Err(expired) => {
+                    tracing::info!(user = %self.conn.user, requested = expired.requested, oldest = expired.oldest, "cursor older than retention");
+                    let resync = v1::ResyncRequired {
+                        requested: expired.requested,
+                        oldest: expired.oldest,
+                        head: expired.head,
+                    };
+                    self.send(Out::ResyncRequired(resync)).await?;
+                    self.delivered = expired.head;
+                }
+            }
+        }
+    }
+
+    async fn deliver_live(&mut self, live: LiveEvent) -> Result<(), Error> {
+        if live.seq <= self.delivered {
+            return Ok(());
+        }
+        if live.prev > self.delivered {
+            // Missed something: the log has it (and this event) durably.
+            return self.catch_up().await;
+        }
+        self.delivered = live.seq;
+        self.send(Out::Event(natter_proto::event_frame(live.seq, &live.event))).await
+    }
+
+    async fn on_frame(
+        &mut self,
+        message: &Message,
+        bucket: &mut TokenBucket,
+        requests: &mpsc::Sender<(u64, v1::client_frame::Body)>,
+        max_frame_bytes: usize,
+    ) -> Result<(), Error> {
+        let frame = match codec::decode(message, max_frame_bytes) {
+            None => return Ok(()),
+            Some(Decoded::Invalid { req_id, error }) => return self.send(error_response(req_id, &error)).await,
+            Some(Decoded::Frame(frame)) => frame,
+        };
+        let req_id = frame.req_id;
+        match frame.body {
+            None => {
+                let error = Error::bad_request("frame", "has no request body");
+                self.send(error_response(req_id, &error)).await
+            }
+            Some(v1::client_frame::Body::Ack(ack)) => {
+                // Never beyond what this socket was given.
+                let seq = ack.seq.min(self.delivered);
+                self.shared.deps.log.ack(&self.conn.user, seq).await
+            }
+            Some(body) => {
+                if !bucket.try_take() {
+                    let limits = &self.shared.options.limits;
+                    let error = Error::new(
+                        ErrorCode::RateLimited,
+                        format!(
+                            "more than {} requests per second (burst {}) on this connection",
+                            limits.requests_per_second, limits.request_burst
+                        ),
+                    );
+                    return self.send(error_response(req_id, &error)).await;
+                }
+                if requests.try_send((req_id, body)).is_err() {
+                    let error = Error::new(
+                        ErrorCode::RateLimited,
+                        format!("more than {MAX_QUEUED_REQUESTS} requests waiting for an answer"),
+                    );
+                    return self.send(error_response(req_id, &error)).await;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn send(&mut self, body: Out) -> Result<(), Error> {
+        self.sink.send(codec::encode(&wrap(body), self.conn.format)).await.map_err(socket_error)
+    }
+
+    /// Says why, then closes. Errors here are moot: the socket is going.
+    async fn close(&mut self, end: End) {
+        use v1::GoodbyeReason as R;
+        let (reason, code, text) = match end {
+            End::ClientGone => return,
+            End::Kicked => (R::KickedByOtherDevice, 4001, "signed in on another device".to_owned()),
+            End::Shutdown => (R::ServerShutdown, 1001, "server shutting down, reconnect".to_owned()),
+            End::TokenExpired => (R::TokenExpired, 4003, "token expired".to_owned()),
+            End::Idle => (R::ProtocolError, 1001, "no frame or pong within the idle timeout".to_owned()),
+            End::Failed(e) => {
+                tracing::warn!(user = %self.conn.user, error = %e, "session failed");
+                (R::ServerShutdown, 1011, format!("server error: {}", e.message))
+            }
+        };
+        let goodbye = v1::Goodbye { reason: reason as i32, message: text.clone() };
+        let _ = self.send(Out::Goodbye(goodbye)).await;
+        let close = CloseFrame { code, reason: text.into() };
+        let _ = self.sink.send(Message::Close(Some(close))).await;
+    }
+}
+
+async fn answer_requests(
+    shared: Arc<Shared>,
+    user: UserId,
+    mut requests: mpsc::Receiver<(u64, v1::client_frame::Body)>,
+    responses: mpsc::Sender<Out>,
+) {
+    while let Some((req_id, body)) = requests.recv().await {
+        let result = match dispatch::handle(&shared, &user, body).await {
+            Ok(result) => result,
+            Err(error) => {
+                if error.code == ErrorCode::Internal {
+                    tracing::error!(user = %user, error = %error, "request failed");
+                }
+                v1::response::Result::Error((&error).into())
+            }
+        };
+        let response = Out::Response(v1::Response { req_id, result: Some(result) });
+        if responses.send(response).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn wrap(body: Out) -> v1::ServerFrame {
+    v1::ServerFrame { body: Some(body) }
+}
+
+fn error_response(req_id: u64, error: &Error) -> Out {
+    Out::Response(v1::Response { req_id, result: Some(v1::response::Result::Error(error.into())) })
+}
+
+fn socket_error(e: axum::Error) -> Error {
+    Error::unavailable(format!("socket: {e}"))
+}
+
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

@@ -1,0 +1,234 @@
+//! Configuration, layered: defaults → TOML file → `NATTER_` environment
+//! (`NATTER_SERVER__LISTEN=…`, double underscore between table and key) →
+//! command-line flags. Validated once at start; every error names the setting.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use natter_types::Limits;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub gateway: GatewayConfig,
+    pub store: StoreConfig,
+    pub limits: Limits,
+    pub log: LogConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            auth: AuthConfig::default(),
+            gateway: GatewayConfig::default(),
+            store: StoreConfig::default(),
+            limits: Limits::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// WebSocket (`/ws`) and HTTP (`/healthz`) address.
+    pub listen: String,
+    /// Backend gRPC API address.
+    pub grpc_listen: String,
+    /// Where the embedded store and generated secrets live.
+    pub data_dir: PathBuf,
+    /// 0–1023; distinguishes id generators of several processes.
+    pub node_id: u16,
+    /// Seconds to wait for sessions to say goodbye on shutdown.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:7100".into(),
+            grpc_listen: "127.0.0.1:7101".into(),
+            data_dir: PathBuf::from("natter-data"),
+            node_id: 0,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 secret for client tokens. Empty: generated once and kept in
+    /// `<data_dir>/token_secret`.
+    pub token_secret: String,
+    /// Lifetime of minted tokens when the caller does not say.
+    pub token_ttl_secs: u64,
+    /// Key the backend gRPC API requires (`authorization: Bearer <key>`).
+    /// Empty: generated once and kept in `<data_dir>/api_key`.
+    pub api_key: String,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self { token_secret: String::new(), token_ttl_secs: 24 * 3600, api_key: String::new() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    pub ping_interval_secs: u64,
+    pub idle_timeout_secs: u64,
+    pub replay_page: usize,
+    pub read_buffer_bytes: usize,
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval_secs: 25,
+            idle_timeout_secs: 60,
+            replay_page: 256,
+            read_buffer_bytes: 4096,
+            write_buffer_bytes: 4096,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Events kept in each user's log for resuming devices.
+    pub log_retention_events: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { log_retention_events: 10_000 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A tracing filter, e.g. `info` or `natter_gateway=debug,info`.
+    pub filter: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { filter: "info,fjall=warn,lsm_tree=warn".into(), format: "text".into() }
+    }
+}
+
+/// Flag values that override everything else; `None` leaves a setting alone.
+#[derive(Debug, Default, Serialize)]
+pub struct Overrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_listen: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads every layer and validates the result.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Self> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                anyhow::bail!("config file {} does not exist", file.display());
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        figment = figment
+            .merge(Env::prefixed("NATTER_").split("__"))
+            .merge(Serialized::default("server", overrides));
+        let config: Config = figment.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for (name, value) in [("server.listen", &self.server.listen), ("server.grpc_listen", &self.server.grpc_listen)] {
+            value
+                .parse::<SocketAddr>()
+                .map_err(|e| anyhow::anyhow!("{name} = {value:?} is not an ip:port address: {e}"))?;
+        }
+        if self.server.node_id > natter_types::IdGenerator::MAX_NODE {
+            anyhow::bail!("server.node_id = {} must be at most {}", self.server.node_id, natter_types::IdGenerator::MAX_NODE);
+        }
+        if self.auth.token_ttl_secs == 0 {
+            anyhow::bail!("auth.token_ttl_secs must be greater than 0");
+        }
+        if !self.auth.token_secret.is_empty() && self.auth.token_secret.len() < 16 {
+            anyhow::bail!("auth.token_secret must be at least 16 bytes (or empty to generate one)");
+        }
+        if self.gateway.ping_interval_secs == 0 || self.gateway.idle_timeout_secs <= self.gateway.ping_interval_secs {
+            anyhow::bail!("gateway.idle_timeout_secs must be greater than gateway.ping_interval_secs, which must be > 0");
+        }
+        if self.store.log_retention_events == 0 {
+            anyhow::bail!("store.log_retention_events must be greater than 0");
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            anyhow::bail!("log.format = {:?} must be text or json", self.log.format);
+        }
+        self.limits.validate().map_err(|e| anyhow::anyhow!(e))?;
+        Ok(())
+    }
+
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order_and_errors_name_the_setting() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("natter.toml", "[server]\nlisten = \"127.0.0.1:9000\"\nnode_id = 3\n[limits]\nmax_body_bytes = 1000\nmax_frame_bytes = 4000\n")?;
+            jail.set_env("NATTER_SERVER__NODE_ID", "5");
+            let overrides = Overrides { data_dir: Some("/tmp/x".into()), ..Overrides::default() };
+            let config = Config::load(Some(Path::new("natter.toml")), &overrides).map_err(|e| e.to_string())?;
+            assert_eq!(config.server.listen, "127.0.0.1:9000", "from the file");
+            assert_eq!(config.server.node_id, 5, "env beats the file");
+            assert_eq!(config.server.data_dir, PathBuf::from("/tmp/x"), "flags beat everything");
+            assert_eq!(config.limits.max_body_bytes, 1000);
+            assert_eq!(config.limits.max_sessions_per_user, 4, "defaults fill the rest");
+
+            jail.set_env("NATTER_SERVER__LISTEN", "nowhere");
+            let err = Config::load(None, &Overrides::default()).unwrap_err().to_string();
+            assert!(err.contains("server.listen"), "{err}");
+            jail.set_env("NATTER_SERVER__LISTEN", "127.0.0.1:1");
+            jail.set_env("NATTER_LIMITS__MAX_SESSIONS_PER_USER", "0");
+            let err = Config::load(None, &Overrides::default()).unwrap_err().to_string();
+            assert!(err.contains("limits.max_sessions_per_user"), "{err}");
+            jail.set_env("NATTER_LIMITS__MAX_SESSIONS_PER_USER", "2");
+            jail.create_file("bad.toml", "[server]\nlisen = \"x\"\n")?;
+            let err = Config::load(Some(Path::new("bad.toml")), &Overrides::default()).unwrap_err().to_string();
+            assert!(err.contains("lisen"), "unknown keys are named: {err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn dumped_config_loads_back_to_the_same() {
+        let config = Config::default();
+        let text = config.to_toml().unwrap();
+        let back: Config = toml::from_str(&text).unwrap();
+        assert_eq!(back, config);
+    }
+}

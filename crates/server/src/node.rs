@@ -1,0 +1,215 @@
+//! The single-node mode: every service in one process over the embedded
+//! store and the in-process bus. Tests start it on port 0 with a temp dir.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use natter_bus::local::LocalBus;
+use natter_gateway::{Gateway, GatewayDeps, GatewayHandle, GatewayOptions, Tokens};
+use natter_message::{MessageOptions, MessageService};
+use natter_presence::local::LocalSessionRegistry;
+use natter_proto::v1::backend_server::BackendServer;
+use natter_store::embedded::{EmbeddedOptions, EmbeddedStore};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::grpc::{ApiKeyCheck, BackendApi};
+
+/// A running single-node server; `shutdown` stops it in order.
+pub struct Node {
+    pub ws_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    pub api_key: String,
+    pub tokens: Tokens,
+    gateway: GatewayHandle,
+    cancel: CancellationToken,
+    store: EmbeddedStore,
+    grace: Duration,
+    tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node").field("ws_addr", &self.ws_addr).field("grpc_addr", &self.grpc_addr).finish_non_exhaustive()
+    }
+}
+
+/// The configured secret, or one generated once and kept in the data dir
+/// (mode 0600), so `natter token` and `natter serve` agree without setup.
+pub fn secret(configured: &str, data_dir: &Path, file: &str) -> anyhow::Result<String> {
+    if !configured.is_empty() {
+        return Ok(configured.to_owned());
+    }
+    let path = data_dir.join(file);
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let existing = existing.trim();
+        if !existing.is_empty() {
+            return Ok(existing.to_owned());
+        }
+    }
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom for a generated secret")?;
+    let value: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    write_private(&path, &value).with_context(|| format!("writing {}", path.display()))?;
+    tracing::info!(path = %path.display(), "generated secret");
+    Ok(value)
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, value: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    file.write_all(value.as_bytes())
+}
+
+#[cfg(not(unix))]
+fn write_private(path: &Path, value: &str) -> std::io::Result<()> {
+    std::fs::write(path, value)
+}
+
+pub fn tokens(config: &Config) -> anyhow::Result<Tokens> {
+    let secret = secret(&config.auth.token_secret, &config.server.data_dir, "token_secret")?;
+    Ok(Tokens::new(secret.as_bytes(), config.auth.token_ttl_secs))
+}
+
+impl Node {
+    pub async fn start(config: &Config) -> anyhow::Result<Self> {
+        let data_dir = &config.server.data_dir;
+        let tokens = tokens(config)?;
+        let api_key = secret(&config.auth.api_key, data_dir, "api_key")?;
+        let store = EmbeddedStore::open(
+            &data_dir.join("store"),
+            EmbeddedOptions { log_retention_events: config.store.log_retention_events },
+        )
+        .map_err(|e| anyhow::anyhow!("opening the store in {}: {e}", data_dir.display()))?;
+        let stores = store.stores();
+        let bus = Arc::new(LocalBus::new());
+        let messages = Arc::new(MessageService::new(
+            MessageOptions { node_id: config.server.node_id, limits: config.limits.clone() },
+            stores.clone(),
+            bus.clone(),
+        ));
+
+        let cancel = CancellationToken::new();
+        let gateway_options = GatewayOptions {
+            gateway_id: format!("node-{}", config.server.node_id),
+            limits: config.limits.clone(),
+            ping_interval: Duration::from_secs(config.gateway.ping_interval_secs),
+            idle_timeout: Duration::from_secs(config.gateway.idle_timeout_secs),
+            replay_page: config.gateway.replay_page,
+            read_buffer_bytes: config.gateway.read_buffer_bytes,
+            write_buffer_bytes: config.gateway.write_buffer_bytes,
+        };
+        let deps = GatewayDeps {
+            messages: messages.clone(),
+            log: stores.log.clone(),
+            bus,
+            sessions: Arc::new(LocalSessionRegistry::new()),
+            tokens: tokens.clone(),
+        };
+        let gateway = Gateway::new(gateway_options, deps, cancel.child_token());
+        let gateway_handle = gateway.handle();
+
+        let ws_listener = TcpListener::bind(&config.server.listen)
+            .await
+            .with_context(|| format!("binding server.listen {}", config.server.listen))?;
+        let grpc_listener = TcpListener::bind(&config.server.grpc_listen)
+            .await
+            .with_context(|| format!("binding server.grpc_listen {}", config.server.grpc_listen))?;
+        let ws_addr = ws_listener.local_addr()?;
+        let grpc_addr = grpc_listener.local_addr()?;
+
+        let router = gateway.router().route("/healthz", axum::routing::get(|| async { "ok\n" }));
+        let http_cancel = cancel.clone();
+        let http = tokio::spawn(async move {
+            axum::serve(ws_listener, router.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(http_cancel.cancelled_owned())
+                .await
+                .context("http server")
+        });
+        let gateway_task = tokio::spawn(async move { gateway.run().await.map_err(anyhow::Error::from) });
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_service_status("natter.v1.Backend", tonic_health::ServingStatus::Serving).await;
+        health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(natter_proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .context("building grpc reflection")?;
+        let api = BackendApi { messages, tokens: tokens.clone(), limits: config.limits.clone() };
+        let grpc_cancel = cancel.clone();
+        let api_key_check = ApiKeyCheck::new(&api_key);
+        let grpc = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(health_service)
+                .add_service(reflection)
+                .add_service(BackendServer::with_interceptor(api, api_key_check))
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(grpc_listener),
+                    grpc_cancel.cancelled_owned(),
+                )
+                .await
+                .context("grpc server")
+        });
+        tracing::info!(ws = %ws_addr, grpc = %grpc_addr, data_dir = %data_dir.display(), "natter serving");
+        Ok(Self {
+            ws_addr,
+            grpc_addr,
+            api_key,
+            tokens,
+            gateway: gateway_handle,
+            cancel,
+            store,
+            grace: Duration::from_secs(config.server.shutdown_grace_secs),
+            tasks: vec![("http", http), ("gateway", gateway_task), ("grpc", grpc)],
+        })
+    }
+
+    pub fn gateway(&self) -> &GatewayHandle {
+        &self.gateway
+    }
+
+    /// A token that stops the node when cancelled (e.g. by a signal).
+    pub fn cancel_token(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Runs until the cancel token fires or a server task fails, then stops.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.cancel.cancelled().await;
+        self.shutdown().await
+    }
+
+    /// Ordered stop: stop accepting, tell every session to reconnect
+    /// (goodbye), wait up to the grace period, then sync the store.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.cancel.cancel();
+        let mut first_error = None;
+        for (name, task) in self.tasks {
+            match tokio::time::timeout(self.grace, task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => {
+                    tracing::error!(task = name, error = %e, "task failed");
+                    first_error.get_or_insert(e);
+                }
+                Ok(Err(join)) => {
+                    first_error.get_or_insert(anyhow::anyhow!("{name} task panicked: {join}"));
+                }
+                Err(_) => tracing::warn!(task = name, "did not stop within the grace period"),
+            }
+        }
+        self.store.sync_all().await.map_err(|e| anyhow::anyhow!("final store sync: {e}"))?;
+        tracing::info!("natter stopped");
+        first_error.map_or(Ok(()), Err)
+    }
+}
