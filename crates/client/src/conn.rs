@@ -95,6 +95,9 @@ async fn handshake(url: Url) -> Result<(Socket, v1::Hello), ClientError> {
 }
 
 /// A WebSocket message, classified.
+// Built per message and matched right away: boxing the frame would only add
+// an allocation per event.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub(crate) enum Incoming {
     Frame(v1::ServerFrame),

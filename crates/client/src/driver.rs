@@ -34,13 +34,11 @@ use crate::events::{Item, Shared};
 use crate::{ClientError, ClientEvent, ClientOptions};
 
 /// Frames taken off the socket in one go before acking and giving other work
-/// a turn.
+/// a turn. When nobody reads [`crate::Events`], acks follow arrival and this
+/// bounds how many events one ack covers.
 const READ_BATCH: usize = 256;
 /// Requests written before one flush.
 const WRITE_BATCH: usize = 128;
-/// Events after which an ack goes out even mid-burst, when nobody reads
-/// [`crate::Events`] (acks then follow arrival, not consumption).
-const ACK_EVERY: u32 = 100;
 /// How long a clean close waits for the server's close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
