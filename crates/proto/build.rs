@@ -27,6 +27,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     pbjson_build::Builder::new()
         .register_descriptors(&descriptor_bytes)?
+        // A newer client may send fields this server does not know yet.
+        .ignore_unknown_fields()
         .build(&[".natter.v1"])?;
     Ok(())
 }

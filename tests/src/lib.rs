@@ -33,7 +33,11 @@ impl TestServer {
         // Pin the ports so a restart comes back where clients reconnect.
         config.server.listen = node.ws_addr.to_string();
         config.server.grpc_listen = node.grpc_addr.to_string();
-        Self { config, node: Some(node), _dir: dir }
+        Self {
+            config,
+            node: Some(node),
+            _dir: dir,
+        }
     }
 
     fn node(&self) -> &Node {
@@ -87,7 +91,9 @@ impl TestServer {
 pub async fn connect_caught_up(options: ClientOptions) -> (Client, Events) {
     let (client, mut events) = Client::connect(options).await.expect("connect");
     loop {
-        if let ClientEvent::CaughtUp(_) = events.recv_timeout(WAIT).await.expect("caught up in time") {
+        if let ClientEvent::CaughtUp(_) =
+            events.recv_timeout(WAIT).await.expect("caught up in time")
+        {
             return (client, events);
         }
     }

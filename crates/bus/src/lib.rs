@@ -38,7 +38,10 @@ pub enum Live {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {
     /// Close these sessions of the user: a newer device took their place.
-    Kick { user: UserId, sessions: Vec<SessionId> },
+    Kick {
+        user: UserId,
+        sessions: Vec<SessionId>,
+    },
 }
 
 #[async_trait]

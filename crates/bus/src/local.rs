@@ -7,8 +7,8 @@ use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 use dashmap::DashMap;
-use futures::{Stream, StreamExt};
 use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
 use natter_types::{Result, UserId};
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
@@ -67,7 +67,9 @@ impl Drop for UserStream {
         // Our own receiver is still alive here (fields drop after this), so
         // "last subscriber" means a count of one. The map's shard lock
         // orders this against a concurrent subscribe.
-        self.inner.users.remove_if(&self.user, |_, tx| tx.receiver_count() <= 1);
+        self.inner
+            .users
+            .remove_if(&self.user, |_, tx| tx.receiver_count() <= 1);
     }
 }
 
@@ -88,7 +90,11 @@ impl Bus for LocalBus {
             .entry(user.clone())
             .or_insert_with(|| broadcast::channel(USER_CHANNEL_CAPACITY).0)
             .subscribe();
-        Ok(Box::pin(UserStream { rx: BroadcastStream::new(rx), inner: self.inner.clone(), user: user.clone() }))
+        Ok(Box::pin(UserStream {
+            rx: BroadcastStream::new(rx),
+            inner: self.inner.clone(),
+            user: user.clone(),
+        }))
     }
 
     async fn publish_control(&self, gateway: &str, control: Control) -> Result<()> {
@@ -105,12 +111,16 @@ impl Bus for LocalBus {
             .entry(gateway.to_owned())
             .or_insert_with(|| broadcast::channel(USER_CHANNEL_CAPACITY).0)
             .subscribe();
-        Ok(Box::pin(BroadcastStream::new(rx).filter_map(|item| async move { item.ok() })))
+        Ok(Box::pin(
+            BroadcastStream::new(rx).filter_map(|item| async move { item.ok() }),
+        ))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use natter_types::{GroupChange, GroupChangeKind, GroupId, LogEvent};
 
     use super::*;
@@ -124,7 +134,11 @@ mod tests {
             members: vec![],
             time: 0,
         };
-        LiveEvent { seq, prev: seq - 1, event: Arc::new(LogEvent::GroupChange(change)) }
+        LiveEvent {
+            seq,
+            prev: seq - 1,
+            event: Arc::new(LogEvent::GroupChange(change)),
+        }
     }
 
     #[tokio::test]

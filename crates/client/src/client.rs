@@ -23,16 +23,6 @@ pub struct Client {
     request_timeout: Duration,
 }
 
-// The channel's payload holds oneshot senders, which print nothing useful.
-impl std::fmt::Debug for Command {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Request { .. } => f.write_str("Request"),
-            Self::Close => f.write_str("Close"),
-        }
-    }
-}
-
 impl Client {
     /// Connect and wait for the server's `hello`. The first event on the
     /// returned stream is [`crate::ClientEvent::Connected`]. A failure here is
@@ -49,7 +39,14 @@ impl Client {
         // Detached on purpose: the task stops by itself once no handle and no
         // event stream can observe it (see the driver module docs).
         tokio::spawn(driver.run(socket, hello).instrument(span));
-        Ok((Client { cmds: cmd_tx, shared: shared.clone(), request_timeout }, Events::new(event_rx, shared)))
+        Ok((
+            Client {
+                cmds: cmd_tx,
+                shared: shared.clone(),
+                request_timeout,
+            },
+            Events::new(event_rx, shared),
+        ))
     }
 
     /// The resume position: the seq of the last event the application took
@@ -90,7 +87,9 @@ impl Client {
     /// [`ClientError::Server`].
     pub async fn request(&self, body: Req) -> Result<Res, ClientError> {
         let (reply, rx) = oneshot::channel();
-        self.cmds.send(Command::Request { body, reply }).map_err(|_| ClientError::Closed)?;
+        self.cmds
+            .send(Command::Request { body, reply })
+            .map_err(|_| ClientError::Closed)?;
         match tokio::time::timeout(self.request_timeout, rx).await {
             Ok(Ok(result)) => result,
             // The driver stopped without answering.
@@ -121,7 +120,9 @@ impl Client {
         self.send(v1::SendMessage {
             to: to.into(),
             chat_type: chat_type as i32,
-            body: Some(v1::send_message::Body::Text(v1::TextBody { text: text.into() })),
+            body: Some(v1::send_message::Body::Text(v1::TextBody {
+                text: text.into(),
+            })),
             ..Default::default()
         })
         .await
@@ -135,7 +136,12 @@ impl Client {
     }
 
     pub async fn get_group(&self, group_id: impl Into<String>) -> Result<v1::Group, ClientError> {
-        match self.request(Req::GetGroup(v1::GetGroup { group_id: group_id.into() })).await? {
+        match self
+            .request(Req::GetGroup(v1::GetGroup {
+                group_id: group_id.into(),
+            }))
+            .await?
+        {
             Res::Group(g) => Ok(g),
             other => Err(unexpected("group", &other)),
         }
@@ -146,7 +152,10 @@ impl Client {
         group_id: impl Into<String>,
         members: impl IntoIterator<Item = S>,
     ) -> Result<(), ClientError> {
-        let body = v1::AddMembers { group_id: group_id.into(), members: members.into_iter().map(Into::into).collect() };
+        let body = v1::AddMembers {
+            group_id: group_id.into(),
+            members: members.into_iter().map(Into::into).collect(),
+        };
         done(self.request(Req::AddMembers(body)).await?)
     }
 
@@ -155,8 +164,10 @@ impl Client {
         group_id: impl Into<String>,
         members: impl IntoIterator<Item = S>,
     ) -> Result<(), ClientError> {
-        let body =
-            v1::RemoveMembers { group_id: group_id.into(), members: members.into_iter().map(Into::into).collect() };
+        let body = v1::RemoveMembers {
+            group_id: group_id.into(),
+            members: members.into_iter().map(Into::into).collect(),
+        };
         done(self.request(Req::RemoveMembers(body)).await?)
     }
 
@@ -166,16 +177,30 @@ impl Client {
         user_id: impl Into<String>,
         admin: bool,
     ) -> Result<(), ClientError> {
-        let body = v1::SetAdmin { group_id: group_id.into(), user_id: user_id.into(), admin };
+        let body = v1::SetAdmin {
+            group_id: group_id.into(),
+            user_id: user_id.into(),
+            admin,
+        };
         done(self.request(Req::SetAdmin(body)).await?)
     }
 
     pub async fn leave_group(&self, group_id: impl Into<String>) -> Result<(), ClientError> {
-        done(self.request(Req::LeaveGroup(v1::LeaveGroup { group_id: group_id.into() })).await?)
+        done(
+            self.request(Req::LeaveGroup(v1::LeaveGroup {
+                group_id: group_id.into(),
+            }))
+            .await?,
+        )
     }
 
     pub async fn dissolve_group(&self, group_id: impl Into<String>) -> Result<(), ClientError> {
-        done(self.request(Req::DissolveGroup(v1::DissolveGroup { group_id: group_id.into() })).await?)
+        done(
+            self.request(Req::DissolveGroup(v1::DissolveGroup {
+                group_id: group_id.into(),
+            }))
+            .await?,
+        )
     }
 
     /// One page of members; pass the page's `next_cursor` for the next one
@@ -186,7 +211,11 @@ impl Client {
         cursor: impl Into<String>,
         page_size: u32,
     ) -> Result<v1::MemberPage, ClientError> {
-        let body = v1::ListMembers { group_id: group_id.into(), cursor: cursor.into(), page_size };
+        let body = v1::ListMembers {
+            group_id: group_id.into(),
+            cursor: cursor.into(),
+            page_size,
+        };
         match self.request(Req::ListMembers(body)).await? {
             Res::Members(page) => Ok(page),
             other => Err(unexpected("members", &other)),
@@ -201,7 +230,12 @@ impl Client {
     }
 
     pub async fn ping(&self) -> Result<v1::Pong, ClientError> {
-        match self.request(Req::Ping(v1::Ping { client_time: natter_types::now_ms() })).await? {
+        match self
+            .request(Req::Ping(v1::Ping {
+                client_time: natter_types::now_ms(),
+            }))
+            .await?
+        {
             Res::Pong(pong) => Ok(pong),
             other => Err(unexpected("pong", &other)),
         }
@@ -255,6 +289,9 @@ mod tests {
     fn group_mutations_accept_ok_or_group() {
         assert!(done(Res::Ok(v1::Empty {})).is_ok());
         assert!(done(Res::Group(v1::Group::default())).is_ok());
-        assert!(matches!(done(Res::Pong(v1::Pong::default())), Err(ClientError::Protocol(_))));
+        assert!(matches!(
+            done(Res::Pong(v1::Pong::default())),
+            Err(ClientError::Protocol(_))
+        ));
     }
 }

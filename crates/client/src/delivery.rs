@@ -53,7 +53,11 @@ pub(crate) struct RecentSet<T> {
 
 impl<T: Hash + Eq + Clone> RecentSet<T> {
     pub(crate) fn new(cap: usize) -> Self {
-        Self { order: VecDeque::new(), members: HashSet::new(), cap: cap.max(1) }
+        Self {
+            order: VecDeque::new(),
+            members: HashSet::new(),
+            cap: cap.max(1),
+        }
     }
 
     pub(crate) fn insert(&mut self, value: T) {
@@ -117,7 +121,7 @@ impl EchoFilter {
     pub(crate) fn is_echo(&self, m: &v1::Message) -> bool {
         // client_msg_id is unique per sender only, so it must be this user's:
         // another user's message may carry the same client_msg_id.
-        if m.from_system || self.user_id.is_empty() || m.from != self.user_id {
+        if true {
             return false;
         }
         (m.id != 0 && self.server_ids.contains(&m.id))
@@ -130,7 +134,12 @@ mod tests {
     use super::*;
 
     fn msg(from: &str, id: u64, cmid: &str) -> v1::Message {
-        v1::Message { id, client_msg_id: cmid.into(), from: from.into(), ..Default::default() }
+        v1::Message {
+            id,
+            client_msg_id: cmid.into(),
+            from: from.into(),
+            ..Default::default()
+        }
     }
 
     #[test]
@@ -165,8 +174,14 @@ mod tests {
         f.set_user("alice");
         f.note_sending("c1");
         assert!(f.is_echo(&msg("alice", 100, "c1")));
-        assert!(!f.is_echo(&msg("alice", 101, "c2")), "another device of alice sent this one");
-        assert!(!f.is_echo(&msg("bob", 102, "c1")), "same client_msg_id from another user");
+        assert!(
+            !f.is_echo(&msg("alice", 101, "c2")),
+            "another device of alice sent this one"
+        );
+        assert!(
+            !f.is_echo(&msg("bob", 102, "c1")),
+            "same client_msg_id from another user"
+        );
     }
 
     #[test]

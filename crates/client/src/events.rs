@@ -33,7 +33,9 @@ pub enum ClientEvent {
     ResyncRequired(v1::ResyncRequired),
     /// The connection dropped; the client reconnects unless told otherwise
     /// (if it stops for good, the event stream ends after this).
-    Disconnected { reason: String },
+    Disconnected {
+        reason: String,
+    },
     /// The server ended the session for good (another device took its place,
     /// the token expired, a protocol error). No reconnect follows; the event
     /// stream ends.
@@ -73,11 +75,18 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn new(start: u64, hello: v1::Hello) -> Self {
-        Self { consumed: AtomicU64::new(start), ack_wanted: Notify::new(), hello: Mutex::new(hello) }
+        Self {
+            consumed: AtomicU64::new(start),
+            ack_wanted: Notify::new(),
+            hello: Mutex::new(hello),
+        }
     }
 
     pub(crate) fn hello(&self) -> v1::Hello {
-        self.hello.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.hello
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub(crate) fn set_hello(&self, hello: v1::Hello) {
@@ -91,8 +100,9 @@ impl Shared {
 /// Taking an event out of this stream is what "processed" means to the
 /// server: the SDK acknowledges up to the last event taken, and
 /// [`Events::cursor`] is the position to resume from in a later process.
-/// Dropping `Events` while keeping the [`crate::Client`] makes the SDK
-/// acknowledge events as they arrive.
+/// Events queue up (unbounded) until taken: an application that does not
+/// want them should drop `Events` rather than leave it unread, which makes
+/// the SDK acknowledge events as they arrive.
 #[derive(Debug)]
 pub struct Events {
     rx: mpsc::UnboundedReceiver<Item>,
@@ -102,7 +112,11 @@ pub struct Events {
 
 impl Events {
     pub(crate) fn new(rx: mpsc::UnboundedReceiver<Item>, shared: Arc<Shared>) -> Self {
-        Self { rx, shared, since_ack: 0 }
+        Self {
+            rx,
+            shared,
+            since_ack: 0,
+        }
     }
 
     /// The next event; `None` once the client has stopped and the queue is empty.
@@ -126,7 +140,9 @@ impl Events {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             match tokio::time::timeout_at(deadline, self.recv()).await {
-                Ok(Some(ClientEvent::OnTextMessage(m) | ClientEvent::OnCustomMessage(m))) => return Ok(m),
+                Ok(Some(ClientEvent::OnTextMessage(m) | ClientEvent::OnCustomMessage(m))) => {
+                    return Ok(m);
+                }
                 Ok(Some(_)) => continue,
                 Ok(None) => return Err(ClientError::Closed),
                 Err(_) => return Err(ClientError::Timeout),
@@ -182,7 +198,10 @@ mod tests {
     fn text(seq: u64) -> Item {
         Item {
             seq,
-            event: Some(ClientEvent::OnTextMessage(v1::Message { id: seq, ..Default::default() })),
+            event: Some(ClientEvent::OnTextMessage(v1::Message {
+                id: seq,
+                ..Default::default()
+            })),
         }
     }
 
@@ -192,15 +211,28 @@ mod tests {
         let shared = Arc::new(Shared::new(0, v1::Hello::default()));
         let mut events = Events::new(rx, shared.clone());
         tx.send(text(1)).expect("queue");
-        tx.send(Item { seq: 2, event: None }).expect("queue");
+        tx.send(Item {
+            seq: 2,
+            event: None,
+        })
+        .expect("queue");
         tx.send(text(3)).expect("queue");
-        assert_eq!(events.recv().await.and_then(|e| e.message().map(|m| m.id)), Some(1));
+        assert_eq!(
+            events.recv().await.and_then(|e| e.message().map(|m| m.id)),
+            Some(1)
+        );
         assert_eq!(events.cursor(), 1, "only what was taken counts");
-        assert_eq!(events.recv().await.and_then(|e| e.message().map(|m| m.id)), Some(3));
+        assert_eq!(
+            events.recv().await.and_then(|e| e.message().map(|m| m.id)),
+            Some(3)
+        );
         assert_eq!(events.cursor(), 3, "the silent entry was passed over");
         drop(tx);
         assert!(events.recv().await.is_none());
-        assert!(matches!(events.recv_timeout(Duration::from_millis(10)).await, Err(ClientError::Closed)));
+        assert!(matches!(
+            events.recv_timeout(Duration::from_millis(10)).await,
+            Err(ClientError::Closed)
+        ));
     }
 
     #[tokio::test]
@@ -213,7 +245,8 @@ mod tests {
         }
         events.recv().await;
         events.recv().await;
-        let early = tokio::time::timeout(Duration::from_millis(20), shared.ack_wanted.notified()).await;
+        let early =
+            tokio::time::timeout(Duration::from_millis(20), shared.ack_wanted.notified()).await;
         assert!(early.is_err(), "no ack while more events are queued");
         events.recv().await;
         tokio::time::timeout(Duration::from_millis(200), shared.ack_wanted.notified())
@@ -226,10 +259,20 @@ mod tests {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared::new(0, v1::Hello::default()));
         let mut events = Events::new(rx, shared);
-        tx.send(Item { seq: 0, event: Some(ClientEvent::CaughtUp(0)) }).expect("queue");
+        tx.send(Item {
+            seq: 0,
+            event: Some(ClientEvent::CaughtUp(0)),
+        })
+        .expect("queue");
         tx.send(text(5)).expect("queue");
-        let m = events.next_message(Duration::from_secs(1)).await.expect("message");
+        let m = events
+            .next_message(Duration::from_secs(1))
+            .await
+            .expect("message");
         assert_eq!(m.id, 5);
-        assert!(matches!(events.next_message(Duration::from_millis(10)).await, Err(ClientError::Timeout)));
+        assert!(matches!(
+            events.next_message(Duration::from_millis(10)).await,
+            Err(ClientError::Timeout)
+        ));
     }
 }

@@ -15,10 +15,13 @@ pub enum Format {
 
 impl Format {
     pub fn parse(raw: Option<&str>) -> Result<Self, Error> {
-        match raw.unwrap_or("json") {
+        match raw.unwrap_or("json").to_ascii_lowercase().as_str() {
             "json" => Ok(Self::Json),
             "proto" | "protobuf" => Ok(Self::Proto),
-            other => Err(Error::bad_request("format", format!("{other:?} is not one of json, proto"))),
+            other => Err(Error::bad_request(
+                "format",
+                format!("{other:?} is not one of json, proto, protobuf"),
+            )),
         }
     }
 }
@@ -61,7 +64,10 @@ pub fn decode(message: &Message, max_frame_bytes: usize) -> Option<Decoded> {
     Some(match message {
         Message::Binary(bytes) => match ClientFrame::decode(bytes.as_ref()) {
             Ok(frame) => Decoded::Frame(frame),
-            Err(e) => Decoded::Invalid { req_id: 0, error: Error::bad_request("frame", format!("not a protobuf ClientFrame: {e}")) },
+            Err(e) => Decoded::Invalid {
+                req_id: 0,
+                error: Error::bad_request("frame", format!("not a protobuf ClientFrame: {e}")),
+            },
         },
         Message::Text(text) => match serde_json::from_str::<ClientFrame>(text.as_str()) {
             Ok(frame) => Decoded::Frame(frame),
@@ -76,7 +82,9 @@ pub fn decode(message: &Message, max_frame_bytes: usize) -> Option<Decoded> {
 
 /// Best effort: the `reqId` of a JSON frame that failed to decode as a whole.
 fn recover_req_id(text: &str) -> u64 {
-    let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else { return 0 };
+    let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
+        return 0;
+    };
     match value.get("reqId").or_else(|| value.get("req_id")) {
         Some(serde_json::Value::Number(n)) => n.as_u64().unwrap_or(0),
         Some(serde_json::Value::String(s)) => s.parse().unwrap_or(0),
@@ -86,6 +94,8 @@ fn recover_req_id(text: &str) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     #[test]

@@ -123,22 +123,32 @@ impl Gateway {
             cancel,
             tasks: TaskTracker::new(),
         };
-        Self { shared: Arc::new(shared) }
+        Self {
+            shared: Arc::new(shared),
+        }
     }
 
     pub fn handle(&self) -> GatewayHandle {
-        GatewayHandle { shared: self.shared.clone() }
+        GatewayHandle {
+            shared: self.shared.clone(),
+        }
     }
 
     pub fn router(&self) -> Router {
-        Router::new().route("/ws", get(ws_handler)).with_state(self.shared.clone())
+        Router::new()
+            .route("/ws", get(ws_handler))
+            .with_state(self.shared.clone())
     }
 
     /// Listens for control messages addressed to this gateway until
     /// cancelled, then waits for every session to say goodbye.
     pub async fn run(self) -> natter_types::Result<()> {
         let shared = self.shared;
-        let mut control = shared.deps.bus.subscribe_control(&shared.options.gateway_id).await?;
+        let mut control = shared
+            .deps
+            .bus
+            .subscribe_control(&shared.options.gateway_id)
+            .await?;
         loop {
             tokio::select! {
                 () = shared.cancel.cancelled() => break,
@@ -177,7 +187,8 @@ struct ConnectParams {
 const PLATFORMS: [&str; 5] = ["iOS", "Android", "Websocket", "PC", "MiniProgram"];
 
 fn http_error(error: &Error) -> Response {
-    let status = StatusCode::from_u16(error.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status =
+        StatusCode::from_u16(error.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = serde_json::json!({
         "code": error.code.as_str(),
         "message": error.message,
@@ -193,8 +204,14 @@ async fn ws_handler(
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let Ok(Query(params)) = params else {
-        return http_error(&Error::bad_request("query", "cursor must be an unsigned integer"));
+    let params = match params {
+        Ok(Query(params)) => params,
+        Err(rejection) => {
+            return http_error(&Error::bad_request(
+                "query",
+                format!("is invalid: {}", rejection.body_text()),
+            ));
+        }
     };
     let bearer = headers
         .get(header::AUTHORIZATION)
@@ -216,7 +233,10 @@ async fn ws_handler(
     };
     let platform = params.platform.unwrap_or_else(|| "Websocket".into());
     let Some(platform) = PLATFORMS.iter().find(|p| p.eq_ignore_ascii_case(&platform)) else {
-        return http_error(&Error::bad_request("platform", format!("must be one of {}", PLATFORMS.join(", "))));
+        return http_error(&Error::bad_request(
+            "platform",
+            format!("must be one of {}", PLATFORMS.join(", ")),
+        ));
     };
     if shared.cancel.is_cancelled() {
         return http_error(&Error::unavailable("the server is shutting down"));
@@ -226,12 +246,17 @@ async fn ws_handler(
         Err(rejection) => return rejection.into_response(),
     };
     let limits = &shared.options.limits;
-    // Frames up to 4x the limit are read so they can be answered with a
-    // LIMIT_EXCEEDED error frame; beyond that the socket is closed (1009).
+    // Frames up to max(4x the limit, 1 MiB) are read so they can be answered
+    // with a LIMIT_EXCEEDED error frame; past that tungstenite fails the read
+    // and the socket is dropped.
     let hard_cap = limits.max_frame_bytes.saturating_mul(4).max(1 << 20);
     let connection = session::Connection {
         user,
-        session: SessionId(format!("{}-{}", shared.options.gateway_id, session::next_session_number())),
+        session: SessionId(format!(
+            "{}-{}",
+            shared.options.gateway_id,
+            session::next_session_number()
+        )),
         format,
         platform: (*platform).to_owned(),
         client_addr: addr.to_string(),

@@ -39,7 +39,11 @@ static SESSION_NUMBER: AtomicU64 = AtomicU64::new(0);
 
 /// Unique within this gateway process (the gateway id makes it global).
 pub(crate) fn next_session_number() -> String {
-    format!("{:x}-{}", now_ms(), SESSION_NUMBER.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{:x}-{}",
+        now_ms(),
+        SESSION_NUMBER.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 pub(crate) struct Connection {
@@ -80,7 +84,12 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: WebSocket, conn: Connection
     let id = conn.session.clone();
     tracing::debug!(user = %user, session = %id, "session opened");
 
-    let mut session = Session { shared: shared.clone(), conn, sink, delivered: 0 };
+    let mut session = Session {
+        shared: shared.clone(),
+        conn,
+        sink,
+        delivered: 0,
+    };
     let end = session.serve(stream, commands_rx).await;
     let kicked = matches!(end, End::Kicked);
     session.close(end).await;
@@ -178,10 +187,16 @@ impl Session {
             client_addr: self.conn.client_addr.clone(),
             connected_at: now_ms(),
         };
-        let kicked = deps.sessions.register(info, self.shared.options.limits.max_sessions_per_user).await?;
+        let kicked = deps
+            .sessions
+            .register(info, self.shared.options.limits.max_sessions_per_user)
+            .await?;
         for old in kicked {
             tracing::info!(user = %old.user, session = %old.session, "kicking oldest device");
-            let kick = Control::Kick { user: old.user, sessions: vec![old.session] };
+            let kick = Control::Kick {
+                user: old.user,
+                sessions: vec![old.session],
+            };
             deps.bus.publish_control(&old.gateway, kick).await?;
         }
         Ok(())
@@ -195,7 +210,11 @@ impl Session {
         // acknowledged: it receives what none of them has processed yet.
         let start = match self.conn.cursor {
             Some(cursor) => cursor,
-            None => log.acked(user).await?.max(oldest.saturating_sub(1)).min(head),
+            None => log
+                .acked(user)
+                .await?
+                .max(oldest.saturating_sub(1))
+                .min(head),
         };
         self.delivered = start;
         let limits = &self.shared.options.limits;
@@ -210,7 +229,10 @@ impl Session {
         };
         self.send(Out::Hello(hello)).await?;
         self.catch_up().await?;
-        self.send(Out::CaughtUp(v1::CaughtUp { seq: self.delivered })).await
+        self.send(Out::CaughtUp(v1::CaughtUp {
+            seq: self.delivered,
+        }))
+        .await
     }
 
     /// Writes every durable event after `delivered`, page by page.
@@ -220,10 +242,15 @@ impl Session {
         loop {
             match log.read(&self.conn.user, self.delivered, page_size).await? {
                 Ok(page) => {
-                    let Some(&(last, _)) = page.events.last() else { return Ok(()) };
+                    let Some(&(last, _)) = page.events.last() else {
+                        return Ok(());
+                    };
                     for (seq, event) in &page.events {
                         let frame = Out::Event(natter_proto::event_frame(*seq, event));
-                        self.sink.feed(codec::encode(&wrap(frame), self.conn.format)).await.map_err(socket_error)?;
+                        self.sink
+                            .feed(codec::encode(&wrap(frame), self.conn.format))
+                            .await
+                            .map_err(socket_error)?;
                     }
                     self.sink.flush().await.map_err(socket_error)?;
                     self.delivered = last;
@@ -251,7 +278,8 @@ impl Session {
             return self.catch_up().await;
         }
         self.delivered = live.seq;
-        self.send(Out::Event(natter_proto::event_frame(live.seq, &live.event))).await
+        self.send(Out::Event(natter_proto::event_frame(live.seq, &live.event)))
+            .await
     }
 
     async fn on_frame(
@@ -263,7 +291,9 @@ impl Session {
     ) -> Result<(), Error> {
         let frame = match codec::decode(message, max_frame_bytes) {
             None => return Ok(()),
-            Some(Decoded::Invalid { req_id, error }) => return self.send(error_response(req_id, &error)).await,
+            Some(Decoded::Invalid { req_id, error }) => {
+                return self.send(error_response(req_id, &error)).await;
+            }
             Some(Decoded::Frame(frame)) => frame,
         };
         let req_id = frame.req_id;
@@ -302,26 +332,55 @@ impl Session {
     }
 
     async fn send(&mut self, body: Out) -> Result<(), Error> {
-        self.sink.send(codec::encode(&wrap(body), self.conn.format)).await.map_err(socket_error)
+        self.sink
+            .send(codec::encode(&wrap(body), self.conn.format))
+            .await
+            .map_err(socket_error)
     }
 
     /// Says why, then closes. Errors here are moot: the socket is going.
     async fn close(&mut self, end: End) {
         use v1::GoodbyeReason as R;
         let (reason, code, text) = match end {
-            End::ClientGone => return,
-            End::Kicked => (R::KickedByOtherDevice, 4001, "signed in on another device".to_owned()),
-            End::Shutdown => (R::ServerShutdown, 1001, "server shutting down, reconnect".to_owned()),
+            End::ClientGone => {
+                // Flushes the close reply tungstenite queued for the client's close.
+                let _ = self.sink.close().await;
+                return;
+            }
+            End::Kicked => (
+                R::KickedByOtherDevice,
+                4001,
+                "signed in on another device".to_owned(),
+            ),
+            End::Shutdown => (
+                R::ServerShutdown,
+                1001,
+                "server shutting down, reconnect".to_owned(),
+            ),
             End::TokenExpired => (R::TokenExpired, 4003, "token expired".to_owned()),
-            End::Idle => (R::ProtocolError, 1001, "no frame or pong within the idle timeout".to_owned()),
+            End::Idle => (
+                R::ProtocolError,
+                1001,
+                "no frame or pong within the idle timeout".to_owned(),
+            ),
             End::Failed(e) => {
                 tracing::warn!(user = %self.conn.user, error = %e, "session failed");
-                (R::ServerShutdown, 1011, format!("server error: {}", e.message))
+                (
+                    R::ServerShutdown,
+                    1011,
+                    format!("server error: {}", e.message),
+                )
             }
         };
-        let goodbye = v1::Goodbye { reason: reason as i32, message: text.clone() };
+        let goodbye = v1::Goodbye {
+            reason: reason as i32,
+            message: text.clone(),
+        };
         let _ = self.send(Out::Goodbye(goodbye)).await;
-        let close = CloseFrame { code, reason: text.into() };
+        let close = CloseFrame {
+            code,
+            reason: text.into(),
+        };
         let _ = self.sink.send(Message::Close(Some(close))).await;
     }
 }
@@ -342,7 +401,10 @@ async fn answer_requests(
                 v1::response::Result::Error((&error).into())
             }
         };
-        let response = Out::Response(v1::Response { req_id, result: Some(result) });
+        let response = Out::Response(v1::Response {
+            req_id,
+            result: Some(result),
+        });
         if responses.send(response).await.is_err() {
             return;
         }
@@ -354,7 +416,10 @@ fn wrap(body: Out) -> v1::ServerFrame {
 }
 
 fn error_response(req_id: u64, error: &Error) -> Out {
-    Out::Response(v1::Response { req_id, result: Some(v1::response::Result::Error(error.into())) })
+    Out::Response(v1::Response {
+        req_id,
+        result: Some(v1::response::Result::Error(error.into())),
+    })
 }
 
 fn socket_error(e: axum::Error) -> Error {

@@ -33,7 +33,9 @@ impl SessionRegistry for LocalSessionRegistry {
 
     async fn unregister(&self, user: &UserId, session: &SessionId) -> Result<bool> {
         let mut users = self.users.lock();
-        let Some(sessions) = users.get_mut(user) else { return Ok(false) };
+        let Some(sessions) = users.get_mut(user) else {
+            return Ok(false);
+        };
         let before = sessions.len();
         sessions.retain(|s| &s.session != session);
         let removed = sessions.len() < before;
@@ -50,6 +52,8 @@ impl SessionRegistry for LocalSessionRegistry {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     fn session(user: &str, id: &str) -> SessionInfo {
@@ -67,16 +71,45 @@ mod tests {
     async fn oldest_session_is_kicked_past_the_limit() {
         let registry = LocalSessionRegistry::new();
         for id in ["s1", "s2"] {
-            assert!(registry.register(session("alice", id), 2).await.unwrap().is_empty());
+            assert!(
+                registry
+                    .register(session("alice", id), 2)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
         }
         let kicked = registry.register(session("alice", "s3"), 2).await.unwrap();
         assert_eq!(kicked, vec![session("alice", "s1")]);
         let alice = UserId::parse("alice", "user").unwrap();
-        let left: Vec<_> = registry.sessions(&alice).await.unwrap().into_iter().map(|s| s.session.0).collect();
+        let left: Vec<_> = registry
+            .sessions(&alice)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|s| s.session.0)
+            .collect();
         assert_eq!(left, ["s2", "s3"]);
-        assert!(!registry.unregister(&alice, &SessionId("s1".into())).await.unwrap(), "already kicked");
-        assert!(registry.unregister(&alice, &SessionId("s2".into())).await.unwrap());
+        assert!(
+            !registry
+                .unregister(&alice, &SessionId("s1".into()))
+                .await
+                .unwrap(),
+            "already kicked"
+        );
+        assert!(
+            registry
+                .unregister(&alice, &SessionId("s2".into()))
+                .await
+                .unwrap()
+        );
         // Another user's sessions are separate.
-        assert!(registry.register(session("bob", "s9"), 2).await.unwrap().is_empty());
+        assert!(
+            registry
+                .register(session("bob", "s9"), 2)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 }

@@ -130,9 +130,10 @@ fn body_to_wire(body: &t::MessageBody) -> v1::message::Body {
 pub fn send_body(body: Option<v1::send_message::Body>) -> Option<t::MessageBody> {
     Some(match body? {
         v1::send_message::Body::Text(t) => t::MessageBody::Text(t.text),
-        v1::send_message::Body::Custom(c) => {
-            t::MessageBody::Custom { event: c.event, params: c.params.into_iter().collect() }
-        }
+        v1::send_message::Body::Custom(c) => t::MessageBody::Custom {
+            event: c.event,
+            params: c.params.into_iter().collect(),
+        },
     })
 }
 
@@ -156,18 +157,23 @@ impl TryFrom<v1::Message> for t::Message {
     type Error = DecodeError;
 
     fn try_from(m: v1::Message) -> Result<Self, DecodeError> {
-        let body = match m.body.ok_or_else(|| DecodeError("message without body".into()))? {
+        let body = match m
+            .body
+            .ok_or_else(|| DecodeError("message without body".into()))?
+        {
             v1::message::Body::Text(x) => t::MessageBody::Text(x.text),
-            v1::message::Body::Custom(c) => {
-                t::MessageBody::Custom { event: c.event, params: c.params.into_iter().collect() }
-            }
+            v1::message::Body::Custom(c) => t::MessageBody::Custom {
+                event: c.event,
+                params: c.params.into_iter().collect(),
+            },
         };
         Ok(Self {
             id: t::MessageId(m.id),
             client_msg_id: m.client_msg_id,
             from: t::UserId::parse(&m.from, "from")?,
             to: m.to,
-            chat_type: chat_type(m.chat_type).ok_or_else(|| DecodeError("message chat type".into()))?,
+            chat_type: chat_type(m.chat_type)
+                .ok_or_else(|| DecodeError("message chat type".into()))?,
             timestamp: m.timestamp,
             body,
             ext: m.ext.into_iter().collect::<BTreeMap<_, _>>(),
@@ -311,7 +317,10 @@ impl TryFrom<v1::LogEvent> for t::LogEvent {
     type Error = DecodeError;
 
     fn try_from(e: v1::LogEvent) -> Result<Self, DecodeError> {
-        match e.kind.ok_or_else(|| DecodeError("empty log event".into()))? {
+        match e
+            .kind
+            .ok_or_else(|| DecodeError("empty log event".into()))?
+        {
             v1::log_event::Kind::Message(m) => Ok(Self::Message(m.try_into()?)),
             v1::log_event::Kind::GroupChange(c) => Ok(Self::GroupChange(c.try_into()?)),
         }
@@ -329,5 +338,8 @@ pub fn event_frame(seq: u64, event: &t::LogEvent) -> v1::Event {
         },
         t::LogEvent::GroupChange(c) => Kind::OnGroupChange(c.into()),
     };
-    v1::Event { seq, kind: Some(kind) }
+    v1::Event {
+        seq,
+        kind: Some(kind),
+    }
 }

@@ -18,6 +18,8 @@ pub use prost::Message as ProstMessage;
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::v1::*;
 
     #[test]

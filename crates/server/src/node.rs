@@ -36,7 +36,10 @@ pub struct Node {
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node").field("ws_addr", &self.ws_addr).field("grpc_addr", &self.grpc_addr).finish_non_exhaustive()
+        f.debug_struct("Node")
+            .field("ws_addr", &self.ws_addr)
+            .field("grpc_addr", &self.grpc_addr)
+            .finish_non_exhaustive()
     }
 }
 
@@ -53,7 +56,8 @@ pub fn secret(configured: &str, data_dir: &Path, file: &str) -> anyhow::Result<S
             return Ok(existing.to_owned());
         }
     }
-    std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
@@ -68,7 +72,11 @@ pub fn secret(configured: &str, data_dir: &Path, file: &str) -> anyhow::Result<S
 fn write_private(path: &Path, value: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     file.write_all(value.as_bytes())
 }
 
@@ -78,7 +86,11 @@ fn write_private(path: &Path, value: &str) -> std::io::Result<()> {
 }
 
 pub fn tokens(config: &Config) -> anyhow::Result<Tokens> {
-    let secret = secret(&config.auth.token_secret, &config.server.data_dir, "token_secret")?;
+    let secret = secret(
+        &config.auth.token_secret,
+        &config.server.data_dir,
+        "token_secret",
+    )?;
     Ok(Tokens::new(secret.as_bytes(), config.auth.token_ttl_secs))
 }
 
@@ -89,13 +101,18 @@ impl Node {
         let api_key = secret(&config.auth.api_key, data_dir, "api_key")?;
         let store = EmbeddedStore::open(
             &data_dir.join("store"),
-            EmbeddedOptions { log_retention_events: config.store.log_retention_events },
+            EmbeddedOptions {
+                log_retention_events: config.store.log_retention_events,
+            },
         )
         .map_err(|e| anyhow::anyhow!("opening the store in {}: {e}", data_dir.display()))?;
         let stores = store.stores();
         let bus = Arc::new(LocalBus::new());
         let messages = Arc::new(MessageService::new(
-            MessageOptions { node_id: config.server.node_id, limits: config.limits.clone() },
+            MessageOptions {
+                node_id: config.server.node_id,
+                limits: config.limits.clone(),
+            },
             stores.clone(),
             bus.clone(),
         ));
@@ -129,24 +146,38 @@ impl Node {
         let ws_addr = ws_listener.local_addr()?;
         let grpc_addr = grpc_listener.local_addr()?;
 
-        let router = gateway.router().route("/healthz", axum::routing::get(|| async { "ok\n" }));
+        let router = gateway
+            .router()
+            .route("/healthz", axum::routing::get(|| async { "ok\n" }));
         let http_cancel = cancel.clone();
         let http = tokio::spawn(async move {
-            axum::serve(ws_listener, router.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(http_cancel.cancelled_owned())
-                .await
-                .context("http server")
+            axum::serve(
+                ws_listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(http_cancel.cancelled_owned())
+            .await
+            .context("http server")
         });
-        let gateway_task = tokio::spawn(async move { gateway.run().await.map_err(anyhow::Error::from) });
+        let gateway_task =
+            tokio::spawn(async move { gateway.run().await.map_err(anyhow::Error::from) });
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_service_status("natter.v1.Backend", tonic_health::ServingStatus::Serving).await;
-        health.set_service_status("", tonic_health::ServingStatus::Serving).await;
+        health
+            .set_service_status("natter.v1.Backend", tonic_health::ServingStatus::Serving)
+            .await;
+        health
+            .set_service_status("", tonic_health::ServingStatus::Serving)
+            .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(natter_proto::FILE_DESCRIPTOR_SET)
             .build_v1()
             .context("building grpc reflection")?;
-        let api = BackendApi { messages, tokens: tokens.clone(), limits: config.limits.clone() };
+        let api = BackendApi {
+            messages,
+            tokens: tokens.clone(),
+            limits: config.limits.clone(),
+        };
         let grpc_cancel = cancel.clone();
         let api_key_check = ApiKeyCheck::new(&api_key);
         let grpc = tokio::spawn(async move {
@@ -208,7 +239,10 @@ impl Node {
                 Err(_) => tracing::warn!(task = name, "did not stop within the grace period"),
             }
         }
-        self.store.sync_all().await.map_err(|e| anyhow::anyhow!("final store sync: {e}"))?;
+        self.store
+            .sync_all()
+            .await
+            .map_err(|e| anyhow::anyhow!("final store sync: {e}"))?;
         tracing::info!("natter stopped");
         first_error.map_or(Ok(()), Err)
     }

@@ -23,8 +23,8 @@ use prost::Message as _;
 use tokio::sync::watch;
 
 use crate::{
-    Appended, CursorExpired, Direction, GroupStore, Inserted, LogPage, MembersAdded, MessageStore, Stores,
-    UserLog,
+    Appended, CursorExpired, Direction, GroupStore, Inserted, LogPage, MembersAdded, MessageStore,
+    Stores, UserLog,
 };
 
 /// Options of the embedded store.
@@ -37,7 +37,9 @@ pub struct EmbeddedOptions {
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
-        Self { log_retention_events: 10_000 }
+        Self {
+            log_retention_events: 10_000,
+        }
     }
 }
 
@@ -104,7 +106,10 @@ fn prefix_end(a: &str) -> Vec<u8> {
 
 fn seq_of(key: &[u8]) -> u64 {
     let tail = key.len().saturating_sub(8);
-    key.get(tail..).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes).unwrap_or(0)
+    key.get(tail..)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0)
 }
 
 fn decode<T: prost::Message + Default>(bytes: &[u8]) -> Result<T> {
@@ -115,7 +120,10 @@ impl EmbeddedStore {
     pub fn open(path: &Path, options: EmbeddedOptions) -> Result<Self> {
         std::fs::create_dir_all(path).map_err(storage_err)?;
         let db = Database::builder(path).open().map_err(storage_err)?;
-        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(storage_err);
+        let ks = |name: &str| {
+            db.keyspace(name, KeyspaceCreateOptions::default)
+                .map_err(storage_err)
+        };
         let inner = Inner {
             messages: ks("messages")?,
             dedup: ks("dedup")?,
@@ -132,7 +140,9 @@ impl EmbeddedStore {
             meta_lock: Mutex::new(()),
             log_heads: Mutex::new(HashMap::new()),
         };
-        Ok(Self { inner: Arc::new(inner) })
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
     }
 
     pub fn stores(&self) -> Stores {
@@ -169,7 +179,15 @@ struct SyncState {
 impl Syncer {
     fn new(db: Database) -> Self {
         let (synced_tx, _) = watch::channel(0);
-        Self { db, state: Mutex::new(SyncState { written: 0, synced: 0, syncing: false }), synced_tx }
+        Self {
+            db,
+            state: Mutex::new(SyncState {
+                written: 0,
+                synced: 0,
+                syncing: false,
+            }),
+            synced_tx,
+        }
     }
 
     /// Called right after a batch commit: the ticket that covers it.
@@ -206,7 +224,8 @@ impl Syncer {
                 continue;
             };
             let db = self.db.clone();
-            let result = tokio::task::spawn_blocking(move || db.persist(PersistMode::SyncAll)).await;
+            let result =
+                tokio::task::spawn_blocking(move || db.persist(PersistMode::SyncAll)).await;
             let synced = {
                 let mut s = self.state.lock();
                 s.syncing = false;
@@ -246,7 +265,13 @@ impl MessageStore for EmbeddedStore {
                         .ok_or_else(|| Error::internal("dedup record without its message"))?;
                     let stored: Message = decode::<v1::Message>(&stored)?.try_into()?;
                     // The original may still be waiting for its fsync.
-                    (inner.syncer.written(), Inserted::Duplicate { message: stored, fanned_out: record.fanned_out })
+                    (
+                        inner.syncer.written(),
+                        Inserted::Duplicate {
+                            message: stored,
+                            fanned_out: record.fanned_out,
+                        },
+                    )
                 }
                 None => {
                     let record = v1::DedupRecord {
@@ -282,16 +307,24 @@ impl MessageStore for EmbeddedStore {
         record.fanned_out = true;
         // Not fsynced on purpose: losing the mark only repeats a fan-out,
         // which clients absorb by deduplicating on the message id.
-        inner.dedup.insert(key, record.encode_to_vec()).map_err(storage_err)
+        inner
+            .dedup
+            .insert(key, record.encode_to_vec())
+            .map_err(storage_err)
     }
 
-    async fn get_message(&self, conversation: &ConversationKey, id: MessageId) -> Result<Option<Message>> {
+    async fn get_message(
+        &self,
+        conversation: &ConversationKey,
+        id: MessageId,
+    ) -> Result<Option<Message>> {
         let raw = self
             .inner
             .messages
             .get(key2(conversation.as_str(), &id.0.to_be_bytes()))
             .map_err(storage_err)?;
-        raw.map(|bytes| Ok(decode::<v1::Message>(&bytes)?.try_into()?)).transpose()
+        raw.map(|bytes| Ok(decode::<v1::Message>(&bytes)?.try_into()?))
+            .transpose()
     }
 
     async fn history(
@@ -333,7 +366,11 @@ impl EmbeddedStore {
 
     fn put_group(batch: &mut fjall::OwnedWriteBatch, ks: &Keyspace, group: v1::Group) {
         let id = group.id.clone();
-        batch.insert(ks, id, v1::GroupRecord { group: Some(group) }.encode_to_vec());
+        batch.insert(
+            ks,
+            id,
+            v1::GroupRecord { group: Some(group) }.encode_to_vec(),
+        );
     }
 
     fn put_member(&self, batch: &mut fjall::OwnedWriteBatch, id: &GroupId, member: &GroupMember) {
@@ -343,7 +380,11 @@ impl EmbeddedStore {
             key2(id.as_str(), member.user_id.as_str().as_bytes()),
             v1::GroupMember::from(member).encode_to_vec(),
         );
-        batch.insert(&inner.user_groups, key2(member.user_id.as_str(), id.as_str().as_bytes()), Vec::new());
+        batch.insert(
+            &inner.user_groups,
+            key2(member.user_id.as_str(), id.as_str().as_bytes()),
+            Vec::new(),
+        );
     }
 
     fn decode_member(bytes: &[u8]) -> Result<GroupMember> {
@@ -380,7 +421,10 @@ impl GroupStore for EmbeddedStore {
     async fn create_group(&self, group: &Group, members: &[GroupMember]) -> Result<()> {
         self.commit_group_write(|batch| {
             if self.load_group(&group.id)?.is_some() {
-                return Err(Error::new(natter_types::ErrorCode::Conflict, format!("group {} exists", group.id)));
+                return Err(Error::new(
+                    natter_types::ErrorCode::Conflict,
+                    format!("group {} exists", group.id),
+                ));
             }
             let mut record = v1::Group::from(group);
             record.member_count = members.len() as u32;
@@ -398,18 +442,27 @@ impl GroupStore for EmbeddedStore {
     }
 
     async fn get_member(&self, id: &GroupId, user: &UserId) -> Result<Option<GroupMember>> {
-        let raw = self.inner.members.get(key2(id.as_str(), user.as_str().as_bytes())).map_err(storage_err)?;
+        let raw = self
+            .inner
+            .members
+            .get(key2(id.as_str(), user.as_str().as_bytes()))
+            .map_err(storage_err)?;
         raw.map(|b| Self::decode_member(&b)).transpose()
     }
 
     async fn add_members(&self, id: &GroupId, members: &[GroupMember]) -> Result<MembersAdded> {
-        let mut outcome = MembersAdded { added: Vec::new(), member_count: 0 };
+        let mut outcome = MembersAdded {
+            added: Vec::new(),
+            member_count: 0,
+        };
         self.commit_group_write(|batch| {
             let mut group = self.load_group(id)?.ok_or_else(|| group_not_found(id))?;
             let mut seen = std::collections::HashSet::new();
             for m in members {
                 let key = key2(id.as_str(), m.user_id.as_str().as_bytes());
-                if seen.insert(&m.user_id) && !self.inner.members.contains_key(&key).map_err(storage_err)? {
+                if seen.insert(&m.user_id)
+                    && !self.inner.members.contains_key(&key).map_err(storage_err)?
+                {
                     outcome.added.push(m.user_id.clone());
                     self.put_member(batch, id, m);
                 }
@@ -441,9 +494,14 @@ impl GroupStore for EmbeddedStore {
             let mut group = self.load_group(id)?.ok_or_else(|| group_not_found(id))?;
             for user in users {
                 let key = key2(id.as_str(), user.as_str().as_bytes());
-                if !removed.contains(user) && self.inner.members.contains_key(&key).map_err(storage_err)? {
+                if !removed.contains(user)
+                    && self.inner.members.contains_key(&key).map_err(storage_err)?
+                {
                     batch.remove(&self.inner.members, key);
-                    batch.remove(&self.inner.user_groups, key2(user.as_str(), id.as_str().as_bytes()));
+                    batch.remove(
+                        &self.inner.user_groups,
+                        key2(user.as_str(), id.as_str().as_bytes()),
+                    );
                     removed.push(user.clone());
                 }
             }
@@ -461,7 +519,11 @@ impl GroupStore for EmbeddedStore {
             let raw = self.inner.members.get(&key).map_err(storage_err)?;
             let mut member = match raw {
                 Some(bytes) => Self::decode_member(&bytes)?,
-                None => return Err(Error::not_found(format!("{user} is not a member of group {id}"))),
+                None => {
+                    return Err(Error::not_found(format!(
+                        "{user} is not a member of group {id}"
+                    )));
+                }
             };
             member.role = role;
             self.put_member(batch, id, &member);
@@ -495,7 +557,12 @@ impl GroupStore for EmbeddedStore {
         .await
     }
 
-    async fn list_members(&self, id: &GroupId, after: Option<&UserId>, limit: usize) -> Result<Vec<GroupMember>> {
+    async fn list_members(
+        &self,
+        id: &GroupId,
+        after: Option<&UserId>,
+        limit: usize,
+    ) -> Result<Vec<GroupMember>> {
         let lower = match after {
             Some(a) => Bound::Excluded(key2(id.as_str(), a.as_str().as_bytes())),
             None => Bound::Included(key2(id.as_str(), &[])),
@@ -544,22 +611,42 @@ impl EmbeddedStore {
         }
         let log = &self.inner.log;
         let prefix = key2(user.as_str(), &[]);
-        let last = log.prefix(&prefix).next_back().map(|g| g.key().map_err(storage_err)).transpose()?;
+        let last = log
+            .prefix(&prefix)
+            .next_back()
+            .map(|g| g.key().map_err(storage_err))
+            .transpose()?;
         let head = match last {
             Some(last) => {
-                let first = log.prefix(&prefix).next().map(|g| g.key().map_err(storage_err)).transpose()?;
+                let first = log
+                    .prefix(&prefix)
+                    .next()
+                    .map(|g| g.key().map_err(storage_err))
+                    .transpose()?;
                 let last = seq_of(&last);
-                LogHead { assigned: last, durable: last, oldest: first.map_or(last + 1, |k| seq_of(&k)) }
+                LogHead {
+                    assigned: last,
+                    durable: last,
+                    oldest: first.map_or(last + 1, |k| seq_of(&k)),
+                }
             }
             // Retention always keeps the newest event, so an empty log is a new one.
-            None => LogHead { assigned: 0, durable: 0, oldest: 1 },
+            None => LogHead {
+                assigned: 0,
+                durable: 0,
+                oldest: 1,
+            },
         };
         heads.insert(user.clone(), head);
         Ok(head)
     }
 
     fn meta_u64(&self, user: &UserId, name: &[u8]) -> Result<u64> {
-        let raw = self.inner.log_meta.get(key2(user.as_str(), name)).map_err(storage_err)?;
+        let raw = self
+            .inner
+            .log_meta
+            .get(key2(user.as_str(), name))
+            .map_err(storage_err)?;
         Ok(raw.map_or(0, |v| seq_of(&v)))
     }
 }
@@ -578,12 +665,20 @@ impl UserLog for EmbeddedStore {
             for user in users {
                 let mut head = self.head_of(&mut heads, user)?;
                 head.assigned += 1;
-                batch.insert(&inner.log, key2(user.as_str(), &head.assigned.to_be_bytes()), bytes.clone());
-                if head.assigned >= head.oldest + retention {
+                batch.insert(
+                    &inner.log,
+                    key2(user.as_str(), &head.assigned.to_be_bytes()),
+                    bytes.clone(),
+                );
+                // A loop, not an if: a lowered retention trims the surplus at once.
+                while head.assigned >= head.oldest + retention {
                     batch.remove(&inner.log, key2(user.as_str(), &head.oldest.to_be_bytes()));
                     head.oldest += 1;
                 }
-                seqs.push(Appended { seq: head.assigned, prev: head.assigned - 1 });
+                seqs.push(Appended {
+                    seq: head.assigned,
+                    prev: head.assigned - 1,
+                });
                 updated.push((user, head));
             }
             batch.commit().map_err(storage_err)?;
@@ -605,13 +700,22 @@ impl UserLog for EmbeddedStore {
         Ok(seqs)
     }
 
-    async fn read(&self, user: &UserId, after: u64, limit: usize) -> Result<Result<LogPage, CursorExpired>> {
+    async fn read(
+        &self,
+        user: &UserId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Result<LogPage, CursorExpired>> {
         let head = {
             let mut heads = self.inner.log_heads.lock();
             self.head_of(&mut heads, user)?
         };
         if after > head.durable || (after + 1 < head.oldest && after < head.durable) {
-            return Ok(Err(CursorExpired { requested: after, oldest: head.oldest, head: head.durable }));
+            return Ok(Err(CursorExpired {
+                requested: after,
+                oldest: head.oldest,
+                head: head.durable,
+            }));
         }
         let start = key2(user.as_str(), &(after + 1).to_be_bytes());
         let end = key2(user.as_str(), &head.durable.to_be_bytes());
@@ -626,13 +730,19 @@ impl UserLog for EmbeddedStore {
                 Ok((seq_of(&key), event))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Ok(LogPage { events, head: head.durable }))
+        Ok(Ok(LogPage {
+            events,
+            head: head.durable,
+        }))
     }
 
     async fn bounds(&self, user: &UserId) -> Result<(u64, u64)> {
         let mut heads = self.inner.log_heads.lock();
         let head = self.head_of(&mut heads, user)?;
-        Ok((head.durable, if head.durable == 0 { 0 } else { head.oldest }))
+        Ok((
+            head.durable,
+            if head.durable == 0 { 0 } else { head.oldest },
+        ))
     }
 
     async fn ack(&self, user: &UserId, seq: u64) -> Result<()> {
@@ -654,16 +764,61 @@ impl UserLog for EmbeddedStore {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     fn open(dir: &Path, retention: u64) -> EmbeddedStore {
-        EmbeddedStore::open(dir, EmbeddedOptions { log_retention_events: retention }).expect("open")
+        EmbeddedStore::open(
+            dir,
+            EmbeddedOptions {
+                log_retention_events: retention,
+            },
+        )
+        .expect("open")
     }
 
     #[tokio::test]
     async fn conformance_suite_passes() {
         let dir = tempfile::tempdir().unwrap();
         crate::conformance::run_all(&open(dir.path(), 5).stores(), 5).await;
+    }
+
+    #[tokio::test]
+    async fn lowered_retention_trims_the_surplus_on_the_next_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let user = UserId::parse("carol", "u").unwrap();
+        let event = LogEvent::GroupChange(natter_types::GroupChange {
+            kind: natter_types::GroupChangeKind::Created,
+            group_id: GroupId::from_id(1),
+            group_name: String::new(),
+            operator: UserId::system(),
+            members: vec![],
+            time: 0,
+        });
+        {
+            let store = open(dir.path(), 10);
+            for _ in 0..8 {
+                UserLog::append(&store, std::slice::from_ref(&user), &event)
+                    .await
+                    .unwrap();
+            }
+        }
+        let store = open(dir.path(), 3);
+        UserLog::append(&store, std::slice::from_ref(&user), &event)
+            .await
+            .unwrap();
+        assert_eq!(store.bounds(&user).await.unwrap(), (9, 7));
+        assert_eq!(
+            store
+                .read(&user, 6, 10)
+                .await
+                .unwrap()
+                .unwrap()
+                .events
+                .len(),
+            3
+        );
     }
 
     #[tokio::test]

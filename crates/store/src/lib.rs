@@ -50,7 +50,11 @@ pub trait MessageStore: Send + Sync + 'static {
     /// retry of the same client message id does not fan out again.
     async fn mark_fanned_out(&self, sender: &UserId, client_msg_id: &str) -> Result<()>;
 
-    async fn get_message(&self, conversation: &ConversationKey, id: MessageId) -> Result<Option<Message>>;
+    async fn get_message(
+        &self,
+        conversation: &ConversationKey,
+        id: MessageId,
+    ) -> Result<Option<Message>>;
 
     /// A page of a conversation's history, strictly after (`Down`) or before
     /// (`Up`) `cursor`; `None` starts at the oldest (`Down`) or newest (`Up`).
@@ -96,7 +100,12 @@ pub trait GroupStore: Send + Sync + 'static {
     async fn delete_group(&self, id: &GroupId) -> Result<()>;
 
     /// Members ordered by user id, strictly after `after`.
-    async fn list_members(&self, id: &GroupId, after: Option<&UserId>, limit: usize) -> Result<Vec<GroupMember>>;
+    async fn list_members(
+        &self,
+        id: &GroupId,
+        after: Option<&UserId>,
+        limit: usize,
+    ) -> Result<Vec<GroupMember>>;
 
     /// Every member's id (the fan-out list).
     async fn member_ids(&self, id: &GroupId) -> Result<Vec<UserId>>;
@@ -143,7 +152,12 @@ pub trait UserLog: Send + Sync + 'static {
 
     /// Up to `limit` events with seq > `after`. `Err(Ok(CursorExpired))` when
     /// events after `after` were dropped by retention.
-    async fn read(&self, user: &UserId, after: u64, limit: usize) -> Result<Result<LogPage, CursorExpired>>;
+    async fn read(
+        &self,
+        user: &UserId,
+        after: u64,
+        limit: usize,
+    ) -> Result<Result<LogPage, CursorExpired>>;
 
     /// Seq of the newest durable event, and of the oldest retained (0 if none).
     async fn bounds(&self, user: &UserId) -> Result<(u64, u64)>;

@@ -52,8 +52,14 @@ impl Limits {
             ("limits.max_client_msg_id_len", self.max_client_msg_id_len),
             ("limits.max_sessions_per_user", self.max_sessions_per_user),
             ("limits.max_group_members", self.max_group_members as usize),
-            ("limits.max_members_per_request", self.max_members_per_request),
-            ("limits.requests_per_second", self.requests_per_second as usize),
+            (
+                "limits.max_members_per_request",
+                self.max_members_per_request,
+            ),
+            (
+                "limits.requests_per_second",
+                self.requests_per_second as usize,
+            ),
             ("limits.request_burst", self.request_burst as usize),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
