@@ -63,6 +63,10 @@ async fn main() -> ExitCode {
     };
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
 
+    // Created once: a Ctrl-C between two turns of the loop is not lost.
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+
     let code = loop {
         tokio::select! {
             line = lines.next_line() => match line {
@@ -82,6 +86,8 @@ async fn main() -> ExitCode {
                 Some(event) => show(&event),
                 None => break ExitCode::FAILURE,
             },
+            // Leave cleanly, so the server has the final acknowledgement.
+            _ = &mut interrupted => break ExitCode::SUCCESS,
         }
     };
     client.close().await;
@@ -98,11 +104,11 @@ fn show(event: &ClientEvent) {
                 None => "<empty>".to_owned(),
             };
             let place = if m.chat_type == v1::ChatType::Group as i32 {
-                format!(" in {}", m.to)
+                format!(" @ {}", m.to)
             } else {
                 String::new()
             };
-            println!("[{}{place}] {body}", m.from);
+            println!("{}{place}: {body}", m.from);
         }
         ClientEvent::OnGroupChange(g) => {
             let kind = v1::GroupChangeKind::try_from(g.kind)

@@ -121,7 +121,7 @@ impl EchoFilter {
     pub(crate) fn is_echo(&self, m: &v1::Message) -> bool {
         // client_msg_id is unique per sender only, so it must be this user's:
         // another user's message may carry the same client_msg_id.
-        if true {
+        if m.from_system || self.user_id.is_empty() || m.from != self.user_id {
             return false;
         }
         (m.id != 0 && self.server_ids.contains(&m.id))

@@ -237,6 +237,10 @@ impl Driver {
                             return end;
                         }
                     }
+                    // Responses may have opened the window for queued requests.
+                    if let Err(end) = write_within(write_limit, self.flush_outbox(&mut ws)).await {
+                        return end;
+                    }
                 }
                 () = self.shared.ack_wanted.notified() => {
                     let seq = self.shared.consumed.load(Ordering::Acquire);
@@ -268,7 +272,10 @@ impl Driver {
             match cmd {
                 Command::Close => return Some(self.shutdown(ws).await),
                 Command::Request { body, reply } => {
-                    if let Err(e) = self.feed(ws, body, reply).await {
+                    if !self.outbox.is_empty() || !self.window_open() {
+                        // Behind the window: written as responses free it.
+                        self.outbox.push_back(Queued { body, reply });
+                    } else if let Err(e) = self.feed(ws, body, reply).await {
                         return Some(End::Dropped(format!("write failed: {e}")));
                     }
                     written += 1;
@@ -284,19 +291,31 @@ impl Driver {
         }
     }
 
+    /// Write queued requests as far as the window allows.
     async fn flush_outbox(&mut self, ws: &mut Socket) -> Result<(), tungstenite::Error> {
-        if self.outbox.is_empty() {
+        if self.outbox.is_empty() || !self.window_open() {
             return Ok(());
         }
-        debug!(
-            requests = self.outbox.len(),
-            "writing requests queued while disconnected"
+        trace!(
+            queued = self.outbox.len(),
+            in_flight = self.in_flight.len(),
+            "writing queued requests"
         );
         // One at a time off the front: if a write fails, the rest stay queued.
-        while let Some(q) = self.outbox.pop_front() {
+        while self.window_open() {
+            let Some(q) = self.outbox.pop_front() else {
+                break;
+            };
             self.feed(ws, q.body, q.reply).await?;
         }
         ws.flush().await
+    }
+
+    /// Whether another request may be written now. The gateway refuses
+    /// requests past a small per-connection queue with RATE_LIMITED, so the
+    /// SDK holds extra ones back instead of letting them fail.
+    fn window_open(&self) -> bool {
+        self.in_flight.len() < self.opts.max_in_flight.max(1)
     }
 
     /// Assign a req_id, register the request and buffer its frame (unflushed).
@@ -390,12 +409,19 @@ impl Driver {
                 let reason =
                     v1::GoodbyeReason::try_from(g.reason).unwrap_or(v1::GoodbyeReason::Unspecified);
                 match reason {
-                    v1::GoodbyeReason::KickedByOtherDevice
-                    | v1::GoodbyeReason::TokenExpired
-                    | v1::GoodbyeReason::ProtocolError => return Some(End::Kicked(g)),
-                    // Shutdown (or a reason newer than this sdk): the close
-                    // follows; read on until then and reconnect.
-                    v1::GoodbyeReason::ServerShutdown | v1::GoodbyeReason::Unspecified => {
+                    // Reconnecting would only displace the newer device again,
+                    // or be refused for the same token.
+                    v1::GoodbyeReason::KickedByOtherDevice | v1::GoodbyeReason::TokenExpired => {
+                        return Some(End::Kicked(g));
+                    }
+                    // The close follows; read on until then and reconnect.
+                    // PROTOCOL_ERROR is among these because the gateway also
+                    // uses it for an idle timeout (a stalled client), which a
+                    // fresh connection cures; a persistent one still backs off,
+                    // as short-lived connections do not reset the backoff.
+                    v1::GoodbyeReason::ServerShutdown
+                    | v1::GoodbyeReason::ProtocolError
+                    | v1::GoodbyeReason::Unspecified => {
                         info!(reason = reason.as_str_name(), message = %g.message, "server says goodbye");
                         *goodbye = Some(g);
                     }

@@ -37,8 +37,7 @@ pub enum ClientEvent {
         reason: String,
     },
     /// The server ended the session for good (another device took its place,
-    /// the token expired, a protocol error). No reconnect follows; the event
-    /// stream ends.
+    /// or the token expired). No reconnect follows; the event stream ends.
     Kicked(v1::Goodbye),
 }
 

@@ -30,6 +30,10 @@ pub struct ClientOptions {
     pub request_timeout: Duration,
     /// Bound on TCP connect + WebSocket upgrade + the server's `hello`.
     pub connect_timeout: Duration,
+    /// Requests written and not yet answered, at most; more wait in order.
+    /// The gateway answers a connection's requests one at a time and refuses
+    /// those past a queue of 32 with RATE_LIMITED, hence the default.
+    pub max_in_flight: usize,
     /// Interval of WebSocket pings; a connection with no traffic from the
     /// server for three intervals is considered dead. `None` disables it.
     pub heartbeat: Option<Duration>,
@@ -47,6 +51,7 @@ impl ClientOptions {
             backoff_max: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(10),
+            max_in_flight: 32,
             heartbeat: Some(Duration::from_secs(20)),
         }
     }
@@ -65,6 +70,7 @@ impl fmt::Debug for ClientOptions {
             .field("backoff_max", &self.backoff_max)
             .field("request_timeout", &self.request_timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("max_in_flight", &self.max_in_flight)
             .field("heartbeat", &self.heartbeat)
             .finish()
     }

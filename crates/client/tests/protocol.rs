@@ -654,5 +654,57 @@ async fn a_server_that_drops_right_after_hello_sees_growing_delays() {
     }
     // Delays drawn from [10,20], [20,40], [40,80], [80,160], [160,320] ms:
     // at least 310 ms in all, where a reset after each hello would give ~100.
-    assert!(start.elapsed() >= Duration::from_millis(300), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn protocol_error_goodbye_reconnects() {
+    // The gateway says PROTOCOL_ERROR when it found the client idle too long.
+    let mut server = MockServer::start().await;
+    let (_client, mut events, mut conn) = connect(&mut server, 0).await;
+    conn.goodbye(v1::GoodbyeReason::ProtocolError).await;
+    conn.close().await;
+    match next(&mut events).await {
+        ClientEvent::Disconnected { reason } => {
+            assert!(reason.contains("PROTOCOL_ERROR"), "{reason}")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let mut conn = server.accept().await;
+    conn.hello("alice", 0, 0).await;
+    assert!(matches!(next(&mut events).await, ClientEvent::Connected(_)));
+}
+
+#[tokio::test]
+async fn requests_beyond_the_window_wait_for_a_response() {
+    let mut server = MockServer::start().await;
+    let options = natter_client::ClientOptions {
+        max_in_flight: 2,
+        ..server.options()
+    };
+    let (client, _events, mut conn) = connect_opts(&mut server, options, 0).await;
+    let mut pings = Vec::new();
+    for _ in 0..3 {
+        let c = client.clone();
+        pings.push(tokio::spawn(async move { c.ping().await }));
+    }
+    let (first, _) = conn.request().await;
+    let (second, _) = conn.request().await;
+    assert!(
+        conn.acks_within(Duration::from_millis(100))
+            .await
+            .is_empty(),
+        "the third request must wait while two are unanswered"
+    );
+    conn.respond(first, Res::Pong(v1::Pong::default())).await;
+    let (third, _) = conn.request().await;
+    conn.respond(second, Res::Pong(v1::Pong::default())).await;
+    conn.respond(third, Res::Pong(v1::Pong::default())).await;
+    for ping in pings {
+        ping.await.unwrap().expect("pong");
+    }
 }
