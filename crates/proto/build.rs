@@ -6,8 +6,7 @@ use prost::Message as _;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
-    let files = ["common.proto", "client.proto", "events.proto", "api.proto"]
-        .map(|f| root.join("natter/v1").join(f));
+    let files = ["common.proto", "client.proto", "events.proto", "api.proto"].map(|f| root.join("natter/v1").join(f));
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }
@@ -20,10 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptor_bytes = fds.encode_to_vec();
     std::fs::write(out.join("natter_descriptor.bin"), &descriptor_bytes)?;
 
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
-        .compile_fds(fds)?;
+    tonic_prost_build::configure().build_client(true).build_server(true).compile_fds(fds)?;
 
     pbjson_build::Builder::new()
         .register_descriptors(&descriptor_bytes)?

@@ -33,11 +33,7 @@ impl TestServer {
         // Pin the ports so a restart comes back where clients reconnect.
         config.server.listen = node.ws_addr.to_string();
         config.server.grpc_listen = node.grpc_addr.to_string();
-        Self {
-            config,
-            node: Some(node),
-            _dir: dir,
-        }
+        Self { config, node: Some(node), _dir: dir }
     }
 
     fn node(&self) -> &Node {
@@ -91,9 +87,7 @@ impl TestServer {
 pub async fn connect_caught_up(options: ClientOptions) -> (Client, Events) {
     let (client, mut events) = Client::connect(options).await.expect("connect");
     loop {
-        if let ClientEvent::CaughtUp(_) =
-            events.recv_timeout(WAIT).await.expect("caught up in time")
-        {
+        if let ClientEvent::CaughtUp(_) = events.recv_timeout(WAIT).await.expect("caught up in time") {
             return (client, events);
         }
     }
@@ -116,12 +110,13 @@ pub async fn messages(events: &mut Events, n: usize) -> Vec<v1::Message> {
 }
 
 /// Asserts no further message or group event arrives within a short while
-/// (connection bookkeeping events are fine).
+/// (connection bookkeeping and presence events are fine).
 pub async fn assert_quiet(events: &mut Events) {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
     while let Ok(Ok(event)) = tokio::time::timeout_at(deadline, events.recv_timeout(WAIT)).await {
         match event {
-            ClientEvent::Connected(_) | ClientEvent::CaughtUp(_) => {}
+            // Presence (including the user's own devices') is live chatter.
+            ClientEvent::Connected(_) | ClientEvent::CaughtUp(_) | ClientEvent::OnPresenceStatusChange(_) => {}
             other => panic!("expected no more events, got {other:?}"),
         }
     }

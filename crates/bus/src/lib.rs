@@ -13,6 +13,7 @@ pub mod local;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures::stream::BoxStream;
 use natter_types::{LogEvent, Result, SessionId, UserId};
 
@@ -26,11 +27,25 @@ pub struct LiveEvent {
     pub event: Arc<LogEvent>,
 }
 
+/// A server frame for a user's live sessions that is not kept in any log
+/// (presence changes): encoded once, in both wire formats, for every
+/// recipient, so a fan-out to thousands of sessions encodes nothing again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transient {
+    /// The protobuf `ServerFrame`.
+    pub proto: Bytes,
+    /// The same frame as proto3 JSON.
+    pub json: Bytes,
+}
+
 /// What a live subscription yields.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Live {
     Event(LiveEvent),
+    Transient(Arc<Transient>),
     /// The subscriber fell behind and events were dropped: re-read the log.
+    /// (Transient frames dropped with them are gone, as live-only frames are
+    /// for an offline device.)
     Lagged,
 }
 
@@ -38,16 +53,16 @@ pub enum Live {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Control {
     /// Close these sessions of the user: a newer device took their place.
-    Kick {
-        user: UserId,
-        sessions: Vec<SessionId>,
-    },
+    Kick { user: UserId, sessions: Vec<SessionId> },
 }
 
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
     /// Sends a durable event to the user's live subscribers, if any.
     async fn publish_user(&self, user: &UserId, event: LiveEvent) -> Result<()>;
+
+    /// Sends a live-only frame to every live session of each user.
+    async fn publish_transient(&self, users: &[UserId], frame: Arc<Transient>) -> Result<()>;
 
     /// Live events for one user, from now on. Subscribe before reading the
     /// log so that nothing falls between the two.

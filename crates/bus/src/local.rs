@@ -14,7 +14,7 @@ use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
-use crate::{Bus, Control, Live, LiveEvent};
+use crate::{Bus, Control, Live, LiveEvent, Transient};
 
 /// Events buffered per user before a slow subscriber is told it lagged.
 const USER_CHANNEL_CAPACITY: usize = 1024;
@@ -26,7 +26,7 @@ pub struct LocalBus {
 
 #[derive(Debug, Default)]
 struct Inner {
-    users: DashMap<UserId, broadcast::Sender<LiveEvent>>,
+    users: DashMap<UserId, broadcast::Sender<Item>>,
     gateways: DashMap<String, broadcast::Sender<Control>>,
 }
 
@@ -41,10 +41,17 @@ impl LocalBus {
     }
 }
 
+/// What a user's channel carries.
+#[derive(Debug, Clone)]
+enum Item {
+    Logged(LiveEvent),
+    Transient(Arc<Transient>),
+}
+
 /// A user's live stream; removes the user's channel when the last
 /// subscriber goes, so idle users cost nothing.
 struct UserStream {
-    rx: BroadcastStream<LiveEvent>,
+    rx: BroadcastStream<Item>,
     inner: Arc<Inner>,
     user: UserId,
 }
@@ -55,7 +62,8 @@ impl Stream for UserStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Live>> {
         self.rx.poll_next_unpin(cx).map(|item| {
             item.map(|r| match r {
-                Ok(event) => Live::Event(event),
+                Ok(Item::Logged(event)) => Live::Event(event),
+                Ok(Item::Transient(frame)) => Live::Transient(frame),
                 Err(BroadcastStreamRecvError::Lagged(_)) => Live::Lagged,
             })
         })
@@ -67,9 +75,7 @@ impl Drop for UserStream {
         // Our own receiver is still alive here (fields drop after this), so
         // "last subscriber" means a count of one. The map's shard lock
         // orders this against a concurrent subscribe.
-        self.inner
-            .users
-            .remove_if(&self.user, |_, tx| tx.receiver_count() <= 1);
+        self.inner.users.remove_if(&self.user, |_, tx| tx.receiver_count() <= 1);
     }
 }
 
@@ -78,7 +84,16 @@ impl Bus for LocalBus {
     async fn publish_user(&self, user: &UserId, event: LiveEvent) -> Result<()> {
         if let Some(tx) = self.inner.users.get(user) {
             // No receiver is fine: the event is in the durable log.
-            let _ = tx.send(event);
+            let _ = tx.send(Item::Logged(event));
+        }
+        Ok(())
+    }
+
+    async fn publish_transient(&self, users: &[UserId], frame: Arc<Transient>) -> Result<()> {
+        for user in users {
+            if let Some(tx) = self.inner.users.get(user) {
+                let _ = tx.send(Item::Transient(frame.clone()));
+            }
         }
         Ok(())
     }
@@ -90,11 +105,7 @@ impl Bus for LocalBus {
             .entry(user.clone())
             .or_insert_with(|| broadcast::channel(USER_CHANNEL_CAPACITY).0)
             .subscribe();
-        Ok(Box::pin(UserStream {
-            rx: BroadcastStream::new(rx),
-            inner: self.inner.clone(),
-            user: user.clone(),
-        }))
+        Ok(Box::pin(UserStream { rx: BroadcastStream::new(rx), inner: self.inner.clone(), user: user.clone() }))
     }
 
     async fn publish_control(&self, gateway: &str, control: Control) -> Result<()> {
@@ -111,9 +122,7 @@ impl Bus for LocalBus {
             .entry(gateway.to_owned())
             .or_insert_with(|| broadcast::channel(USER_CHANNEL_CAPACITY).0)
             .subscribe();
-        Ok(Box::pin(
-            BroadcastStream::new(rx).filter_map(|item| async move { item.ok() }),
-        ))
+        Ok(Box::pin(BroadcastStream::new(rx).filter_map(|item| async move { item.ok() })))
     }
 }
 
@@ -134,11 +143,7 @@ mod tests {
             members: vec![],
             time: 0,
         };
-        LiveEvent {
-            seq,
-            prev: seq - 1,
-            event: Arc::new(LogEvent::GroupChange(change)),
-        }
+        LiveEvent { seq, prev: seq - 1, event: Arc::new(LogEvent::GroupChange(change)) }
     }
 
     #[tokio::test]
@@ -155,6 +160,19 @@ mod tests {
         assert_eq!(bus.subscribed_users(), 0);
         // Publishing with nobody listening is not an error.
         bus.publish_user(&alice, live(2)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn transient_frames_reach_only_the_named_live_users() {
+        let bus = LocalBus::new();
+        let (alice, bob) = (UserId::parse("alice", "u").unwrap(), UserId::parse("bob", "u").unwrap());
+        let mut a = bus.subscribe_user(&alice).await.unwrap();
+        let mut b = bus.subscribe_user(&bob).await.unwrap();
+        let frame = Arc::new(Transient { proto: vec![1u8].into(), json: b"{}".to_vec().into() });
+        bus.publish_transient(std::slice::from_ref(&alice), frame.clone()).await.unwrap();
+        bus.publish_user(&bob, live(1)).await.unwrap();
+        assert_eq!(a.next().await, Some(Live::Transient(frame)));
+        assert_eq!(b.next().await, Some(Live::Event(live(1))), "bob got no transient frame first");
     }
 
     #[tokio::test]

@@ -45,10 +45,7 @@ async fn main() -> ExitCode {
         .init();
     let args = Args::parse();
 
-    let options = ClientOptions {
-        cursor: args.cursor,
-        ..ClientOptions::new(args.url, args.token)
-    };
+    let options = ClientOptions { cursor: args.cursor, ..ClientOptions::new(args.url, args.token) };
     let (client, mut events) = match Client::connect(options).await {
         Ok(connected) => connected,
         Err(e) => {
@@ -56,11 +53,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let chat_type = if args.group {
-        v1::ChatType::Group
-    } else {
-        v1::ChatType::Single
-    };
+    let chat_type = if args.group { v1::ChatType::Group } else { v1::ChatType::Single };
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
 
     // Created once: a Ctrl-C between two turns of the loop is not lost.
@@ -103,34 +96,23 @@ fn show(event: &ClientEvent) {
                 Some(v1::message::Body::Custom(c)) => format!("<{}> {:?}", c.event, c.params),
                 None => "<empty>".to_owned(),
             };
-            let place = if m.chat_type == v1::ChatType::Group as i32 {
-                format!(" @ {}", m.to)
-            } else {
-                String::new()
-            };
+            let place = if m.chat_type == v1::ChatType::Group as i32 { format!(" @ {}", m.to) } else { String::new() };
             println!("{}{place}: {body}", m.from);
         }
         ClientEvent::OnGroupChange(g) => {
-            let kind = v1::GroupChangeKind::try_from(g.kind)
-                .map(|k| k.as_str_name())
-                .unwrap_or("CHANGED");
-            println!(
-                "* group {} {kind} by {}: {}",
-                g.group_id,
-                g.operator,
-                g.members.join(", ")
-            );
+            let kind = v1::GroupChangeKind::try_from(g.kind).map(|k| k.as_str_name()).unwrap_or("CHANGED");
+            println!("* group {} {kind} by {}: {}", g.group_id, g.operator, g.members.join(", "));
         }
-        ClientEvent::Connected(h) => eprintln!(
-            "* connected as {} (session {}, head {})",
-            h.user_id, h.session_id, h.head
-        ),
+        ClientEvent::OnPresenceStatusChange(p) => {
+            let state = if p.online { "online" } else { "offline" };
+            println!("* {} is {state} {}", p.user_id, p.description);
+        }
+        ClientEvent::Connected(h) => {
+            eprintln!("* connected as {} (session {}, head {})", h.user_id, h.session_id, h.head)
+        }
         ClientEvent::CaughtUp(seq) => eprintln!("* caught up at {seq}"),
         ClientEvent::ResyncRequired(r) => {
-            eprintln!(
-                "* events {}..{} are gone from the server; continuing after {}",
-                r.requested, r.oldest, r.head
-            );
+            eprintln!("* events {}..{} are gone from the server; continuing after {}", r.requested, r.oldest, r.head);
         }
         ClientEvent::Disconnected { reason } => eprintln!("* disconnected: {reason}"),
         ClientEvent::Kicked(g) => eprintln!("* session ended by the server: {}", g.message),

@@ -12,11 +12,7 @@ pub(crate) struct Backoff {
 
 impl Backoff {
     pub(crate) fn new(min: Duration, max: Duration) -> Self {
-        Self {
-            min,
-            max: max.max(min),
-            attempt: 0,
-        }
+        Self { min, max: max.max(min), attempt: 0 }
     }
 
     /// The delay before the next attempt: `min * 2^attempt` capped at `max`,
@@ -27,11 +23,7 @@ impl Backoff {
         self.attempt = self.attempt.saturating_add(1);
         let half = base / 2;
         let spread = half.as_nanos() as u64;
-        let jitter = if spread == 0 {
-            0
-        } else {
-            crate::random_u64() % (spread + 1)
-        };
+        let jitter = if spread == 0 { 0 } else { crate::random_u64() % (spread + 1) };
         half + Duration::from_nanos(jitter) + (base - half * 2)
     }
 
@@ -63,11 +55,7 @@ mod tests {
         for attempt in 0..40u32 {
             let base = min.saturating_mul(1 << attempt.min(20)).min(max);
             let d = b.next_delay();
-            assert!(
-                d >= base / 2 && d <= base,
-                "attempt {attempt}: {d:?} not in [{:?}, {base:?}]",
-                base / 2
-            );
+            assert!(d >= base / 2 && d <= base, "attempt {attempt}: {d:?} not in [{:?}, {base:?}]", base / 2);
         }
         assert_eq!(b.attempt(), 40);
     }
@@ -95,10 +83,7 @@ mod tests {
 
     #[test]
     fn zero_min_and_max_below_min_are_harmless() {
-        assert_eq!(
-            Backoff::new(Duration::ZERO, Duration::ZERO).next_delay(),
-            Duration::ZERO
-        );
+        assert_eq!(Backoff::new(Duration::ZERO, Duration::ZERO).next_delay(), Duration::ZERO);
         let mut b = Backoff::new(Duration::from_millis(10), Duration::from_millis(1));
         assert!(b.next_delay() <= Duration::from_millis(10));
     }

@@ -39,14 +39,7 @@ impl Client {
         // Detached on purpose: the task stops by itself once no handle and no
         // event stream can observe it (see the driver module docs).
         tokio::spawn(driver.run(socket, hello).instrument(span));
-        Ok((
-            Client {
-                cmds: cmd_tx,
-                shared: shared.clone(),
-                request_timeout,
-            },
-            Events::new(event_rx, shared),
-        ))
+        Ok((Client { cmds: cmd_tx, shared: shared.clone(), request_timeout }, Events::new(event_rx, shared)))
     }
 
     /// The resume position: the seq of the last event the application took
@@ -87,9 +80,7 @@ impl Client {
     /// [`ClientError::Server`].
     pub async fn request(&self, body: Req) -> Result<Res, ClientError> {
         let (reply, rx) = oneshot::channel();
-        self.cmds
-            .send(Command::Request { body, reply })
-            .map_err(|_| ClientError::Closed)?;
+        self.cmds.send(Command::Request { body, reply }).map_err(|_| ClientError::Closed)?;
         match tokio::time::timeout(self.request_timeout, rx).await {
             Ok(Ok(result)) => result,
             // The driver stopped without answering.
@@ -120,9 +111,7 @@ impl Client {
         self.send(v1::SendMessage {
             to: to.into(),
             chat_type: chat_type as i32,
-            body: Some(v1::send_message::Body::Text(v1::TextBody {
-                text: text.into(),
-            })),
+            body: Some(v1::send_message::Body::Text(v1::TextBody { text: text.into() })),
             ..Default::default()
         })
         .await
@@ -136,12 +125,7 @@ impl Client {
     }
 
     pub async fn get_group(&self, group_id: impl Into<String>) -> Result<v1::Group, ClientError> {
-        match self
-            .request(Req::GetGroup(v1::GetGroup {
-                group_id: group_id.into(),
-            }))
-            .await?
-        {
+        match self.request(Req::GetGroup(v1::GetGroup { group_id: group_id.into() })).await? {
             Res::Group(g) => Ok(g),
             other => Err(unexpected("group", &other)),
         }
@@ -152,10 +136,7 @@ impl Client {
         group_id: impl Into<String>,
         members: impl IntoIterator<Item = S>,
     ) -> Result<(), ClientError> {
-        let body = v1::AddMembers {
-            group_id: group_id.into(),
-            members: members.into_iter().map(Into::into).collect(),
-        };
+        let body = v1::AddMembers { group_id: group_id.into(), members: members.into_iter().map(Into::into).collect() };
         done(self.request(Req::AddMembers(body)).await?)
     }
 
@@ -164,10 +145,8 @@ impl Client {
         group_id: impl Into<String>,
         members: impl IntoIterator<Item = S>,
     ) -> Result<(), ClientError> {
-        let body = v1::RemoveMembers {
-            group_id: group_id.into(),
-            members: members.into_iter().map(Into::into).collect(),
-        };
+        let body =
+            v1::RemoveMembers { group_id: group_id.into(), members: members.into_iter().map(Into::into).collect() };
         done(self.request(Req::RemoveMembers(body)).await?)
     }
 
@@ -177,30 +156,16 @@ impl Client {
         user_id: impl Into<String>,
         admin: bool,
     ) -> Result<(), ClientError> {
-        let body = v1::SetAdmin {
-            group_id: group_id.into(),
-            user_id: user_id.into(),
-            admin,
-        };
+        let body = v1::SetAdmin { group_id: group_id.into(), user_id: user_id.into(), admin };
         done(self.request(Req::SetAdmin(body)).await?)
     }
 
     pub async fn leave_group(&self, group_id: impl Into<String>) -> Result<(), ClientError> {
-        done(
-            self.request(Req::LeaveGroup(v1::LeaveGroup {
-                group_id: group_id.into(),
-            }))
-            .await?,
-        )
+        done(self.request(Req::LeaveGroup(v1::LeaveGroup { group_id: group_id.into() })).await?)
     }
 
     pub async fn dissolve_group(&self, group_id: impl Into<String>) -> Result<(), ClientError> {
-        done(
-            self.request(Req::DissolveGroup(v1::DissolveGroup {
-                group_id: group_id.into(),
-            }))
-            .await?,
-        )
+        done(self.request(Req::DissolveGroup(v1::DissolveGroup { group_id: group_id.into() })).await?)
     }
 
     /// One page of members; pass the page's `next_cursor` for the next one
@@ -211,15 +176,68 @@ impl Client {
         cursor: impl Into<String>,
         page_size: u32,
     ) -> Result<v1::MemberPage, ClientError> {
-        let body = v1::ListMembers {
-            group_id: group_id.into(),
-            cursor: cursor.into(),
-            page_size,
-        };
+        let body = v1::ListMembers { group_id: group_id.into(), cursor: cursor.into(), page_size };
         match self.request(Req::ListMembers(body)).await? {
             Res::Members(page) => Ok(page),
             other => Err(unexpected("members", &other)),
         }
+    }
+
+    /// P1: follow these users' presence for `expiry_secs`; returns their
+    /// current presence.
+    pub async fn subscribe_presence<S: Into<String>>(
+        &self,
+        usernames: impl IntoIterator<Item = S>,
+        expiry_secs: u64,
+    ) -> Result<Vec<v1::PresenceStatus>, ClientError> {
+        let body =
+            v1::SubscribePresence { usernames: usernames.into_iter().map(Into::into).collect(), expiry: expiry_secs };
+        presences(self.request(Req::SubscribePresence(body)).await?)
+    }
+
+    /// P5
+    pub async fn unsubscribe_presence<S: Into<String>>(
+        &self,
+        usernames: impl IntoIterator<Item = S>,
+    ) -> Result<(), ClientError> {
+        let body = v1::UnsubscribePresence { usernames: usernames.into_iter().map(Into::into).collect() };
+        done(self.request(Req::UnsubscribePresence(body)).await?)
+    }
+
+    /// P3: set my custom status; returns my presence.
+    pub async fn publish_presence(&self, description: impl Into<String>) -> Result<v1::PresenceStatus, ClientError> {
+        let body = v1::PublishPresence { description: description.into() };
+        presences(self.request(Req::PublishPresence(body)).await?)?
+            .pop()
+            .ok_or_else(|| ClientError::Protocol("publish_presence answered no presence".into()))
+    }
+
+    /// P6: my subscriptions, `page_num` from 0.
+    pub async fn get_subscribed_presence_list(
+        &self,
+        page_num: u32,
+        page_size: u32,
+    ) -> Result<v1::SubscriptionPage, ClientError> {
+        let body = v1::GetSubscribedPresenceList { page_num, page_size };
+        match self.request(Req::GetSubscribedPresenceList(body)).await? {
+            Res::Subscriptions(page) => Ok(page),
+            other => Err(unexpected("subscriptions", &other)),
+        }
+    }
+
+    /// P7: current presence without subscribing.
+    pub async fn get_presence_status<S: Into<String>>(
+        &self,
+        usernames: impl IntoIterator<Item = S>,
+    ) -> Result<Vec<v1::PresenceStatus>, ClientError> {
+        let body = v1::GetPresenceStatus { usernames: usernames.into_iter().map(Into::into).collect() };
+        presences(self.request(Req::GetPresenceStatus(body)).await?)
+    }
+
+    /// Logs this device out (webhook status "2"); the session then ends and
+    /// the client does not reconnect.
+    pub async fn logout(&self) -> Result<(), ClientError> {
+        done(self.request(Req::Logout(v1::Logout {})).await?)
     }
 
     pub async fn list_my_groups(&self) -> Result<Vec<v1::Group>, ClientError> {
@@ -230,12 +248,7 @@ impl Client {
     }
 
     pub async fn ping(&self) -> Result<v1::Pong, ClientError> {
-        match self
-            .request(Req::Ping(v1::Ping {
-                client_time: natter_types::now_ms(),
-            }))
-            .await?
-        {
+        match self.request(Req::Ping(v1::Ping { client_time: natter_types::now_ms() })).await? {
             Res::Pong(pong) => Ok(pong),
             other => Err(unexpected("pong", &other)),
         }
@@ -261,6 +274,13 @@ fn done(result: Res) -> Result<(), ClientError> {
     }
 }
 
+fn presences(result: Res) -> Result<Vec<v1::PresenceStatus>, ClientError> {
+    match result {
+        Res::Presences(list) => Ok(list.presences),
+        other => Err(unexpected("presences", &other)),
+    }
+}
+
 fn unexpected(wanted: &str, got: &Res) -> ClientError {
     let got = match got {
         Res::Error(_) => "error",
@@ -270,6 +290,8 @@ fn unexpected(wanted: &str, got: &Res) -> ClientError {
         Res::Members(_) => "members",
         Res::Groups(_) => "groups",
         Res::Ok(_) => "ok",
+        Res::Presences(_) => "presences",
+        Res::Subscriptions(_) => "subscriptions",
     };
     ClientError::Protocol(format!("expected a {wanted} result, got {got}"))
 }
@@ -289,9 +311,6 @@ mod tests {
     fn group_mutations_accept_ok_or_group() {
         assert!(done(Res::Ok(v1::Empty {})).is_ok());
         assert!(done(Res::Group(v1::Group::default())).is_ok());
-        assert!(matches!(
-            done(Res::Pong(v1::Pong::default())),
-            Err(ClientError::Protocol(_))
-        ));
+        assert!(matches!(done(Res::Pong(v1::Pong::default())), Err(ClientError::Protocol(_))));
     }
 }

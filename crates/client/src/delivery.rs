@@ -53,11 +53,7 @@ pub(crate) struct RecentSet<T> {
 
 impl<T: Hash + Eq + Clone> RecentSet<T> {
     pub(crate) fn new(cap: usize) -> Self {
-        Self {
-            order: VecDeque::new(),
-            members: HashSet::new(),
-            cap: cap.max(1),
-        }
+        Self { order: VecDeque::new(), members: HashSet::new(), cap: cap.max(1) }
     }
 
     pub(crate) fn insert(&mut self, value: T) {
@@ -134,12 +130,7 @@ mod tests {
     use super::*;
 
     fn msg(from: &str, id: u64, cmid: &str) -> v1::Message {
-        v1::Message {
-            id,
-            client_msg_id: cmid.into(),
-            from: from.into(),
-            ..Default::default()
-        }
+        v1::Message { id, client_msg_id: cmid.into(), from: from.into(), ..Default::default() }
     }
 
     #[test]
@@ -174,14 +165,8 @@ mod tests {
         f.set_user("alice");
         f.note_sending("c1");
         assert!(f.is_echo(&msg("alice", 100, "c1")));
-        assert!(
-            !f.is_echo(&msg("alice", 101, "c2")),
-            "another device of alice sent this one"
-        );
-        assert!(
-            !f.is_echo(&msg("bob", 102, "c1")),
-            "same client_msg_id from another user"
-        );
+        assert!(!f.is_echo(&msg("alice", 101, "c2")), "another device of alice sent this one");
+        assert!(!f.is_echo(&msg("bob", 102, "c1")), "same client_msg_id from another user");
     }
 
     #[test]

@@ -167,11 +167,7 @@ impl Driver {
         if self.delivered.advance_to(hello.cursor) && self.cursor_known {
             // Only the server can tell us why (a resync_required should
             // follow); the events in between are not coming either way.
-            warn!(
-                requested,
-                starts_after = hello.cursor,
-                "server resumes after the requested cursor"
-            );
+            warn!(requested, starts_after = hello.cursor, "server resumes after the requested cursor");
         }
         self.cursor_known = true;
         // The server knows where it starts; no need to acknowledge that again.
@@ -296,11 +292,7 @@ impl Driver {
         if self.outbox.is_empty() || !self.window_open() {
             return Ok(());
         }
-        trace!(
-            queued = self.outbox.len(),
-            in_flight = self.in_flight.len(),
-            "writing queued requests"
-        );
+        trace!(queued = self.outbox.len(), in_flight = self.in_flight.len(), "writing queued requests");
         // One at a time off the front: if a write fails, the rest stay queued.
         while self.window_open() {
             let Some(q) = self.outbox.pop_front() else {
@@ -319,12 +311,7 @@ impl Driver {
     }
 
     /// Assign a req_id, register the request and buffer its frame (unflushed).
-    async fn feed(
-        &mut self,
-        ws: &mut Socket,
-        body: Req,
-        reply: Reply,
-    ) -> Result<(), tungstenite::Error> {
+    async fn feed(&mut self, ws: &mut Socket, body: Req, reply: Reply) -> Result<(), tungstenite::Error> {
         if reply.is_closed() {
             // The caller stopped waiting (timed out) before it was written.
             return Ok(());
@@ -337,10 +324,7 @@ impl Driver {
         };
         self.next_req_id += 1;
         let req_id = self.next_req_id;
-        let frame = v1::ClientFrame {
-            req_id,
-            body: Some(body),
-        };
+        let frame = v1::ClientFrame { req_id, body: Some(body) };
         let msg = conn::encode(&frame);
         let resend = if is_send { frame.body } else { None };
         // Registered before the write: should the write fail, the drop
@@ -358,20 +342,16 @@ impl Driver {
         let msg = match msg {
             Some(Ok(msg)) => msg,
             Some(Err(e)) => {
-                return Some(End::Dropped(closed_reason(
-                    goodbye,
-                    &format!("websocket: {e}"),
-                )));
+                return Some(End::Dropped(closed_reason(goodbye, &format!("websocket: {e}"))));
             }
             None => return Some(End::Dropped(closed_reason(goodbye, "connection closed"))),
         };
         match conn::decode(msg) {
             Incoming::Frame(frame) => self.on_frame(frame, goodbye),
             Incoming::Control => None,
-            Incoming::Closed(why) => Some(End::Dropped(closed_reason(
-                goodbye,
-                &format!("server closed the connection ({why})"),
-            ))),
+            Incoming::Closed(why) => {
+                Some(End::Dropped(closed_reason(goodbye, &format!("server closed the connection ({why})"))))
+            }
             Incoming::Invalid(why) => {
                 // Skipping the frame could skip an event; reconnecting makes
                 // the server replay it, and the log says loudly why.
@@ -381,11 +361,7 @@ impl Driver {
         }
     }
 
-    fn on_frame(
-        &mut self,
-        frame: v1::ServerFrame,
-        goodbye: &mut Option<v1::Goodbye>,
-    ) -> Option<End> {
+    fn on_frame(&mut self, frame: v1::ServerFrame, goodbye: &mut Option<v1::Goodbye>) -> Option<End> {
         match frame.body {
             Some(Push::Event(ev)) => self.on_event(ev),
             Some(Push::Response(r)) => self.on_response(r),
@@ -406,12 +382,13 @@ impl Driver {
                 self.push(Some(ClientEvent::ResyncRequired(r)));
             }
             Some(Push::Goodbye(g)) => {
-                let reason =
-                    v1::GoodbyeReason::try_from(g.reason).unwrap_or(v1::GoodbyeReason::Unspecified);
+                let reason = v1::GoodbyeReason::try_from(g.reason).unwrap_or(v1::GoodbyeReason::Unspecified);
                 match reason {
                     // Reconnecting would only displace the newer device again,
                     // or be refused for the same token.
-                    v1::GoodbyeReason::KickedByOtherDevice | v1::GoodbyeReason::TokenExpired => {
+                    v1::GoodbyeReason::KickedByOtherDevice
+                    | v1::GoodbyeReason::TokenExpired
+                    | v1::GoodbyeReason::LoggedOut => {
                         return Some(End::Kicked(g));
                     }
                     // The close follows; read on until then and reconnect.
@@ -427,6 +404,7 @@ impl Driver {
                     }
                 }
             }
+            Some(Push::OnPresenceStatusChange(p)) => self.push(Some(ClientEvent::OnPresenceStatusChange(p))),
             Some(Push::Hello(h)) => {
                 debug!(session_id = %h.session_id, "hello in the middle of a connection");
                 self.echo.set_user(&h.user_id);
@@ -442,21 +420,13 @@ impl Driver {
         if !self.delivered.accept(seq) {
             // Normal around reconnects: the server replays from our cursor
             // while live events may already have been queued.
-            debug!(
-                seq,
-                delivered = self.delivered.get(),
-                "dropping repeated event"
-            );
+            debug!(seq, delivered = self.delivered.get(), "dropping repeated event");
             return;
         }
         self.unacked = self.unacked.saturating_add(1);
         let event = match ev.kind {
-            Some(Kind::OnTextMessage(m)) => {
-                self.unless_echo(seq, m).map(ClientEvent::OnTextMessage)
-            }
-            Some(Kind::OnCustomMessage(m)) => {
-                self.unless_echo(seq, m).map(ClientEvent::OnCustomMessage)
-            }
+            Some(Kind::OnTextMessage(m)) => self.unless_echo(seq, m).map(ClientEvent::OnTextMessage),
+            Some(Kind::OnCustomMessage(m)) => self.unless_echo(seq, m).map(ClientEvent::OnCustomMessage),
             Some(Kind::OnGroupChange(g)) => Some(ClientEvent::OnGroupChange(g)),
             None => {
                 debug!(seq, "skipping an event of a kind this sdk does not know");
@@ -484,10 +454,7 @@ impl Driver {
         let result = match r.result {
             Some(v1::response::Result::Error(e)) => Err(ClientError::from_wire(e)),
             Some(result) => Ok(result),
-            None => Err(ClientError::Protocol(format!(
-                "response {} has no result",
-                r.req_id
-            ))),
+            None => Err(ClientError::Protocol(format!("response {} has no result", r.req_id))),
         };
         if let Ok(v1::response::Result::Sent(sent)) = &result {
             self.echo.note_sent(sent.server_msg_id);
@@ -500,10 +467,7 @@ impl Driver {
         if seq <= self.acked {
             return Ok(());
         }
-        let frame = v1::ClientFrame {
-            req_id: 0,
-            body: Some(Req::Ack(v1::AckEvents { seq })),
-        };
+        let frame = v1::ClientFrame { req_id: 0, body: Some(Req::Ack(v1::AckEvents { seq })) };
         ws.send(conn::encode(&frame)).await?;
         trace!(seq, "acked");
         self.acked = seq;
@@ -514,11 +478,8 @@ impl Driver {
     /// Close cleanly: acknowledge how far we got (so a later connect without
     /// a cursor resumes there) and do the close handshake.
     async fn shutdown(&mut self, ws: &mut Socket) -> End {
-        let seq = if self.events.is_closed() {
-            self.delivered.get()
-        } else {
-            self.shared.consumed.load(Ordering::Acquire)
-        };
+        let seq =
+            if self.events.is_closed() { self.delivered.get() } else { self.shared.consumed.load(Ordering::Acquire) };
         let goodbye = async {
             self.ack(ws, seq).await?;
             ws.close(None).await?;
@@ -544,10 +505,7 @@ impl Driver {
             match f.resend {
                 Some(body) => {
                     if !f.reply.is_closed() {
-                        retry.push_back(Queued {
-                            body,
-                            reply: f.reply,
-                        });
+                        retry.push_back(Queued { body, reply: f.reply });
                     }
                 }
                 None => {
@@ -557,11 +515,7 @@ impl Driver {
             }
         }
         if !retry.is_empty() || failed > 0 {
-            debug!(
-                retried_sends = retry.len(),
-                failed_requests = failed,
-                "requests in flight at the drop"
-            );
+            debug!(retried_sends = retry.len(), failed_requests = failed, "requests in flight at the drop");
         }
         // Retried sends keep their original order, ahead of anything queued since.
         retry.append(&mut self.outbox);
@@ -601,9 +555,7 @@ impl Driver {
                 }
                 Err(e) if e.is_permanent() => {
                     error!(error = %e, attempt, "reconnect rejected; giving up");
-                    self.push(Some(ClientEvent::Disconnected {
-                        reason: format!("reconnect rejected: {e}"),
-                    }));
+                    self.push(Some(ClientEvent::Disconnected { reason: format!("reconnect rejected: {e}") }));
                     return None;
                 }
                 Err(e) => {
@@ -635,8 +587,7 @@ impl Driver {
     }
 
     fn kicked(&mut self, goodbye: v1::Goodbye) {
-        let reason =
-            v1::GoodbyeReason::try_from(goodbye.reason).unwrap_or(v1::GoodbyeReason::Unspecified);
+        let reason = v1::GoodbyeReason::try_from(goodbye.reason).unwrap_or(v1::GoodbyeReason::Unspecified);
         warn!(reason = reason.as_str_name(), message = %goodbye.message, "session ended by the server; not reconnecting");
         self.fail_all(|| ClientError::Kicked(goodbye.clone()));
         self.push(Some(ClientEvent::Kicked(goodbye)));
@@ -653,10 +604,7 @@ impl Driver {
 
     fn push(&self, event: Option<ClientEvent>) {
         // A closed queue means the application dropped `Events`: nothing to do.
-        let _ = self.events.send(Item {
-            seq: self.delivered.get(),
-            event,
-        });
+        let _ = self.events.send(Item { seq: self.delivered.get(), event });
     }
 }
 
@@ -664,13 +612,8 @@ impl Driver {
 fn closed_reason(goodbye: &Option<v1::Goodbye>, what: &str) -> String {
     match goodbye {
         Some(g) => {
-            let reason =
-                v1::GoodbyeReason::try_from(g.reason).unwrap_or(v1::GoodbyeReason::Unspecified);
-            format!(
-                "server going away ({} {}): {what}",
-                reason.as_str_name(),
-                g.message
-            )
+            let reason = v1::GoodbyeReason::try_from(g.reason).unwrap_or(v1::GoodbyeReason::Unspecified);
+            format!("server going away ({} {}): {what}", reason.as_str_name(), g.message)
         }
         None => what.to_owned(),
     }

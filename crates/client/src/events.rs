@@ -23,6 +23,9 @@ pub enum ClientEvent {
     OnTextMessage(v1::Message),
     OnCustomMessage(v1::Message),
     OnGroupChange(v1::GroupChange),
+    /// A subscribed user's presence changed, or this user's own (live only:
+    /// not replayed after a reconnect).
+    OnPresenceStatusChange(v1::PresenceStatus),
     /// A connection is established (the first one, and after every reconnect).
     Connected(v1::Hello),
     /// Everything stored before the connection was replayed; live from here.
@@ -74,18 +77,11 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn new(start: u64, hello: v1::Hello) -> Self {
-        Self {
-            consumed: AtomicU64::new(start),
-            ack_wanted: Notify::new(),
-            hello: Mutex::new(hello),
-        }
+        Self { consumed: AtomicU64::new(start), ack_wanted: Notify::new(), hello: Mutex::new(hello) }
     }
 
     pub(crate) fn hello(&self) -> v1::Hello {
-        self.hello
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.hello.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     pub(crate) fn set_hello(&self, hello: v1::Hello) {
@@ -111,11 +107,7 @@ pub struct Events {
 
 impl Events {
     pub(crate) fn new(rx: mpsc::UnboundedReceiver<Item>, shared: Arc<Shared>) -> Self {
-        Self {
-            rx,
-            shared,
-            since_ack: 0,
-        }
+        Self { rx, shared, since_ack: 0 }
     }
 
     /// The next event; `None` once the client has stopped and the queue is empty.
@@ -195,13 +187,7 @@ mod tests {
     use super::*;
 
     fn text(seq: u64) -> Item {
-        Item {
-            seq,
-            event: Some(ClientEvent::OnTextMessage(v1::Message {
-                id: seq,
-                ..Default::default()
-            })),
-        }
+        Item { seq, event: Some(ClientEvent::OnTextMessage(v1::Message { id: seq, ..Default::default() })) }
     }
 
     #[tokio::test]
@@ -210,28 +196,15 @@ mod tests {
         let shared = Arc::new(Shared::new(0, v1::Hello::default()));
         let mut events = Events::new(rx, shared.clone());
         tx.send(text(1)).expect("queue");
-        tx.send(Item {
-            seq: 2,
-            event: None,
-        })
-        .expect("queue");
+        tx.send(Item { seq: 2, event: None }).expect("queue");
         tx.send(text(3)).expect("queue");
-        assert_eq!(
-            events.recv().await.and_then(|e| e.message().map(|m| m.id)),
-            Some(1)
-        );
+        assert_eq!(events.recv().await.and_then(|e| e.message().map(|m| m.id)), Some(1));
         assert_eq!(events.cursor(), 1, "only what was taken counts");
-        assert_eq!(
-            events.recv().await.and_then(|e| e.message().map(|m| m.id)),
-            Some(3)
-        );
+        assert_eq!(events.recv().await.and_then(|e| e.message().map(|m| m.id)), Some(3));
         assert_eq!(events.cursor(), 3, "the silent entry was passed over");
         drop(tx);
         assert!(events.recv().await.is_none());
-        assert!(matches!(
-            events.recv_timeout(Duration::from_millis(10)).await,
-            Err(ClientError::Closed)
-        ));
+        assert!(matches!(events.recv_timeout(Duration::from_millis(10)).await, Err(ClientError::Closed)));
     }
 
     #[tokio::test]
@@ -244,8 +217,7 @@ mod tests {
         }
         events.recv().await;
         events.recv().await;
-        let early =
-            tokio::time::timeout(Duration::from_millis(20), shared.ack_wanted.notified()).await;
+        let early = tokio::time::timeout(Duration::from_millis(20), shared.ack_wanted.notified()).await;
         assert!(early.is_err(), "no ack while more events are queued");
         events.recv().await;
         tokio::time::timeout(Duration::from_millis(200), shared.ack_wanted.notified())
@@ -258,20 +230,10 @@ mod tests {
         let (tx, rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared::new(0, v1::Hello::default()));
         let mut events = Events::new(rx, shared);
-        tx.send(Item {
-            seq: 0,
-            event: Some(ClientEvent::CaughtUp(0)),
-        })
-        .expect("queue");
+        tx.send(Item { seq: 0, event: Some(ClientEvent::CaughtUp(0)) }).expect("queue");
         tx.send(text(5)).expect("queue");
-        let m = events
-            .next_message(Duration::from_secs(1))
-            .await
-            .expect("message");
+        let m = events.next_message(Duration::from_secs(1)).await.expect("message");
         assert_eq!(m.id, 5);
-        assert!(matches!(
-            events.next_message(Duration::from_millis(10)).await,
-            Err(ClientError::Timeout)
-        ));
+        assert!(matches!(events.next_message(Duration::from_millis(10)).await, Err(ClientError::Timeout)));
     }
 }

@@ -17,6 +17,11 @@ pub struct ClientOptions {
     pub token: String,
     /// Reported to the server as `platform=`.
     pub platform: String,
+    /// Stable id of this device, so the server can tell a quick reconnect
+    /// from a new device (no offline/online flap for presence subscribers).
+    /// Defaults to a random id per `ClientOptions::new`; `None`: the server
+    /// treats each connection as its own device.
+    pub device: Option<String>,
     /// Resume point: deliver events with a seq above this. `None` lets the
     /// server start at the user's last acknowledged position.
     pub cursor: Option<u64>,
@@ -45,6 +50,7 @@ impl ClientOptions {
             url: url.into(),
             token: token.into(),
             platform: "Websocket".to_owned(),
+            device: Some(format!("{:016x}", crate::random_u64())),
             cursor: None,
             reconnect: true,
             backoff_min: Duration::from_millis(100),

@@ -47,35 +47,18 @@ async fn connect_opts(
 #[tokio::test]
 async fn connect_sends_the_query_and_surfaces_hello_first() {
     let mut server = MockServer::start().await;
-    let options = natter_client::ClientOptions {
-        platform: "Linux".into(),
-        ..server.options()
-    };
+    let options = natter_client::ClientOptions { platform: "Linux".into(), ..server.options() };
     let (client, _events, conn) = connect_opts(&mut server, options, 4).await;
     assert_eq!(conn.path, "/ws");
     assert_eq!(conn.query.get("token").map(String::as_str), Some("tok"));
     assert_eq!(conn.query.get("format").map(String::as_str), Some("proto"));
-    assert_eq!(
-        conn.query.get("platform").map(String::as_str),
-        Some("Linux")
-    );
-    assert_eq!(
-        conn.cursor(),
-        None,
-        "no cursor given: the server picks the start"
-    );
+    assert_eq!(conn.query.get("platform").map(String::as_str), Some("Linux"));
+    assert_eq!(conn.cursor(), None, "no cursor given: the server picks the start");
     assert_eq!(client.user_id(), "alice");
     assert_eq!(client.hello().session_id, "s-alice");
-    assert_eq!(
-        client.cursor(),
-        4,
-        "the server's start is the cursor until an event arrives"
-    );
+    assert_eq!(client.cursor(), 4, "the server's start is the cursor until an event arrives");
 
-    let options = natter_client::ClientOptions {
-        cursor: Some(7),
-        ..server.options()
-    };
+    let options = natter_client::ClientOptions { cursor: Some(7), ..server.options() };
     let (_c, _e, conn) = connect_opts(&mut server, options, 7).await;
     assert_eq!(conn.cursor(), Some(7));
 }
@@ -83,19 +66,10 @@ async fn connect_sends_the_query_and_surfaces_hello_first() {
 #[tokio::test]
 async fn rejected_upgrade_is_an_http_error_with_the_body_code() {
     let server = MockServer::start().await;
-    server.reject_next(
-        401,
-        r#"{"code":"UNAUTHENTICATED","message":"token expired"}"#,
-    );
-    let err = Client::connect(server.options())
-        .await
-        .expect_err("must fail");
+    server.reject_next(401, r#"{"code":"UNAUTHENTICATED","message":"token expired"}"#);
+    let err = Client::connect(server.options()).await.expect_err("must fail");
     match &err {
-        ClientError::Http {
-            status,
-            code,
-            message,
-        } => {
+        ClientError::Http { status, code, message } => {
             assert_eq!(*status, 401);
             assert_eq!(*code, Some(v1::ErrorCode::Unauthenticated));
             assert_eq!(message, "token expired");
@@ -110,26 +84,17 @@ async fn connect_fails_on_goodbye_or_garbage_before_hello() {
     let connecting = tokio::spawn(Client::connect(server.options()));
     let mut conn = server.accept().await;
     conn.goodbye(v1::GoodbyeReason::KickedByOtherDevice).await;
-    assert!(matches!(
-        connecting.await.unwrap(),
-        Err(ClientError::Kicked(_))
-    ));
+    assert!(matches!(connecting.await.unwrap(), Err(ClientError::Kicked(_))));
 
     let connecting = tokio::spawn(Client::connect(server.options()));
     let mut conn = server.accept().await;
     conn.caught_up(1).await;
-    assert!(matches!(
-        connecting.await.unwrap(),
-        Err(ClientError::Protocol(_))
-    ));
+    assert!(matches!(connecting.await.unwrap(), Err(ClientError::Protocol(_))));
 
     let connecting = tokio::spawn(Client::connect(server.options()));
     let conn = server.accept().await;
     conn.close().await;
-    assert!(matches!(
-        connecting.await.unwrap(),
-        Err(ClientError::Protocol(_))
-    ));
+    assert!(matches!(connecting.await.unwrap(), Err(ClientError::Protocol(_))));
 }
 
 #[tokio::test]
@@ -141,33 +106,19 @@ async fn repeated_events_are_surfaced_once_and_acked_after_consumption() {
     }
     conn.caught_up(3).await;
     // Nothing is acknowledged before the application has taken the events.
-    assert!(
-        conn.acks_within(Duration::from_millis(100))
-            .await
-            .is_empty()
-    );
+    assert!(conn.acks_within(Duration::from_millis(100)).await.is_empty());
 
     assert_eq!(next_text_id(&mut events).await, 101);
     assert_eq!(next_text_id(&mut events).await, 102);
     assert_eq!(next_text_id(&mut events).await, 103);
     assert!(matches!(next(&mut events).await, ClientEvent::CaughtUp(3)));
     assert_eq!(client.cursor(), 3);
-    assert_eq!(
-        conn.ack(3).await,
-        3,
-        "one batched ack once the queue ran dry"
-    );
+    assert_eq!(conn.ack(3).await, 3, "one batched ack once the queue ran dry");
 
     conn.text(4, "bob", 104, "b4").await;
     assert_eq!(next_text_id(&mut events).await, 104);
     assert_eq!(conn.ack(4).await, 4);
-    assert!(
-        events
-            .recv_timeout(Duration::from_millis(50))
-            .await
-            .is_err(),
-        "nothing else was surfaced"
-    );
+    assert!(events.recv_timeout(Duration::from_millis(50)).await.is_err(), "nothing else was surfaced");
 }
 
 #[tokio::test]
@@ -207,14 +158,7 @@ async fn responses_are_matched_by_req_id_and_errors_mapped() {
         }),
     )
     .await;
-    conn.respond(
-        ping_id,
-        Res::Pong(v1::Pong {
-            client_time: 1,
-            server_time: 2,
-        }),
-    )
-    .await;
+    conn.respond(ping_id, Res::Pong(v1::Pong { client_time: 1, server_time: 2 })).await;
 
     assert_eq!(ping.await.unwrap().expect("pong").server_time, 2);
     match group.await.unwrap() {
@@ -230,10 +174,7 @@ async fn responses_are_matched_by_req_id_and_errors_mapped() {
     let groups = tokio::spawn(async move { c.list_my_groups().await });
     let (id, _) = conn.request().await;
     conn.respond(id, Res::Ok(v1::Empty {})).await;
-    assert!(matches!(
-        groups.await.unwrap(),
-        Err(ClientError::Protocol(_))
-    ));
+    assert!(matches!(groups.await.unwrap(), Err(ClientError::Protocol(_))));
 
     // A response nobody asked for is ignored.
     conn.respond(9999, Res::Ok(v1::Empty {})).await;
@@ -253,16 +194,13 @@ async fn own_echo_is_suppressed_but_moves_the_cursor() {
     let c = client.clone();
     let send = tokio::spawn(async move { c.send_text("bob", v1::ChatType::Single, "hi").await });
     let (req_id, body) = conn.request().await;
-    let Req::Send(s) = body else {
-        panic!("not a send")
-    };
+    let Req::Send(s) = body else { panic!("not a send") };
     assert!(!s.client_msg_id.is_empty(), "the sdk fills client_msg_id");
     assert_eq!(s.to, "bob");
 
     // The echo overtakes the response: recognised by client_msg_id.
     conn.text(1, "alice", 500, &s.client_msg_id).await;
-    conn.respond(req_id, sent(&s.client_msg_id, 500, false))
-        .await;
+    conn.respond(req_id, sent(&s.client_msg_id, 500, false)).await;
     assert_eq!(send.await.unwrap().expect("sent").server_msg_id, 500);
     // After the response: recognised by server id (another event of the
     // same message, e.g. replayed after a reconnect).
@@ -294,21 +232,14 @@ async fn reconnect_resumes_from_the_cursor_and_retries_sends() {
             client_msg_id: "my-id".into(),
             to: "bob".into(),
             chat_type: v1::ChatType::Single as i32,
-            body: Some(v1::send_message::Body::Text(v1::TextBody {
-                text: "hello".into(),
-            })),
+            body: Some(v1::send_message::Body::Text(v1::TextBody { text: "hello".into() })),
             ..Default::default()
         })
         .await
     });
     let c = client.clone();
-    let create = tokio::spawn(async move {
-        c.create_group(v1::CreateGroup {
-            name: "g".into(),
-            ..Default::default()
-        })
-        .await
-    });
+    let create =
+        tokio::spawn(async move { c.create_group(v1::CreateGroup { name: "g".into(), ..Default::default() }).await });
     let mut seen = Vec::new();
     while seen.len() < 2 {
         let (_, body) = conn.request().await;
@@ -318,30 +249,20 @@ async fn reconnect_resumes_from_the_cursor_and_retries_sends() {
     assert!(seen.iter().any(|b| matches!(b, Req::CreateGroup(_))));
     conn.drop_abruptly();
 
-    assert!(matches!(
-        next(&mut events).await,
-        ClientEvent::Disconnected { .. }
-    ));
+    assert!(matches!(next(&mut events).await, ClientEvent::Disconnected { .. }));
     assert!(
         matches!(create.await.unwrap(), Err(ClientError::Disconnected)),
         "a non-idempotent request in flight fails"
     );
 
     let mut conn = server.accept().await;
-    assert_eq!(
-        conn.cursor(),
-        Some(3),
-        "resumes from the last delivered seq"
-    );
+    assert_eq!(conn.cursor(), Some(3), "resumes from the last delivered seq");
     conn.hello("alice", 5, 3).await;
     // The send is written again with the same client_msg_id.
     let (req_id, body) = conn.request().await;
     assert!(matches!(&body, Req::Send(s) if s.client_msg_id == "my-id"));
     conn.respond(req_id, sent("my-id", 900, true)).await;
-    let result = send
-        .await
-        .unwrap()
-        .expect("the send completes after the reconnect");
+    let result = send.await.unwrap().expect("the send completes after the reconnect");
     assert!(result.duplicate);
 
     // A replay overlapping what was delivered, then new events.
@@ -369,10 +290,7 @@ async fn requests_made_while_disconnected_wait_for_the_connection() {
     };
     let (client, mut events, conn) = connect_opts(&mut server, options, 0).await;
     conn.drop_abruptly();
-    assert!(matches!(
-        next(&mut events).await,
-        ClientEvent::Disconnected { .. }
-    ));
+    assert!(matches!(next(&mut events).await, ClientEvent::Disconnected { .. }));
 
     let c = client.clone();
     let dissolve = tokio::spawn(async move { c.dissolve_group("g1").await });
@@ -381,10 +299,7 @@ async fn requests_made_while_disconnected_wait_for_the_connection() {
     let (id, body) = conn.request().await;
     assert!(matches!(body, Req::DissolveGroup(d) if d.group_id == "g1"));
     conn.respond(id, Res::Ok(v1::Empty {})).await;
-    dissolve
-        .await
-        .unwrap()
-        .expect("dissolved after the reconnect");
+    dissolve.await.unwrap().expect("dissolved after the reconnect");
 }
 
 #[tokio::test]
@@ -398,10 +313,7 @@ async fn kick_ends_the_client_without_reconnecting() {
 
     assert!(matches!(next(&mut events).await,
         ClientEvent::Kicked(g) if g.reason == v1::GoodbyeReason::KickedByOtherDevice as i32));
-    assert!(
-        events.recv().await.is_none(),
-        "the stream ends after a kick"
-    );
+    assert!(events.recv().await.is_none(), "the stream ends after a kick");
     assert!(matches!(ping.await.unwrap(), Err(ClientError::Kicked(_))));
     assert!(matches!(client.ping().await, Err(ClientError::Closed)));
     assert!(client.is_closed());
@@ -443,15 +355,9 @@ async fn server_shutdown_goodbye_reconnects() {
 async fn rejected_token_on_reconnect_gives_up() {
     let mut server = MockServer::start().await;
     let (client, mut events, conn) = connect(&mut server, 0).await;
-    server.reject_next(
-        401,
-        r#"{"code":"UNAUTHENTICATED","message":"token expired"}"#,
-    );
+    server.reject_next(401, r#"{"code":"UNAUTHENTICATED","message":"token expired"}"#);
     conn.drop_abruptly();
-    assert!(matches!(
-        next(&mut events).await,
-        ClientEvent::Disconnected { .. }
-    ));
+    assert!(matches!(next(&mut events).await, ClientEvent::Disconnected { .. }));
     match next(&mut events).await {
         ClientEvent::Disconnected { reason } => assert!(reason.contains("401"), "{reason}"),
         other => panic!("unexpected {other:?}"),
@@ -463,27 +369,16 @@ async fn rejected_token_on_reconnect_gives_up() {
 #[tokio::test]
 async fn resync_required_moves_the_resume_point_to_head() {
     let mut server = MockServer::start().await;
-    let options = natter_client::ClientOptions {
-        cursor: Some(2),
-        ..server.options()
-    };
+    let options = natter_client::ClientOptions { cursor: Some(2), ..server.options() };
     let (client, mut events, mut conn) = connect_opts(&mut server, options, 2).await;
-    conn.push(v1::server_frame::Body::ResyncRequired(v1::ResyncRequired {
-        requested: 2,
-        oldest: 50,
-        head: 80,
-    }))
-    .await;
+    conn.push(v1::server_frame::Body::ResyncRequired(v1::ResyncRequired { requested: 2, oldest: 50, head: 80 })).await;
     match next(&mut events).await {
         ClientEvent::ResyncRequired(r) => assert_eq!((r.requested, r.oldest, r.head), (2, 50, 80)),
         other => panic!("unexpected {other:?}"),
     }
     assert_eq!(client.cursor(), 80);
     conn.drop_abruptly();
-    assert!(matches!(
-        next(&mut events).await,
-        ClientEvent::Disconnected { .. }
-    ));
+    assert!(matches!(next(&mut events).await, ClientEvent::Disconnected { .. }));
     let conn = server.accept().await;
     assert_eq!(conn.cursor(), Some(80), "no second resync for the same gap");
 }
@@ -491,10 +386,7 @@ async fn resync_required_moves_the_resume_point_to_head() {
 #[tokio::test]
 async fn unanswered_request_times_out() {
     let mut server = MockServer::start().await;
-    let options = natter_client::ClientOptions {
-        request_timeout: Duration::from_millis(200),
-        ..server.options()
-    };
+    let options = natter_client::ClientOptions { request_timeout: Duration::from_millis(200), ..server.options() };
     let (client, _events, mut conn) = connect_opts(&mut server, options, 0).await;
     let c = client.clone();
     let ping = tokio::spawn(async move { c.ping().await });
@@ -505,14 +397,7 @@ async fn unanswered_request_times_out() {
     let c = client.clone();
     let ping = tokio::spawn(async move { c.ping().await });
     let (id, _) = conn.request().await;
-    conn.respond(
-        id,
-        Res::Pong(v1::Pong {
-            client_time: 0,
-            server_time: 7,
-        }),
-    )
-    .await;
+    conn.respond(id, Res::Pong(v1::Pong { client_time: 0, server_time: 7 })).await;
     assert_eq!(ping.await.unwrap().expect("pong").server_time, 7);
 }
 
@@ -531,23 +416,14 @@ async fn close_acks_what_was_consumed_and_closes_cleanly() {
     });
     let mut acks = Vec::new();
     let clean = loop {
-        match tokio::time::timeout(WAIT, conn.recv_any())
-            .await
-            .expect("frame")
-        {
-            Some(v1::ClientFrame {
-                body: Some(Req::Ack(a)),
-                ..
-            }) => acks.push(a.seq),
+        match tokio::time::timeout(WAIT, conn.recv_any()).await.expect("frame") {
+            Some(v1::ClientFrame { body: Some(Req::Ack(a)), .. }) => acks.push(a.seq),
             Some(other) => panic!("unexpected {other:?}"),
             None => break true,
         }
     };
     assert!(clean, "close frame expected");
-    assert!(
-        acks.iter().all(|&s| s <= 1),
-        "event 2 was never taken: {acks:?}"
-    );
+    assert!(acks.iter().all(|&s| s <= 1), "event 2 was never taken: {acks:?}");
     close.await.unwrap();
     assert!(client.is_closed());
     assert!(matches!(client.ping().await, Err(ClientError::Closed)));
@@ -573,20 +449,14 @@ async fn dropping_every_handle_stops_the_driver() {
     let (other, r) = ping.await.unwrap();
     r.expect("pong");
     drop(other);
-    assert!(
-        conn.closed_by_client().await,
-        "a clean close once nobody is left"
-    );
+    assert!(conn.closed_by_client().await, "a clean close once nobody is left");
     assert!(server.quiet_for(SHORT).await);
 }
 
 #[tokio::test]
 async fn heartbeat_detects_a_silent_server() {
     let mut server = MockServer::start().await;
-    let options = natter_client::ClientOptions {
-        heartbeat: Some(Duration::from_millis(50)),
-        ..server.options()
-    };
+    let options = natter_client::ClientOptions { heartbeat: Some(Duration::from_millis(50)), ..server.options() };
     let (_client, mut events, conn) = connect_opts(&mut server, options, 0).await;
     // The mock never reads, so it never answers pings: the client must give up
     // on it and reconnect.
@@ -604,10 +474,7 @@ async fn custom_and_group_events_are_surfaced() {
     let mut server = MockServer::start().await;
     let (_client, mut events, mut conn) = connect(&mut server, 0).await;
     let mut custom = message("bob", 7, "c");
-    custom.body = Some(v1::message::Body::Custom(v1::CustomBody {
-        event: "gift".into(),
-        params: Default::default(),
-    }));
+    custom.body = Some(v1::message::Body::Custom(v1::CustomBody { event: "gift".into(), params: Default::default() }));
     conn.push(v1::server_frame::Body::Event(v1::Event {
         seq: 1,
         kind: Some(v1::event::Kind::OnCustomMessage(custom)),
@@ -623,11 +490,7 @@ async fn custom_and_group_events_are_surfaced() {
     }))
     .await;
     // An event kind this SDK does not know (a newer server) is skipped.
-    conn.push(v1::server_frame::Body::Event(v1::Event {
-        seq: 3,
-        kind: None,
-    }))
-    .await;
+    conn.push(v1::server_frame::Body::Event(v1::Event { seq: 3, kind: None })).await;
     conn.text(4, "bob", 8, "d").await;
 
     assert!(matches!(next(&mut events).await, ClientEvent::OnCustomMessage(m) if m.id == 7));
@@ -654,11 +517,7 @@ async fn a_server_that_drops_right_after_hello_sees_growing_delays() {
     }
     // Delays drawn from [10,20], [20,40], [40,80], [80,160], [160,320] ms:
     // at least 310 ms in all, where a reset after each hello would give ~100.
-    assert!(
-        start.elapsed() >= Duration::from_millis(300),
-        "{:?}",
-        start.elapsed()
-    );
+    assert!(start.elapsed() >= Duration::from_millis(300), "{:?}", start.elapsed());
 }
 
 #[tokio::test]
@@ -682,10 +541,7 @@ async fn protocol_error_goodbye_reconnects() {
 #[tokio::test]
 async fn requests_beyond_the_window_wait_for_a_response() {
     let mut server = MockServer::start().await;
-    let options = natter_client::ClientOptions {
-        max_in_flight: 2,
-        ..server.options()
-    };
+    let options = natter_client::ClientOptions { max_in_flight: 2, ..server.options() };
     let (client, _events, mut conn) = connect_opts(&mut server, options, 0).await;
     let mut pings = Vec::new();
     for _ in 0..3 {
@@ -695,9 +551,7 @@ async fn requests_beyond_the_window_wait_for_a_response() {
     let (first, _) = conn.request().await;
     let (second, _) = conn.request().await;
     assert!(
-        conn.acks_within(Duration::from_millis(100))
-            .await
-            .is_empty(),
+        conn.acks_within(Duration::from_millis(100)).await.is_empty(),
         "the third request must wait while two are unanswered"
     );
     conn.respond(first, Res::Pong(v1::Pong::default())).await;

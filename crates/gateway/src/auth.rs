@@ -23,17 +23,12 @@ pub struct Tokens {
 
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokens")
-            .field("default_ttl_secs", &self.default_ttl_secs)
-            .finish_non_exhaustive()
+        f.debug_struct("Tokens").field("default_ttl_secs", &self.default_ttl_secs).finish_non_exhaustive()
     }
 }
 
 fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 impl Tokens {
@@ -52,17 +47,9 @@ impl Tokens {
     /// A token for `user` valid for `ttl_secs` (0: the default); returns it
     /// with its expiry in seconds since the epoch.
     pub fn mint(&self, user: &UserId, ttl_secs: u64) -> Result<(String, u64)> {
-        let ttl = if ttl_secs == 0 {
-            self.default_ttl_secs
-        } else {
-            ttl_secs
-        };
+        let ttl = if ttl_secs == 0 { self.default_ttl_secs } else { ttl_secs };
         let iat = unix_now();
-        let claims = Claims {
-            sub: user.to_string(),
-            iat,
-            exp: iat + ttl,
-        };
+        let claims = Claims { sub: user.to_string(), iat, exp: iat + ttl };
         let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| Error::internal(format!("signing token: {e}")))?;
         Ok((token, claims.exp))
@@ -70,17 +57,16 @@ impl Tokens {
 
     /// The user a valid token names; UNAUTHENTICATED with the reason otherwise.
     pub fn verify(&self, token: &str) -> Result<(UserId, u64)> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| {
-                use jsonwebtoken::errors::ErrorKind;
-                let why = match e.kind() {
-                    ErrorKind::ExpiredSignature => "token expired".to_owned(),
-                    ErrorKind::InvalidSignature => "token signature is invalid".to_owned(),
-                    ErrorKind::InvalidAlgorithm => "token must be signed with HS256".to_owned(),
-                    other => format!("token is invalid: {other:?}"),
-                };
-                Error::new(ErrorCode::Unauthenticated, why)
-            })?;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            let why = match e.kind() {
+                ErrorKind::ExpiredSignature => "token expired".to_owned(),
+                ErrorKind::InvalidSignature => "token signature is invalid".to_owned(),
+                ErrorKind::InvalidAlgorithm => "token must be signed with HS256".to_owned(),
+                other => format!("token is invalid: {other:?}"),
+            };
+            Error::new(ErrorCode::Unauthenticated, why)
+        })?;
         let user = UserId::parse(&data.claims.sub, "token.sub")
             .map_err(|e| Error::new(ErrorCode::Unauthenticated, e.message))?;
         Ok((user, data.claims.exp))
@@ -105,27 +91,14 @@ mod tests {
         let err = other.verify(&token).unwrap_err();
         assert_eq!(err.code, ErrorCode::Unauthenticated);
         assert!(err.message.contains("signature"), "{}", err.message);
-        assert_eq!(
-            tokens.verify("garbage").unwrap_err().code,
-            ErrorCode::Unauthenticated
-        );
+        assert_eq!(tokens.verify("garbage").unwrap_err().code, ErrorCode::Unauthenticated);
 
         let expired = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
-            &Claims {
-                sub: "alice".into(),
-                iat: 1,
-                exp: 2,
-            },
+            &Claims { sub: "alice".into(), iat: 1, exp: 2 },
             &EncodingKey::from_secret(b"secret"),
         )
         .unwrap();
-        assert!(
-            tokens
-                .verify(&expired)
-                .unwrap_err()
-                .message
-                .contains("expired")
-        );
+        assert!(tokens.verify(&expired).unwrap_err().message.contains("expired"));
     }
 }

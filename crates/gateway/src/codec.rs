@@ -18,10 +18,7 @@ impl Format {
         match raw.unwrap_or("json").to_ascii_lowercase().as_str() {
             "json" => Ok(Self::Json),
             "proto" | "protobuf" => Ok(Self::Proto),
-            other => Err(Error::bad_request(
-                "format",
-                format!("{other:?} is not one of json, proto, protobuf"),
-            )),
+            other => Err(Error::bad_request("format", format!("{other:?} is not one of json, proto, protobuf"))),
         }
     }
 }
@@ -54,11 +51,8 @@ pub fn decode(message: &Message, max_frame_bytes: usize) -> Option<Decoded> {
         _ => return None,
     };
     if len > max_frame_bytes {
-        let error = Error::field(
-            ErrorCode::LimitExceeded,
-            "frame",
-            format!("is {len} bytes, the limit is {max_frame_bytes}"),
-        );
+        let error =
+            Error::field(ErrorCode::LimitExceeded, "frame", format!("is {len} bytes, the limit is {max_frame_bytes}"));
         return Some(Decoded::Invalid { req_id: 0, error });
     }
     Some(match message {

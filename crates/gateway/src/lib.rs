@@ -27,7 +27,7 @@ use dashmap::DashMap;
 use futures::StreamExt;
 use natter_bus::{Bus, Control};
 use natter_message::MessageApi;
-use natter_presence::SessionRegistry;
+use natter_presence::PresenceApi;
 use natter_store::UserLog;
 use natter_types::{Error, ErrorCode, Limits, SessionId};
 use serde::Deserialize;
@@ -37,7 +37,7 @@ use tokio_util::task::TaskTracker;
 
 pub use auth::Tokens;
 pub use codec::Format;
-pub use dispatch::{group_and_members, member_page, member_page_to_wire};
+pub use dispatch::{group_and_members, member_page, member_page_to_wire, presence_list, subscription_page_to_wire};
 
 #[derive(Debug, Clone)]
 pub struct GatewayOptions {
@@ -54,6 +54,9 @@ pub struct GatewayOptions {
     /// cost ~1 GB per 10k sockets).
     pub read_buffer_bytes: usize,
     pub write_buffer_bytes: usize,
+    /// How often the gateway renews its lease with the presence service
+    /// (well inside the lease, so one late renewal does not drop sessions).
+    pub lease_renew_interval: Duration,
 }
 
 impl Default for GatewayOptions {
@@ -66,6 +69,7 @@ impl Default for GatewayOptions {
             replay_page: 256,
             read_buffer_bytes: 4 * 1024,
             write_buffer_bytes: 4 * 1024,
+            lease_renew_interval: Duration::from_secs(10),
         }
     }
 }
@@ -76,7 +80,7 @@ pub struct GatewayDeps {
     pub messages: Arc<dyn MessageApi>,
     pub log: Arc<dyn UserLog>,
     pub bus: Arc<dyn Bus>,
-    pub sessions: Arc<dyn SessionRegistry>,
+    pub presence: Arc<dyn PresenceApi>,
     pub tokens: Tokens,
 }
 
@@ -123,35 +127,31 @@ impl Gateway {
             cancel,
             tasks: TaskTracker::new(),
         };
-        Self {
-            shared: Arc::new(shared),
-        }
+        Self { shared: Arc::new(shared) }
     }
 
     pub fn handle(&self) -> GatewayHandle {
-        GatewayHandle {
-            shared: self.shared.clone(),
-        }
+        GatewayHandle { shared: self.shared.clone() }
     }
 
     pub fn router(&self) -> Router {
-        Router::new()
-            .route("/ws", get(ws_handler))
-            .with_state(self.shared.clone())
+        Router::new().route("/ws", get(ws_handler)).with_state(self.shared.clone())
     }
 
     /// Listens for control messages addressed to this gateway until
     /// cancelled, then waits for every session to say goodbye.
     pub async fn run(self) -> natter_types::Result<()> {
         let shared = self.shared;
-        let mut control = shared
-            .deps
-            .bus
-            .subscribe_control(&shared.options.gateway_id)
-            .await?;
+        let mut control = shared.deps.bus.subscribe_control(&shared.options.gateway_id).await?;
+        let mut renew = tokio::time::interval(shared.options.lease_renew_interval);
         loop {
             tokio::select! {
                 () = shared.cancel.cancelled() => break,
+                _ = renew.tick() => {
+                    if let Err(e) = shared.deps.presence.renew_lease(&shared.options.gateway_id).await {
+                        tracing::warn!(error = %e, "renewing the gateway lease failed");
+                    }
+                }
                 msg = control.next() => match msg {
                     Some(Control::Kick { sessions, .. }) => {
                         for id in sessions {
@@ -181,14 +181,14 @@ struct ConnectParams {
     cursor: Option<u64>,
     format: Option<String>,
     platform: Option<String>,
+    device: Option<String>,
 }
 
 /// Platforms as the presence webhook names them (seed 001).
 const PLATFORMS: [&str; 5] = ["iOS", "Android", "Websocket", "PC", "MiniProgram"];
 
 fn http_error(error: &Error) -> Response {
-    let status =
-        StatusCode::from_u16(error.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status = StatusCode::from_u16(error.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let body = serde_json::json!({
         "code": error.code.as_str(),
         "message": error.message,
@@ -207,16 +207,11 @@ async fn ws_handler(
     let params = match params {
         Ok(Query(params)) => params,
         Err(rejection) => {
-            return http_error(&Error::bad_request(
-                "query",
-                format!("is invalid: {}", rejection.body_text()),
-            ));
+            return http_error(&Error::bad_request("query", format!("is invalid: {}", rejection.body_text())));
         }
     };
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+    let bearer =
+        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     let Some(token) = params.token.as_deref().or(bearer) else {
         return http_error(&Error::new(
             ErrorCode::Unauthenticated,
@@ -233,11 +228,12 @@ async fn ws_handler(
     };
     let platform = params.platform.unwrap_or_else(|| "Websocket".into());
     let Some(platform) = PLATFORMS.iter().find(|p| p.eq_ignore_ascii_case(&platform)) else {
-        return http_error(&Error::bad_request(
-            "platform",
-            format!("must be one of {}", PLATFORMS.join(", ")),
-        ));
+        return http_error(&Error::bad_request("platform", format!("must be one of {}", PLATFORMS.join(", "))));
     };
+    let device = params.device.unwrap_or_default();
+    if device.len() > 64 || device.chars().any(char::is_control) {
+        return http_error(&Error::bad_request("device", "must be at most 64 printable characters"));
+    }
     if shared.cancel.is_cancelled() {
         return http_error(&Error::unavailable("the server is shutting down"));
     }
@@ -250,18 +246,18 @@ async fn ws_handler(
     // with a LIMIT_EXCEEDED error frame; past that tungstenite fails the read
     // and the socket is dropped.
     let hard_cap = limits.max_frame_bytes.saturating_mul(4).max(1 << 20);
+    let session = SessionId(format!("{}-{}", shared.options.gateway_id, session::next_session_number()));
     let connection = session::Connection {
         user,
-        session: SessionId(format!(
-            "{}-{}",
-            shared.options.gateway_id,
-            session::next_session_number()
-        )),
+        // Without a stable device id every connection is its own device.
+        device: if device.is_empty() { session.to_string() } else { device },
+        session,
         format,
         platform: (*platform).to_owned(),
         client_addr: addr.to_string(),
         cursor: params.cursor,
         expires_at,
+        connected_at: natter_types::now_ms(),
     };
     upgrade
         .read_buffer_size(shared.options.read_buffer_bytes)

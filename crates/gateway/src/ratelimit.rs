@@ -11,12 +11,7 @@ pub(crate) struct TokenBucket {
 impl TokenBucket {
     pub(crate) fn new(rate: u32, burst: u32) -> Self {
         let burst = f64::from(burst.max(1));
-        Self {
-            rate: f64::from(rate.max(1)),
-            burst,
-            tokens: burst,
-            last: tokio::time::Instant::now(),
-        }
+        Self { rate: f64::from(rate.max(1)), burst, tokens: burst, last: tokio::time::Instant::now() }
     }
 
     pub(crate) fn try_take(&mut self) -> bool {
@@ -48,10 +43,7 @@ mod tests {
         assert!(bucket.try_take(), "one token per 100 ms at 10/s");
         assert!(!bucket.try_take());
         tokio::time::advance(std::time::Duration::from_secs(10)).await;
-        assert!(
-            (0..3).all(|_| bucket.try_take()),
-            "refill caps at the burst"
-        );
+        assert!((0..3).all(|_| bucket.try_take()), "refill caps at the burst");
         assert!(!bucket.try_take());
     }
 }

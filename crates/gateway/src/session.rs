@@ -17,13 +17,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
-use natter_bus::{Control, Live, LiveEvent};
+use natter_bus::{Control, Live, LiveEvent, Transient};
 use natter_presence::SessionInfo;
 use natter_proto::v1::{self, server_frame::Body as Out};
-use natter_types::{Error, ErrorCode, SessionId, UserId, now_ms};
+use natter_types::{Error, ErrorCode, SessionId, SessionStatus, UserId, now_ms};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
@@ -39,28 +39,27 @@ static SESSION_NUMBER: AtomicU64 = AtomicU64::new(0);
 
 /// Unique within this gateway process (the gateway id makes it global).
 pub(crate) fn next_session_number() -> String {
-    format!(
-        "{:x}-{}",
-        now_ms(),
-        SESSION_NUMBER.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{:x}-{}", now_ms(), SESSION_NUMBER.fetch_add(1, Ordering::Relaxed))
 }
 
 pub(crate) struct Connection {
     pub(crate) user: UserId,
     pub(crate) session: SessionId,
+    pub(crate) device: String,
     pub(crate) format: Format,
     pub(crate) platform: String,
     pub(crate) client_addr: String,
     pub(crate) cursor: Option<u64>,
     /// Token expiry, seconds since the epoch.
     pub(crate) expires_at: u64,
+    pub(crate) connected_at: i64,
 }
 
 /// Why the session ended; decides the goodbye and the close code.
 enum End {
     ClientGone,
     Kicked,
+    LoggedOut,
     Shutdown,
     TokenExpired,
     Idle,
@@ -84,33 +83,23 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: WebSocket, conn: Connection
     let id = conn.session.clone();
     tracing::debug!(user = %user, session = %id, "session opened");
 
-    let mut session = Session {
-        shared: shared.clone(),
-        conn,
-        sink,
-        delivered: 0,
-    };
+    let mut session = Session { shared: shared.clone(), conn, sink, delivered: 0 };
     let end = session.serve(stream, commands_rx).await;
-    let kicked = matches!(end, End::Kicked);
+    let status = if matches!(end, End::LoggedOut) { SessionStatus::LoggedOut } else { SessionStatus::Offline };
     session.close(end).await;
 
     shared.local.remove(&id);
     shared.connected.fetch_sub(1, Ordering::Relaxed);
-    if !kicked {
-        // A kicked session was already removed by the registry.
-        if let Err(e) = shared.deps.sessions.unregister(&user, &id).await {
-            tracing::warn!(user = %user, session = %id, error = %e, "unregister failed");
-        }
+    // A kicked session was already removed (and announced) by the registry;
+    // closing it again is a no-op there.
+    if let Err(e) = shared.deps.presence.session_closed(&session.info(), status).await {
+        tracing::warn!(user = %user, session = %id, error = %e, "reporting the session closed failed");
     }
     tracing::debug!(user = %user, session = %id, "session closed");
 }
 
 impl Session {
-    async fn serve(
-        &mut self,
-        mut stream: SplitStream<WebSocket>,
-        mut commands: mpsc::Receiver<Command>,
-    ) -> End {
+    async fn serve(&mut self, mut stream: SplitStream<WebSocket>, mut commands: mpsc::Receiver<Command>) -> End {
         if let Err(e) = self.register().await {
             return End::Failed(e);
         }
@@ -155,11 +144,16 @@ impl Session {
                     if matches!(message, Message::Close(_)) {
                         return End::ClientGone;
                     }
-                    self.on_frame(&message, &mut bucket, &requests_tx, limits.max_frame_bytes).await
+                    match self.on_frame(&message, &mut bucket, &requests_tx, limits.max_frame_bytes).await {
+                        Ok(Some(end)) => return end,
+                        Ok(None) => Ok(()),
+                        Err(e) => Err(e),
+                    }
                 }
                 Some(response) = responses.recv() => self.send(response).await,
                 live_event = live.next() => match live_event {
                     Some(Live::Event(event)) => self.deliver_live(event).await,
+                    Some(Live::Transient(frame)) => self.send_transient(&frame).await,
                     Some(Live::Lagged) => self.catch_up().await,
                     None => Err(Error::unavailable("live event stream ended")),
                 },
@@ -176,27 +170,25 @@ impl Session {
         }
     }
 
-    /// Joins the session registry; kicks the devices this one displaces.
-    async fn register(&mut self) -> Result<(), Error> {
-        let deps = &self.shared.deps;
-        let info = SessionInfo {
+    fn info(&self) -> SessionInfo {
+        SessionInfo {
             user: self.conn.user.clone(),
             session: self.conn.session.clone(),
+            device: self.conn.device.clone(),
             gateway: self.shared.options.gateway_id.clone(),
             platform: self.conn.platform.clone(),
             client_addr: self.conn.client_addr.clone(),
-            connected_at: now_ms(),
-        };
-        let kicked = deps
-            .sessions
-            .register(info, self.shared.options.limits.max_sessions_per_user)
-            .await?;
+            connected_at: self.conn.connected_at,
+        }
+    }
+
+    /// Reports the session to presence; kicks the devices this one displaces.
+    async fn register(&mut self) -> Result<(), Error> {
+        let deps = &self.shared.deps;
+        let kicked = deps.presence.session_opened(self.info()).await?;
         for old in kicked {
             tracing::info!(user = %old.user, session = %old.session, "kicking oldest device");
-            let kick = Control::Kick {
-                user: old.user,
-                sessions: vec![old.session],
-            };
+            let kick = Control::Kick { user: old.user, sessions: vec![old.session] };
             deps.bus.publish_control(&old.gateway, kick).await?;
         }
         Ok(())
@@ -210,11 +202,7 @@ impl Session {
         // acknowledged: it receives what none of them has processed yet.
         let start = match self.conn.cursor {
             Some(cursor) => cursor,
-            None => log
-                .acked(user)
-                .await?
-                .max(oldest.saturating_sub(1))
-                .min(head),
+            None => log.acked(user).await?.max(oldest.saturating_sub(1)).min(head),
         };
         self.delivered = start;
         let limits = &self.shared.options.limits;
@@ -229,10 +217,7 @@ impl Session {
         };
         self.send(Out::Hello(hello)).await?;
         self.catch_up().await?;
-        self.send(Out::CaughtUp(v1::CaughtUp {
-            seq: self.delivered,
-        }))
-        .await
+        self.send(Out::CaughtUp(v1::CaughtUp { seq: self.delivered })).await
     }
 
     /// Writes every durable event after `delivered`, page by page.
@@ -247,21 +232,15 @@ impl Session {
                     };
                     for (seq, event) in &page.events {
                         let frame = Out::Event(natter_proto::event_frame(*seq, event));
-                        self.sink
-                            .feed(codec::encode(&wrap(frame), self.conn.format))
-                            .await
-                            .map_err(socket_error)?;
+                        self.sink.feed(codec::encode(&wrap(frame), self.conn.format)).await.map_err(socket_error)?;
                     }
                     self.sink.flush().await.map_err(socket_error)?;
                     self.delivered = last;
                 }
                 Err(expired) => {
                     tracing::info!(user = %self.conn.user, requested = expired.requested, oldest = expired.oldest, "cursor older than retention");
-                    let resync = v1::ResyncRequired {
-                        requested: expired.requested,
-                        oldest: expired.oldest,
-                        head: expired.head,
-                    };
+                    let resync =
+                        v1::ResyncRequired { requested: expired.requested, oldest: expired.oldest, head: expired.head };
                     self.send(Out::ResyncRequired(resync)).await?;
                     self.delivered = expired.head;
                 }
@@ -278,8 +257,7 @@ impl Session {
             return self.catch_up().await;
         }
         self.delivered = live.seq;
-        self.send(Out::Event(natter_proto::event_frame(live.seq, &live.event)))
-            .await
+        self.send(Out::Event(natter_proto::event_frame(live.seq, &live.event))).await
     }
 
     async fn on_frame(
@@ -288,11 +266,11 @@ impl Session {
         bucket: &mut TokenBucket,
         requests: &mpsc::Sender<(u64, v1::client_frame::Body)>,
         max_frame_bytes: usize,
-    ) -> Result<(), Error> {
+    ) -> Result<Option<End>, Error> {
         let frame = match codec::decode(message, max_frame_bytes) {
-            None => return Ok(()),
+            None => return Ok(None),
             Some(Decoded::Invalid { req_id, error }) => {
-                return self.send(error_response(req_id, &error)).await;
+                return self.send(error_response(req_id, &error)).await.map(|()| None);
             }
             Some(Decoded::Frame(frame)) => frame,
         };
@@ -300,12 +278,17 @@ impl Session {
         match frame.body {
             None => {
                 let error = Error::bad_request("frame", "has no request body");
-                self.send(error_response(req_id, &error)).await
+                self.send(error_response(req_id, &error)).await.map(|()| None)
             }
             Some(v1::client_frame::Body::Ack(ack)) => {
                 // Never beyond what this socket was given.
                 let seq = ack.seq.min(self.delivered);
-                self.shared.deps.log.ack(&self.conn.user, seq).await
+                self.shared.deps.log.ack(&self.conn.user, seq).await.map(|()| None)
+            }
+            Some(v1::client_frame::Body::Logout(_)) => {
+                let ok = Out::Response(v1::Response { req_id, result: Some(v1::response::Result::Ok(v1::Empty {})) });
+                self.send(ok).await?;
+                Ok(Some(End::LoggedOut))
             }
             Some(body) => {
                 if !bucket.try_take() {
@@ -317,25 +300,34 @@ impl Session {
                             limits.requests_per_second, limits.request_burst
                         ),
                     );
-                    return self.send(error_response(req_id, &error)).await;
+                    return self.send(error_response(req_id, &error)).await.map(|()| None);
                 }
                 if requests.try_send((req_id, body)).is_err() {
                     let error = Error::new(
                         ErrorCode::RateLimited,
                         format!("more than {MAX_QUEUED_REQUESTS} requests waiting for an answer"),
                     );
-                    return self.send(error_response(req_id, &error)).await;
+                    return self.send(error_response(req_id, &error)).await.map(|()| None);
                 }
-                Ok(())
+                Ok(None)
             }
         }
     }
 
+    /// A live-only frame, already encoded for both formats.
+    async fn send_transient(&mut self, frame: &Transient) -> Result<(), Error> {
+        let message = match self.conn.format {
+            Format::Proto => Message::Binary(frame.proto.clone()),
+            Format::Json => match Utf8Bytes::try_from(frame.json.clone()) {
+                Ok(text) => Message::Text(text),
+                Err(_) => Message::Binary(frame.proto.clone()),
+            },
+        };
+        self.sink.send(message).await.map_err(socket_error)
+    }
+
     async fn send(&mut self, body: Out) -> Result<(), Error> {
-        self.sink
-            .send(codec::encode(&wrap(body), self.conn.format))
-            .await
-            .map_err(socket_error)
+        self.sink.send(codec::encode(&wrap(body), self.conn.format)).await.map_err(socket_error)
     }
 
     /// Says why, then closes. Errors here are moot: the socket is going.
@@ -347,40 +339,19 @@ impl Session {
                 let _ = self.sink.close().await;
                 return;
             }
-            End::Kicked => (
-                R::KickedByOtherDevice,
-                4001,
-                "signed in on another device".to_owned(),
-            ),
-            End::Shutdown => (
-                R::ServerShutdown,
-                1001,
-                "server shutting down, reconnect".to_owned(),
-            ),
+            End::Kicked => (R::KickedByOtherDevice, 4001, "signed in on another device".to_owned()),
+            End::LoggedOut => (R::LoggedOut, 1000, "logged out".to_owned()),
+            End::Shutdown => (R::ServerShutdown, 1001, "server shutting down, reconnect".to_owned()),
             End::TokenExpired => (R::TokenExpired, 4003, "token expired".to_owned()),
-            End::Idle => (
-                R::ProtocolError,
-                1001,
-                "no frame or pong within the idle timeout".to_owned(),
-            ),
+            End::Idle => (R::ProtocolError, 1001, "no frame or pong within the idle timeout".to_owned()),
             End::Failed(e) => {
                 tracing::warn!(user = %self.conn.user, error = %e, "session failed");
-                (
-                    R::ServerShutdown,
-                    1011,
-                    format!("server error: {}", e.message),
-                )
+                (R::ServerShutdown, 1011, format!("server error: {}", e.message))
             }
         };
-        let goodbye = v1::Goodbye {
-            reason: reason as i32,
-            message: text.clone(),
-        };
+        let goodbye = v1::Goodbye { reason: reason as i32, message: text.clone() };
         let _ = self.send(Out::Goodbye(goodbye)).await;
-        let close = CloseFrame {
-            code,
-            reason: text.into(),
-        };
+        let close = CloseFrame { code, reason: text.into() };
         let _ = self.sink.send(Message::Close(Some(close))).await;
     }
 }
@@ -401,10 +372,7 @@ async fn answer_requests(
                 v1::response::Result::Error((&error).into())
             }
         };
-        let response = Out::Response(v1::Response {
-            req_id,
-            result: Some(result),
-        });
+        let response = Out::Response(v1::Response { req_id, result: Some(result) });
         if responses.send(response).await.is_err() {
             return;
         }
@@ -416,10 +384,7 @@ fn wrap(body: Out) -> v1::ServerFrame {
 }
 
 fn error_response(req_id: u64, error: &Error) -> Out {
-    Out::Response(v1::Response {
-        req_id,
-        result: Some(v1::response::Result::Error(error.into())),
-    })
+    Out::Response(v1::Response { req_id, result: Some(v1::response::Result::Error(error.into())) })
 }
 
 fn socket_error(e: axum::Error) -> Error {
@@ -427,8 +392,5 @@ fn socket_error(e: axum::Error) -> Error {
 }
 
 fn unix_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

@@ -7,8 +7,8 @@
 //! and leaving members included — through their durable logs.
 
 use natter_types::{
-    Actor, Error, Group, GroupChange, GroupChangeKind, GroupId, GroupMember, GroupRole, LogEvent,
-    Result, UserId, now_ms,
+    Actor, Error, Group, GroupChange, GroupChangeKind, GroupId, GroupMember, GroupRole, LogEvent, Result, UserId,
+    now_ms,
 };
 
 use crate::{MessageService, NewGroup};
@@ -16,11 +16,7 @@ use crate::{MessageService, NewGroup};
 impl MessageService {
     /// The actor's role in the group; FORBIDDEN for non-members. `None` for
     /// the system, which acts with every right.
-    pub(crate) async fn require_member(
-        &self,
-        actor: &Actor,
-        group: &GroupId,
-    ) -> Result<Option<GroupRole>> {
+    pub(crate) async fn require_member(&self, actor: &Actor, group: &GroupId) -> Result<Option<GroupRole>> {
         let Actor::User(user) = actor else {
             return Ok(None);
         };
@@ -29,24 +25,15 @@ impl MessageService {
             None => {
                 // NOT_FOUND for a missing group, FORBIDDEN for an outsider.
                 self.require_group(group).await?;
-                Err(Error::forbidden(format!(
-                    "{user} is not a member of group {group}"
-                )))
+                Err(Error::forbidden(format!("{user} is not a member of group {group}")))
             }
         }
     }
 
-    async fn require_manager(
-        &self,
-        actor: &Actor,
-        group: &GroupId,
-        what: &str,
-    ) -> Result<Option<GroupRole>> {
+    async fn require_manager(&self, actor: &Actor, group: &GroupId, what: &str) -> Result<Option<GroupRole>> {
         let role = self.require_member(actor, group).await?;
         if role.is_some_and(|r| !r.can_manage()) {
-            return Err(Error::forbidden(format!(
-                "only the owner or an admin of group {group} may {what}"
-            )));
+            return Err(Error::forbidden(format!("only the owner or an admin of group {group} may {what}")));
         }
         Ok(role)
     }
@@ -54,29 +41,16 @@ impl MessageService {
     fn check_member_count(&self, members: &[UserId], field: &str) -> Result<()> {
         let max = self.limits.max_members_per_request;
         if members.len() > max {
-            return Err(Error::limit(
-                field,
-                format!(
-                    "has {} user ids, the limit per request is {max}",
-                    members.len()
-                ),
-            ));
+            return Err(Error::limit(field, format!("has {} user ids, the limit per request is {max}", members.len())));
         }
         Ok(())
     }
 
     async fn announce(&self, recipients: &[UserId], change: GroupChange) -> Result<()> {
-        self.fan_out(recipients, LogEvent::GroupChange(change))
-            .await
+        self.fan_out(recipients, LogEvent::GroupChange(change)).await
     }
 
-    fn change(
-        &self,
-        kind: GroupChangeKind,
-        group: &Group,
-        actor: &Actor,
-        members: Vec<UserId>,
-    ) -> GroupChange {
+    fn change(&self, kind: GroupChangeKind, group: &Group, actor: &Actor, members: Vec<UserId>) -> GroupChange {
         GroupChange {
             kind,
             group_id: group.id.clone(),
@@ -95,21 +69,13 @@ impl MessageService {
         if new.name.len() > limits.max_group_name_len {
             return Err(Error::limit(
                 "name",
-                format!(
-                    "is {} bytes, the limit is {}",
-                    new.name.len(),
-                    limits.max_group_name_len
-                ),
+                format!("is {} bytes, the limit is {}", new.name.len(), limits.max_group_name_len),
             ));
         }
         if new.description.len() > limits.max_group_description_len {
             return Err(Error::limit(
                 "description",
-                format!(
-                    "is {} bytes, the limit is {}",
-                    new.description.len(),
-                    limits.max_group_description_len
-                ),
+                format!("is {} bytes, the limit is {}", new.description.len(), limits.max_group_description_len),
             ));
         }
         self.check_member_count(&new.members, "members")?;
@@ -118,36 +84,22 @@ impl MessageService {
             n if n > limits.max_group_members => {
                 return Err(Error::limit(
                     "max_members",
-                    format!(
-                        "is {n}, the server allows at most {}",
-                        limits.max_group_members
-                    ),
+                    format!("is {n}, the server allows at most {}", limits.max_group_members),
                 ));
             }
             n => n,
         };
         let now = now_ms();
-        let mut members = vec![GroupMember {
-            user_id: owner.clone(),
-            role: GroupRole::Owner,
-            joined_at: now,
-        }];
+        let mut members = vec![GroupMember { user_id: owner.clone(), role: GroupRole::Owner, joined_at: now }];
         for user in new.members {
             if !members.iter().any(|m| m.user_id == user) {
-                members.push(GroupMember {
-                    user_id: user,
-                    role: GroupRole::Member,
-                    joined_at: now,
-                });
+                members.push(GroupMember { user_id: user, role: GroupRole::Member, joined_at: now });
             }
         }
         if members.len() > max_members as usize {
             return Err(Error::limit(
                 "members",
-                format!(
-                    "{} members (with the owner) exceed the group's maximum of {max_members}",
-                    members.len()
-                ),
+                format!("{} members (with the owner) exceed the group's maximum of {max_members}", members.len()),
             ));
         }
         let group = Group {
@@ -161,39 +113,20 @@ impl MessageService {
         };
         self.stores.groups.create_group(&group, &members).await?;
         let everyone: Vec<UserId> = members.into_iter().map(|m| m.user_id).collect();
-        let change = self.change(
-            GroupChangeKind::Created,
-            &group,
-            &Actor::User(owner.clone()),
-            everyone.clone(),
-        );
+        let change = self.change(GroupChangeKind::Created, &group, &Actor::User(owner.clone()), everyone.clone());
         self.announce(&everyone, change).await?;
         Ok(group)
     }
 
-    pub(crate) async fn add_members_impl(
-        &self,
-        actor: &Actor,
-        id: &GroupId,
-        users: Vec<UserId>,
-    ) -> Result<Group> {
+    pub(crate) async fn add_members_impl(&self, actor: &Actor, id: &GroupId, users: Vec<UserId>) -> Result<Group> {
         self.check_member_count(&users, "members")?;
         if users.is_empty() {
-            return Err(Error::bad_request(
-                "members",
-                "name at least one user to add",
-            ));
+            return Err(Error::bad_request("members", "name at least one user to add"));
         }
         self.require_manager(actor, id, "add members").await?;
         let now = now_ms();
-        let members: Vec<GroupMember> = users
-            .into_iter()
-            .map(|user_id| GroupMember {
-                user_id,
-                role: GroupRole::Member,
-                joined_at: now,
-            })
-            .collect();
+        let members: Vec<GroupMember> =
+            users.into_iter().map(|user_id| GroupMember { user_id, role: GroupRole::Member, joined_at: now }).collect();
         let added = self.stores.groups.add_members(id, &members).await?;
         let group = self.require_group(id).await?;
         if !added.added.is_empty() {
@@ -204,12 +137,7 @@ impl MessageService {
         Ok(group)
     }
 
-    pub(crate) async fn remove_members_impl(
-        &self,
-        actor: &Actor,
-        id: &GroupId,
-        users: Vec<UserId>,
-    ) -> Result<Group> {
+    pub(crate) async fn remove_members_impl(&self, actor: &Actor, id: &GroupId, users: Vec<UserId>) -> Result<Group> {
         self.check_member_count(&users, "members")?;
         let role = self.require_manager(actor, id, "remove members").await?;
         for user in &users {
@@ -217,14 +145,10 @@ impl MessageService {
                 continue;
             };
             if member.role == GroupRole::Owner {
-                return Err(Error::forbidden(format!(
-                    "{user} owns group {id} and cannot be removed"
-                )));
+                return Err(Error::forbidden(format!("{user} owns group {id} and cannot be removed")));
             }
             if role == Some(GroupRole::Admin) && member.role == GroupRole::Admin {
-                return Err(Error::forbidden(format!(
-                    "only the owner may remove admin {user}"
-                )));
+                return Err(Error::forbidden(format!("only the owner may remove admin {user}")));
             }
         }
         let before = self.stores.groups.member_ids(id).await?;
@@ -246,9 +170,7 @@ impl MessageService {
     ) -> Result<Group> {
         let role = self.require_member(actor, id).await?;
         if role.is_some_and(|r| r != GroupRole::Owner) {
-            return Err(Error::forbidden(format!(
-                "only the owner of group {id} may change admins"
-            )));
+            return Err(Error::forbidden(format!("only the owner of group {id} may change admins")));
         }
         let target = self
             .stores
@@ -257,30 +179,15 @@ impl MessageService {
             .await?
             .ok_or_else(|| Error::not_found(format!("{user} is not a member of group {id}")))?;
         if target.role == GroupRole::Owner {
-            return Err(Error::bad_request(
-                "user_id",
-                "the owner's role cannot be changed",
-            ));
+            return Err(Error::bad_request("user_id", "the owner's role cannot be changed"));
         }
-        let role = if admin {
-            GroupRole::Admin
-        } else {
-            GroupRole::Member
-        };
+        let role = if admin { GroupRole::Admin } else { GroupRole::Member };
         let group = self.require_group(id).await?;
         if target.role != role {
             self.stores.groups.set_role(id, user, role).await?;
-            let kind = if admin {
-                GroupChangeKind::AdminAdded
-            } else {
-                GroupChangeKind::AdminRemoved
-            };
+            let kind = if admin { GroupChangeKind::AdminAdded } else { GroupChangeKind::AdminRemoved };
             let everyone = self.stores.groups.member_ids(id).await?;
-            self.announce(
-                &everyone,
-                self.change(kind, &group, actor, vec![user.clone()]),
-            )
-            .await?;
+            self.announce(&everyone, self.change(kind, &group, actor, vec![user.clone()])).await?;
         }
         Ok(group)
     }
@@ -288,44 +195,24 @@ impl MessageService {
     pub(crate) async fn leave_group_impl(&self, user: &UserId, id: &GroupId) -> Result<()> {
         let actor = Actor::User(user.clone());
         if self.require_member(&actor, id).await? == Some(GroupRole::Owner) {
-            return Err(Error::forbidden(format!(
-                "the owner cannot leave group {id}; dissolve it instead"
-            )));
+            return Err(Error::forbidden(format!("the owner cannot leave group {id}; dissolve it instead")));
         }
         let before = self.stores.groups.member_ids(id).await?;
-        self.stores
-            .groups
-            .remove_members(id, std::slice::from_ref(user))
-            .await?;
+        self.stores.groups.remove_members(id, std::slice::from_ref(user)).await?;
         let group = self.require_group(id).await?;
-        self.announce(
-            &before,
-            self.change(
-                GroupChangeKind::MemberLeft,
-                &group,
-                &actor,
-                vec![user.clone()],
-            ),
-        )
-        .await
+        self.announce(&before, self.change(GroupChangeKind::MemberLeft, &group, &actor, vec![user.clone()])).await
     }
 
     pub(crate) async fn dissolve_group_impl(&self, actor: &Actor, id: &GroupId) -> Result<()> {
         let role = self.require_member(actor, id).await?;
         if role.is_some_and(|r| r != GroupRole::Owner) {
-            return Err(Error::forbidden(format!(
-                "only the owner may dissolve group {id}"
-            )));
+            return Err(Error::forbidden(format!("only the owner may dissolve group {id}")));
         }
         let group = self.require_group(id).await?;
         let everyone = self.stores.groups.member_ids(id).await?;
         // Announce first: if the delete then fails, a retry finds the group
         // and completes; the other order could leave members never told.
-        self.announce(
-            &everyone,
-            self.change(GroupChangeKind::Destroyed, &group, actor, Vec::new()),
-        )
-        .await?;
+        self.announce(&everyone, self.change(GroupChangeKind::Destroyed, &group, actor, Vec::new())).await?;
         self.stores.groups.delete_group(id).await
     }
 }
@@ -350,19 +237,10 @@ mod tests {
     }
 
     fn service(dir: &std::path::Path) -> (MessageService, LocalBus, natter_store::Stores) {
-        let stores = EmbeddedStore::open(dir, EmbeddedOptions::default())
-            .unwrap()
-            .stores();
+        let stores = EmbeddedStore::open(dir, EmbeddedOptions::default()).unwrap().stores();
         let bus = LocalBus::new();
-        let limits = Limits {
-            max_group_members: 4,
-            ..Limits::default()
-        };
-        let service = MessageService::new(
-            MessageOptions { node_id: 1, limits },
-            stores.clone(),
-            Arc::new(bus.clone()),
-        );
+        let limits = Limits { max_group_members: 4, ..Limits::default() };
+        let service = MessageService::new(MessageOptions { node_id: 1, limits }, stores.clone(), Arc::new(bus.clone()));
         (service, bus, stores)
     }
 
@@ -384,55 +262,25 @@ mod tests {
         let (svc, _, _) = service(dir.path());
         let (owner, a, b, out) = (user("owner"), user("a"), user("b"), user("out"));
         let group = svc
-            .create_group(
-                &owner,
-                NewGroup {
-                    name: "g".into(),
-                    members: vec![a.clone()],
-                    ..NewGroup::default()
-                },
-            )
+            .create_group(&owner, NewGroup { name: "g".into(), members: vec![a.clone()], ..NewGroup::default() })
             .await
             .unwrap();
         assert_eq!(group.max_members, 4, "configured default");
         let member = Actor::User(a.clone());
-        let err = svc
-            .add_members(&member, &group.id, vec![b.clone()])
-            .await
-            .unwrap_err();
+        let err = svc.add_members(&member, &group.id, vec![b.clone()]).await.unwrap_err();
         assert_eq!(err.code, ErrorCode::Forbidden);
-        let err = svc
-            .send(
-                Actor::User(out.clone()),
-                text(group.id.as_str(), ChatType::Group, "x"),
-            )
-            .await
-            .unwrap_err();
+        let err = svc.send(Actor::User(out.clone()), text(group.id.as_str(), ChatType::Group, "x")).await.unwrap_err();
         assert_eq!(err.code, ErrorCode::Forbidden);
-        let err = svc
-            .list_members(&Actor::User(out), &group.id, None, 10)
-            .await
-            .unwrap_err();
+        let err = svc.list_members(&Actor::User(out), &group.id, None, 10).await.unwrap_err();
         assert_eq!(err.code, ErrorCode::Forbidden);
 
         let owner_actor = Actor::User(owner.clone());
-        svc.set_admin(&owner_actor, &group.id, &a, true)
-            .await
-            .unwrap();
-        let g = svc
-            .add_members(&member, &group.id, vec![b.clone()])
-            .await
-            .unwrap();
+        svc.set_admin(&owner_actor, &group.id, &a, true).await.unwrap();
+        let g = svc.add_members(&member, &group.id, vec![b.clone()]).await.unwrap();
         assert_eq!(g.member_count, 3);
-        let err = svc
-            .add_members(&member, &group.id, vec![user("c"), user("d")])
-            .await
-            .unwrap_err();
+        let err = svc.add_members(&member, &group.id, vec![user("c"), user("d")]).await.unwrap_err();
         assert_eq!(err.code, ErrorCode::LimitExceeded, "max 4 members");
-        let err = svc
-            .remove_members(&member, &group.id, vec![owner.clone()])
-            .await
-            .unwrap_err();
+        let err = svc.remove_members(&member, &group.id, vec![owner.clone()]).await.unwrap_err();
         assert_eq!(err.code, ErrorCode::Forbidden);
         let err = svc.leave_group(&owner, &group.id).await.unwrap_err();
         assert_eq!(err.code, ErrorCode::Forbidden);
@@ -451,31 +299,12 @@ mod tests {
         let (svc, bus, stores) = service(dir.path());
         let (alice, bob) = (user("alice"), user("bob"));
         let mut live = bus.subscribe_user(&bob).await.unwrap();
-        let first = svc
-            .send(
-                Actor::User(alice.clone()),
-                text("bob", ChatType::Single, "c1"),
-            )
-            .await
-            .unwrap();
-        let again = svc
-            .send(
-                Actor::User(alice.clone()),
-                text("bob", ChatType::Single, "c1"),
-            )
-            .await
-            .unwrap();
-        assert_eq!(
-            (again.id, again.timestamp, again.duplicate),
-            (first.id, first.timestamp, true)
-        );
+        let first = svc.send(Actor::User(alice.clone()), text("bob", ChatType::Single, "c1")).await.unwrap();
+        let again = svc.send(Actor::User(alice.clone()), text("bob", ChatType::Single, "c1")).await.unwrap();
+        assert_eq!((again.id, again.timestamp, again.duplicate), (first.id, first.timestamp, true));
         for user in [&alice, &bob] {
             let page = stores.log.read(user, 0, 10).await.unwrap().unwrap();
-            assert_eq!(
-                page.events.len(),
-                1,
-                "stored and fanned out once for {user}"
-            );
+            assert_eq!(page.events.len(), 1, "stored and fanned out once for {user}");
         }
         match live.next().await {
             Some(Live::Event(e)) => assert_eq!((e.seq, e.prev), (1, 0)),

@@ -51,25 +51,9 @@ pub trait MessageApi: Send + Sync + 'static {
 
     async fn create_group(&self, owner: &UserId, group: NewGroup) -> Result<Group>;
     async fn get_group(&self, actor: &Actor, group: &GroupId) -> Result<Group>;
-    async fn add_members(
-        &self,
-        actor: &Actor,
-        group: &GroupId,
-        members: Vec<UserId>,
-    ) -> Result<Group>;
-    async fn remove_members(
-        &self,
-        actor: &Actor,
-        group: &GroupId,
-        members: Vec<UserId>,
-    ) -> Result<Group>;
-    async fn set_admin(
-        &self,
-        actor: &Actor,
-        group: &GroupId,
-        user: &UserId,
-        admin: bool,
-    ) -> Result<Group>;
+    async fn add_members(&self, actor: &Actor, group: &GroupId, members: Vec<UserId>) -> Result<Group>;
+    async fn remove_members(&self, actor: &Actor, group: &GroupId, members: Vec<UserId>) -> Result<Group>;
+    async fn set_admin(&self, actor: &Actor, group: &GroupId, user: &UserId, admin: bool) -> Result<Group>;
     async fn leave_group(&self, user: &UserId, group: &GroupId) -> Result<()>;
     async fn dissolve_group(&self, actor: &Actor, group: &GroupId) -> Result<()>;
     async fn list_members(

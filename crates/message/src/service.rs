@@ -4,8 +4,7 @@ use async_trait::async_trait;
 use natter_bus::{Bus, LiveEvent};
 use natter_store::{Inserted, Stores};
 use natter_types::{
-    Actor, ChatType, Error, Group, GroupId, IdGenerator, Limits, LogEvent, Message, NewMessage,
-    Result, UserId,
+    Actor, ChatType, Error, Group, GroupId, IdGenerator, Limits, LogEvent, Message, NewMessage, Result, UserId,
 };
 
 use crate::{MemberPage, MessageApi, NewGroup, SendOutcome};
@@ -27,20 +26,13 @@ pub struct MessageService {
 
 impl std::fmt::Debug for MessageService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MessageService")
-            .field("limits", &self.limits)
-            .finish_non_exhaustive()
+        f.debug_struct("MessageService").field("limits", &self.limits).finish_non_exhaustive()
     }
 }
 
 impl MessageService {
     pub fn new(options: MessageOptions, stores: Stores, bus: Arc<dyn Bus>) -> Self {
-        Self {
-            stores,
-            bus,
-            ids: IdGenerator::new(options.node_id),
-            limits: options.limits,
-        }
+        Self { stores, bus, ids: IdGenerator::new(options.node_id), limits: options.limits }
     }
 
     pub fn limits(&self) -> &Limits {
@@ -64,16 +56,11 @@ impl MessageService {
                 if let Actor::User(me) = from
                     && self.stores.groups.get_member(&group, me).await?.is_none()
                 {
-                    return Err(Error::forbidden(format!(
-                        "{me} is not a member of group {group}"
-                    )));
+                    return Err(Error::forbidden(format!("{me} is not a member of group {group}")));
                 }
                 self.stores.groups.member_ids(&group).await
             }
-            ChatType::Thread => Err(Error::bad_request(
-                "chat_type",
-                "thread messages are not supported yet",
-            )),
+            ChatType::Thread => Err(Error::bad_request("chat_type", "thread messages are not supported yet")),
         }
     }
 
@@ -94,11 +81,7 @@ impl MessageService {
         let appended = self.stores.log.append(recipients, &event).await?;
         let event = Arc::new(event);
         for (user, at) in recipients.iter().zip(appended) {
-            let live = LiveEvent {
-                seq: at.seq,
-                prev: at.prev,
-                event: event.clone(),
-            };
+            let live = LiveEvent { seq: at.seq, prev: at.prev, event: event.clone() };
             if let Err(e) = self.bus.publish_user(user, live).await {
                 // The event is durable; the user's sessions will find it in
                 // their log at the next event or reconnect.
@@ -109,12 +92,8 @@ impl MessageService {
     }
 
     async fn complete_fan_out(&self, recipients: &[UserId], message: &Message) -> Result<()> {
-        self.fan_out(recipients, LogEvent::Message(message.clone()))
-            .await?;
-        self.stores
-            .messages
-            .mark_fanned_out(&message.from, &message.client_msg_id)
-            .await
+        self.fan_out(recipients, LogEvent::Message(message.clone())).await?;
+        self.stores.messages.mark_fanned_out(&message.from, &message.client_msg_id).await
     }
 }
 
@@ -140,10 +119,7 @@ impl MessageApi for MessageService {
                 self.complete_fan_out(&recipients, &message).await?;
                 (message, false)
             }
-            Inserted::Duplicate {
-                message: stored,
-                fanned_out,
-            } => {
+            Inserted::Duplicate { message: stored, fanned_out } => {
                 if !fanned_out {
                     // A crash (or failure) came between storing and fan-out.
                     tracing::info!(id = %stored.id, "completing interrupted fan-out on retry");
@@ -152,12 +128,7 @@ impl MessageApi for MessageService {
                 (stored, true)
             }
         };
-        Ok(SendOutcome {
-            client_msg_id: stored.client_msg_id,
-            id: stored.id,
-            timestamp: stored.timestamp,
-            duplicate,
-        })
+        Ok(SendOutcome { client_msg_id: stored.client_msg_id, id: stored.id, timestamp: stored.timestamp, duplicate })
     }
 
     async fn create_group(&self, owner: &UserId, group: NewGroup) -> Result<Group> {
@@ -169,31 +140,15 @@ impl MessageApi for MessageService {
         self.require_group(group).await
     }
 
-    async fn add_members(
-        &self,
-        actor: &Actor,
-        group: &GroupId,
-        members: Vec<UserId>,
-    ) -> Result<Group> {
+    async fn add_members(&self, actor: &Actor, group: &GroupId, members: Vec<UserId>) -> Result<Group> {
         self.add_members_impl(actor, group, members).await
     }
 
-    async fn remove_members(
-        &self,
-        actor: &Actor,
-        group: &GroupId,
-        members: Vec<UserId>,
-    ) -> Result<Group> {
+    async fn remove_members(&self, actor: &Actor, group: &GroupId, members: Vec<UserId>) -> Result<Group> {
         self.remove_members_impl(actor, group, members).await
     }
 
-    async fn set_admin(
-        &self,
-        actor: &Actor,
-        group: &GroupId,
-        user: &UserId,
-        admin: bool,
-    ) -> Result<Group> {
+    async fn set_admin(&self, actor: &Actor, group: &GroupId, user: &UserId, admin: bool) -> Result<Group> {
         self.set_admin_impl(actor, group, user, admin).await
     }
 
@@ -215,11 +170,7 @@ impl MessageApi for MessageService {
         self.require_member(actor, group).await?;
         self.require_group(group).await?;
         let limit = limit.clamp(1, 1000);
-        let mut members = self
-            .stores
-            .groups
-            .list_members(group, after.as_ref(), limit + 1)
-            .await?;
+        let mut members = self.stores.groups.list_members(group, after.as_ref(), limit + 1).await?;
         let next = if members.len() > limit {
             members.truncate(limit);
             members.last().map(|m| m.user_id.clone())

@@ -130,10 +130,9 @@ fn body_to_wire(body: &t::MessageBody) -> v1::message::Body {
 pub fn send_body(body: Option<v1::send_message::Body>) -> Option<t::MessageBody> {
     Some(match body? {
         v1::send_message::Body::Text(t) => t::MessageBody::Text(t.text),
-        v1::send_message::Body::Custom(c) => t::MessageBody::Custom {
-            event: c.event,
-            params: c.params.into_iter().collect(),
-        },
+        v1::send_message::Body::Custom(c) => {
+            t::MessageBody::Custom { event: c.event, params: c.params.into_iter().collect() }
+        }
     })
 }
 
@@ -157,23 +156,18 @@ impl TryFrom<v1::Message> for t::Message {
     type Error = DecodeError;
 
     fn try_from(m: v1::Message) -> Result<Self, DecodeError> {
-        let body = match m
-            .body
-            .ok_or_else(|| DecodeError("message without body".into()))?
-        {
+        let body = match m.body.ok_or_else(|| DecodeError("message without body".into()))? {
             v1::message::Body::Text(x) => t::MessageBody::Text(x.text),
-            v1::message::Body::Custom(c) => t::MessageBody::Custom {
-                event: c.event,
-                params: c.params.into_iter().collect(),
-            },
+            v1::message::Body::Custom(c) => {
+                t::MessageBody::Custom { event: c.event, params: c.params.into_iter().collect() }
+            }
         };
         Ok(Self {
             id: t::MessageId(m.id),
             client_msg_id: m.client_msg_id,
             from: t::UserId::parse(&m.from, "from")?,
             to: m.to,
-            chat_type: chat_type(m.chat_type)
-                .ok_or_else(|| DecodeError("message chat type".into()))?,
+            chat_type: chat_type(m.chat_type).ok_or_else(|| DecodeError("message chat type".into()))?,
             timestamp: m.timestamp,
             body,
             ext: m.ext.into_iter().collect::<BTreeMap<_, _>>(),
@@ -235,11 +229,7 @@ impl TryFrom<v1::Group> for t::Group {
 
 impl From<&t::GroupMember> for v1::GroupMember {
     fn from(m: &t::GroupMember) -> Self {
-        Self {
-            user_id: m.user_id.to_string(),
-            role: v1::GroupRole::from(m.role) as i32,
-            joined_at: m.joined_at,
-        }
+        Self { user_id: m.user_id.to_string(), role: v1::GroupRole::from(m.role) as i32, joined_at: m.joined_at }
     }
 }
 
@@ -291,11 +281,7 @@ impl TryFrom<v1::GroupChange> for t::GroupChange {
             group_id: t::GroupId::parse(&c.group_id, "group_id")?,
             group_name: c.group_name,
             operator: t::UserId::parse(&c.operator, "operator")?,
-            members: c
-                .members
-                .iter()
-                .map(|m| t::UserId::parse(m, "members"))
-                .collect::<Result<_, _>>()?,
+            members: c.members.iter().map(|m| t::UserId::parse(m, "members")).collect::<Result<_, _>>()?,
             time: c.time,
         })
     }
@@ -317,10 +303,7 @@ impl TryFrom<v1::LogEvent> for t::LogEvent {
     type Error = DecodeError;
 
     fn try_from(e: v1::LogEvent) -> Result<Self, DecodeError> {
-        match e
-            .kind
-            .ok_or_else(|| DecodeError("empty log event".into()))?
-        {
+        match e.kind.ok_or_else(|| DecodeError("empty log event".into()))? {
             v1::log_event::Kind::Message(m) => Ok(Self::Message(m.try_into()?)),
             v1::log_event::Kind::GroupChange(c) => Ok(Self::GroupChange(c.try_into()?)),
         }
@@ -338,8 +321,57 @@ pub fn event_frame(seq: u64, event: &t::LogEvent) -> v1::Event {
         },
         t::LogEvent::GroupChange(c) => Kind::OnGroupChange(c.into()),
     };
-    v1::Event {
-        seq,
-        kind: Some(kind),
+    v1::Event { seq, kind: Some(kind) }
+}
+
+// ---- presence ----
+
+impl From<&t::Presence> for v1::PresenceStatus {
+    fn from(p: &t::Presence) -> Self {
+        Self {
+            user_id: p.user.to_string(),
+            devices: p
+                .devices
+                .iter()
+                .map(|d| v1::DeviceStatus { device: d.device.clone(), platform: d.platform.clone(), online: d.online })
+                .collect(),
+            description: p.description.clone(),
+            time: p.time,
+            online: p.online(),
+        }
+    }
+}
+
+impl From<&t::WebhookEvent> for v1::WebhookEvent {
+    fn from(e: &t::WebhookEvent) -> Self {
+        Self {
+            userid: e.user.to_string(),
+            status: e.status.code().to_owned(),
+            os: e.os.clone(),
+            time: e.time,
+            client_ip: e.client_ip.clone(),
+            session_id: e.session_id.clone(),
+        }
+    }
+}
+
+impl TryFrom<v1::WebhookEvent> for t::WebhookEvent {
+    type Error = DecodeError;
+
+    fn try_from(e: v1::WebhookEvent) -> Result<Self, DecodeError> {
+        let status = match e.status.as_str() {
+            "0" => t::SessionStatus::Online,
+            "1" => t::SessionStatus::Offline,
+            "2" => t::SessionStatus::LoggedOut,
+            other => return Err(DecodeError(format!("webhook status {other:?}"))),
+        };
+        Ok(Self {
+            user: t::UserId::parse(&e.userid, "userid")?,
+            status,
+            os: e.os,
+            time: e.time,
+            client_ip: e.client_ip,
+            session_id: e.session_id,
+        })
     }
 }

@@ -11,8 +11,7 @@ pub mod v1 {
 }
 
 /// The encoded `FileDescriptorSet` of every Natter proto, for gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/natter_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/natter_descriptor.bin"));
 
 pub use prost::Message as ProstMessage;
 
@@ -44,12 +43,9 @@ mod tests {
 
     #[test]
     fn json_accepts_numbers_for_uint64_and_rejects_unknown_enum() {
-        let frame: ClientFrame =
-            serde_json::from_str(r#"{"reqId":3,"ping":{}}"#).expect("numeric req id");
+        let frame: ClientFrame = serde_json::from_str(r#"{"reqId":3,"ping":{}}"#).expect("numeric req id");
         assert_eq!(frame.req_id, 3);
-        let bad = serde_json::from_str::<ClientFrame>(
-            r#"{"reqId":1,"send":{"to":"bob","chatType":"NOPE"}}"#,
-        );
+        let bad = serde_json::from_str::<ClientFrame>(r#"{"reqId":1,"send":{"to":"bob","chatType":"NOPE"}}"#);
         assert!(bad.is_err());
     }
 }

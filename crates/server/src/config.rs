@@ -18,6 +18,7 @@ pub struct Config {
     pub gateway: GatewayConfig,
     pub store: StoreConfig,
     pub limits: Limits,
+    pub presence: natter_presence::PresenceOptions,
     pub log: LogConfig,
 }
 
@@ -63,11 +64,7 @@ pub struct AuthConfig {
 
 impl Default for AuthConfig {
     fn default() -> Self {
-        Self {
-            token_secret: String::new(),
-            token_ttl_secs: 24 * 3600,
-            api_key: String::new(),
-        }
+        Self { token_secret: String::new(), token_ttl_secs: 24 * 3600, api_key: String::new() }
     }
 }
 
@@ -102,9 +99,7 @@ pub struct StoreConfig {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self {
-            log_retention_events: 10_000,
-        }
+        Self { log_retention_events: 10_000 }
     }
 }
 
@@ -119,10 +114,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        Self {
-            filter: "info,fjall=warn,lsm_tree=warn".into(),
-            format: "text".into(),
-        }
+        Self { filter: "info,fjall=warn,lsm_tree=warn".into(), format: "text".into() }
     }
 }
 
@@ -147,24 +139,18 @@ impl Config {
             }
             figment = figment.merge(Toml::file(file));
         }
-        figment = figment
-            .merge(Env::prefixed("NATTER_").split("__"))
-            .merge(Serialized::default("server", overrides));
-        let config: Config = figment
-            .extract()
-            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        figment = figment.merge(Env::prefixed("NATTER_").split("__")).merge(Serialized::default("server", overrides));
+        let config: Config = figment.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         config.validate()?;
         Ok(config)
     }
 
     pub fn validate(&self) -> anyhow::Result<()> {
-        for (name, value) in [
-            ("server.listen", &self.server.listen),
-            ("server.grpc_listen", &self.server.grpc_listen),
-        ] {
-            value.parse::<SocketAddr>().map_err(|e| {
-                anyhow::anyhow!("{name} = {value:?} is not an ip:port address: {e}")
-            })?;
+        for (name, value) in [("server.listen", &self.server.listen), ("server.grpc_listen", &self.server.grpc_listen)]
+        {
+            value
+                .parse::<SocketAddr>()
+                .map_err(|e| anyhow::anyhow!("{name} = {value:?} is not an ip:port address: {e}"))?;
         }
         if self.server.node_id > natter_types::IdGenerator::MAX_NODE {
             anyhow::bail!(
@@ -179,9 +165,7 @@ impl Config {
         if !self.auth.token_secret.is_empty() && self.auth.token_secret.len() < 16 {
             anyhow::bail!("auth.token_secret must be at least 16 bytes (or empty to generate one)");
         }
-        if self.gateway.ping_interval_secs == 0
-            || self.gateway.idle_timeout_secs <= self.gateway.ping_interval_secs
-        {
+        if self.gateway.ping_interval_secs == 0 || self.gateway.idle_timeout_secs <= self.gateway.ping_interval_secs {
             anyhow::bail!(
                 "gateway.idle_timeout_secs must be greater than gateway.ping_interval_secs, which must be > 0"
             );
@@ -193,6 +177,7 @@ impl Config {
             anyhow::bail!("log.format = {:?} must be text or json", self.log.format);
         }
         self.limits.validate().map_err(|e| anyhow::anyhow!(e))?;
+        self.presence.validate().map_err(|e| anyhow::anyhow!(e))?;
         Ok(())
     }
 
@@ -213,41 +198,24 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file("natter.toml", "[server]\nlisten = \"127.0.0.1:9000\"\nnode_id = 3\n[limits]\nmax_body_bytes = 1000\nmax_frame_bytes = 4000\n")?;
             jail.set_env("NATTER_SERVER__NODE_ID", "5");
-            let overrides = Overrides {
-                data_dir: Some("/tmp/x".into()),
-                ..Overrides::default()
-            };
-            let config = Config::load(Some(Path::new("natter.toml")), &overrides)
-                .map_err(|e| e.to_string())?;
+            let overrides = Overrides { data_dir: Some("/tmp/x".into()), ..Overrides::default() };
+            let config = Config::load(Some(Path::new("natter.toml")), &overrides).map_err(|e| e.to_string())?;
             assert_eq!(config.server.listen, "127.0.0.1:9000", "from the file");
             assert_eq!(config.server.node_id, 5, "env beats the file");
-            assert_eq!(
-                config.server.data_dir,
-                PathBuf::from("/tmp/x"),
-                "flags beat everything"
-            );
+            assert_eq!(config.server.data_dir, PathBuf::from("/tmp/x"), "flags beat everything");
             assert_eq!(config.limits.max_body_bytes, 1000);
-            assert_eq!(
-                config.limits.max_sessions_per_user, 4,
-                "defaults fill the rest"
-            );
+            assert_eq!(config.limits.max_sessions_per_user, 4, "defaults fill the rest");
 
             jail.set_env("NATTER_SERVER__LISTEN", "nowhere");
-            let err = Config::load(None, &Overrides::default())
-                .unwrap_err()
-                .to_string();
+            let err = Config::load(None, &Overrides::default()).unwrap_err().to_string();
             assert!(err.contains("server.listen"), "{err}");
             jail.set_env("NATTER_SERVER__LISTEN", "127.0.0.1:1");
             jail.set_env("NATTER_LIMITS__MAX_SESSIONS_PER_USER", "0");
-            let err = Config::load(None, &Overrides::default())
-                .unwrap_err()
-                .to_string();
+            let err = Config::load(None, &Overrides::default()).unwrap_err().to_string();
             assert!(err.contains("limits.max_sessions_per_user"), "{err}");
             jail.set_env("NATTER_LIMITS__MAX_SESSIONS_PER_USER", "2");
             jail.create_file("bad.toml", "[server]\nlisen = \"x\"\n")?;
-            let err = Config::load(Some(Path::new("bad.toml")), &Overrides::default())
-                .unwrap_err()
-                .to_string();
+            let err = Config::load(Some(Path::new("bad.toml")), &Overrides::default()).unwrap_err().to_string();
             assert!(err.contains("lisen"), "unknown keys are named: {err}");
             Ok(())
         });

@@ -63,14 +63,13 @@ async fn stop_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(term) => term,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -83,11 +82,7 @@ async fn stop_signal() {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let overrides = Overrides {
-        listen: cli.listen,
-        grpc_listen: cli.grpc_listen,
-        data_dir: cli.data_dir,
-    };
+    let overrides = Overrides { listen: cli.listen, grpc_listen: cli.grpc_listen, data_dir: cli.data_dir };
     let config = Config::load(cli.config.as_deref(), &overrides)?;
     if cli.dump_config {
         print!("{}", config.to_toml()?);
@@ -96,9 +91,8 @@ async fn main() -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Serve) {
         Command::Token { user, ttl } => {
             let user = UserId::parse(&user, "--user").map_err(|e| anyhow::anyhow!(e.message))?;
-            let (token, _) = natter_server::node::tokens(&config)?
-                .mint(&user, ttl)
-                .map_err(|e| anyhow::anyhow!(e.message))?;
+            let (token, _) =
+                natter_server::node::tokens(&config)?.mint(&user, ttl).map_err(|e| anyhow::anyhow!(e.message))?;
             println!("{token}");
             Ok(())
         }

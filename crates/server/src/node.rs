@@ -11,6 +11,7 @@ use anyhow::Context;
 use natter_bus::local::LocalBus;
 use natter_gateway::{Gateway, GatewayDeps, GatewayHandle, GatewayOptions, Tokens};
 use natter_message::{MessageOptions, MessageService};
+use natter_presence::PresenceService;
 use natter_presence::local::LocalSessionRegistry;
 use natter_proto::v1::backend_server::BackendServer;
 use natter_store::embedded::{EmbeddedOptions, EmbeddedStore};
@@ -56,8 +57,7 @@ pub fn secret(configured: &str, data_dir: &Path, file: &str) -> anyhow::Result<S
             return Ok(existing.to_owned());
         }
     }
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
@@ -72,11 +72,7 @@ pub fn secret(configured: &str, data_dir: &Path, file: &str) -> anyhow::Result<S
 fn write_private(path: &Path, value: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
     file.write_all(value.as_bytes())
 }
 
@@ -86,11 +82,7 @@ fn write_private(path: &Path, value: &str) -> std::io::Result<()> {
 }
 
 pub fn tokens(config: &Config) -> anyhow::Result<Tokens> {
-    let secret = secret(
-        &config.auth.token_secret,
-        &config.server.data_dir,
-        "token_secret",
-    )?;
+    let secret = secret(&config.auth.token_secret, &config.server.data_dir, "token_secret")?;
     Ok(Tokens::new(secret.as_bytes(), config.auth.token_ttl_secs))
 }
 
@@ -101,23 +93,29 @@ impl Node {
         let api_key = secret(&config.auth.api_key, data_dir, "api_key")?;
         let store = EmbeddedStore::open(
             &data_dir.join("store"),
-            EmbeddedOptions {
-                log_retention_events: config.store.log_retention_events,
-            },
+            EmbeddedOptions { log_retention_events: config.store.log_retention_events },
         )
         .map_err(|e| anyhow::anyhow!("opening the store in {}: {e}", data_dir.display()))?;
         let stores = store.stores();
         let bus = Arc::new(LocalBus::new());
         let messages = Arc::new(MessageService::new(
-            MessageOptions {
-                node_id: config.server.node_id,
-                limits: config.limits.clone(),
-            },
+            MessageOptions { node_id: config.server.node_id, limits: config.limits.clone() },
             stores.clone(),
             bus.clone(),
         ));
 
         let cancel = CancellationToken::new();
+        let presence = PresenceService::new(
+            config.presence.clone(),
+            config.limits.clone(),
+            Arc::new(LocalSessionRegistry::new()),
+            stores.presence.clone(),
+            stores.outbox.clone(),
+            bus.clone(),
+            cancel.child_token(),
+        )
+        .map_err(|e| anyhow::anyhow!("presence service: {e}"))?;
+        presence.start().await.map_err(|e| anyhow::anyhow!("starting presence: {e}"))?;
         let gateway_options = GatewayOptions {
             gateway_id: format!("node-{}", config.server.node_id),
             limits: config.limits.clone(),
@@ -126,12 +124,13 @@ impl Node {
             replay_page: config.gateway.replay_page,
             read_buffer_bytes: config.gateway.read_buffer_bytes,
             write_buffer_bytes: config.gateway.write_buffer_bytes,
+            lease_renew_interval: presence.lease() / 3,
         };
         let deps = GatewayDeps {
             messages: messages.clone(),
             log: stores.log.clone(),
             bus,
-            sessions: Arc::new(LocalSessionRegistry::new()),
+            presence: presence.clone(),
             tokens: tokens.clone(),
         };
         let gateway = Gateway::new(gateway_options, deps, cancel.child_token());
@@ -146,35 +145,33 @@ impl Node {
         let ws_addr = ws_listener.local_addr()?;
         let grpc_addr = grpc_listener.local_addr()?;
 
-        let router = gateway
-            .router()
-            .route("/healthz", axum::routing::get(|| async { "ok\n" }));
+        let router = gateway.router().route("/healthz", axum::routing::get(|| async { "ok\n" }));
         let http_cancel = cancel.clone();
         let http = tokio::spawn(async move {
-            axum::serve(
-                ws_listener,
-                router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(http_cancel.cancelled_owned())
-            .await
-            .context("http server")
+            axum::serve(ws_listener, router.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(http_cancel.cancelled_owned())
+                .await
+                .context("http server")
         });
-        let gateway_task =
-            tokio::spawn(async move { gateway.run().await.map_err(anyhow::Error::from) });
+        let gateway_task = tokio::spawn(async move { gateway.run().await.map_err(anyhow::Error::from) });
+        let presence_task = tokio::spawn({
+            let presence = presence.clone();
+            async move {
+                presence.stopped().await;
+                Ok(())
+            }
+        });
 
         let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_service_status("natter.v1.Backend", tonic_health::ServingStatus::Serving)
-            .await;
-        health
-            .set_service_status("", tonic_health::ServingStatus::Serving)
-            .await;
+        health.set_service_status("natter.v1.Backend", tonic_health::ServingStatus::Serving).await;
+        health.set_service_status("", tonic_health::ServingStatus::Serving).await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(natter_proto::FILE_DESCRIPTOR_SET)
             .build_v1()
             .context("building grpc reflection")?;
         let api = BackendApi {
             messages,
+            presence: presence.clone(),
             tokens: tokens.clone(),
             limits: config.limits.clone(),
         };
@@ -202,7 +199,7 @@ impl Node {
             cancel,
             store,
             grace: Duration::from_secs(config.server.shutdown_grace_secs),
-            tasks: vec![("http", http), ("gateway", gateway_task), ("grpc", grpc)],
+            tasks: vec![("http", http), ("gateway", gateway_task), ("grpc", grpc), ("presence", presence_task)],
         })
     }
 
@@ -239,10 +236,7 @@ impl Node {
                 Err(_) => tracing::warn!(task = name, "did not stop within the grace period"),
             }
         }
-        self.store
-            .sync_all()
-            .await
-            .map_err(|e| anyhow::anyhow!("final store sync: {e}"))?;
+        self.store.sync_all().await.map_err(|e| anyhow::anyhow!("final store sync: {e}"))?;
         tracing::info!("natter stopped");
         first_error.map_or(Ok(()), Err)
     }

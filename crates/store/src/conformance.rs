@@ -7,8 +7,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use natter_types::{
-    ChatType, ConversationKey, ErrorCode, Group, GroupChange, GroupChangeKind, GroupId,
-    GroupMember, GroupRole, IdGenerator, LogEvent, Message, MessageBody, UserId,
+    ChatType, ConversationKey, ErrorCode, Group, GroupChange, GroupChangeKind, GroupId, GroupMember, GroupRole,
+    IdGenerator, LogEvent, Message, MessageBody, SessionStatus, Subscription, UserId, WebhookEvent,
 };
 
 use crate::{Direction, Inserted, Stores};
@@ -17,15 +17,8 @@ static RUN: AtomicU64 = AtomicU64::new(0);
 
 /// A prefix unique to this test run and call.
 fn unique(name: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!(
-        "{name}{}x{}",
-        nanos % 1_000_000_000_000,
-        RUN.fetch_add(1, Ordering::Relaxed)
-    )
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{name}{}x{}", nanos % 1_000_000_000_000, RUN.fetch_add(1, Ordering::Relaxed))
 }
 
 fn user(name: &str) -> UserId {
@@ -53,11 +46,7 @@ fn text_message(from: &UserId, to: &UserId, client_msg_id: &str, text: &str) -> 
 }
 
 fn member(user: &UserId, role: GroupRole) -> GroupMember {
-    GroupMember {
-        user_id: user.clone(),
-        role,
-        joined_at: natter_types::now_ms(),
-    }
+    GroupMember { user_id: user.clone(), role, joined_at: natter_types::now_ms() }
 }
 
 fn new_group(owner: &UserId, max_members: u32) -> Group {
@@ -82,22 +71,19 @@ pub async fn run_all(stores: &Stores, retention: u64) {
     log_appends_in_order_per_user(stores).await;
     log_retention_expires_old_cursors(stores, retention).await;
     log_ack_only_moves_forward(stores).await;
+    presence_subscriptions_expire_cap_and_page(stores).await;
+    presence_fields_round_trip(stores).await;
+    webhook_outbox_is_an_ordered_queue_per_receiver(stores).await;
 }
 
 pub async fn messages_insert_is_idempotent(stores: &Stores) {
     let (a, b) = (user("a"), user("b"));
     let first = text_message(&a, &b, "c1", "hello");
-    assert_eq!(
-        stores.messages.insert_message(&first).await.unwrap(),
-        Inserted::New
-    );
+    assert_eq!(stores.messages.insert_message(&first).await.unwrap(), Inserted::New);
 
     let retry = text_message(&a, &b, "c1", "hello again");
     match stores.messages.insert_message(&retry).await.unwrap() {
-        Inserted::Duplicate {
-            message,
-            fanned_out,
-        } => {
+        Inserted::Duplicate { message, fanned_out } => {
             assert_eq!(message, first, "a retry returns the stored message");
             assert!(!fanned_out);
         }
@@ -110,19 +96,12 @@ pub async fn messages_insert_is_idempotent(stores: &Stores) {
     }
     // Same client id from another sender is another message.
     let other = text_message(&b, &a, "c1", "mine");
-    assert_eq!(
-        stores.messages.insert_message(&other).await.unwrap(),
-        Inserted::New
-    );
+    assert_eq!(stores.messages.insert_message(&other).await.unwrap(), Inserted::New);
 
     let conv = ConversationKey::single(&a, &b);
     let got = stores.messages.get_message(&conv, first.id).await.unwrap();
     assert_eq!(got.as_ref(), Some(&first));
-    let page = stores
-        .messages
-        .history(&conv, None, Direction::Down, 10)
-        .await
-        .unwrap();
+    let page = stores.messages.history(&conv, None, Direction::Down, 10).await.unwrap();
     assert_eq!(page, vec![first, other], "retry stored once");
 }
 
@@ -135,36 +114,16 @@ pub async fn messages_history_pages_both_ways(stores: &Stores) {
         sent.push(m);
     }
     // Another conversation must not leak in.
-    stores
-        .messages
-        .insert_message(&text_message(&a, &c, "x", "other"))
-        .await
-        .unwrap();
+    stores.messages.insert_message(&text_message(&a, &c, "x", "other")).await.unwrap();
     let conv = ConversationKey::single(&b, &a);
 
-    let newest = stores
-        .messages
-        .history(&conv, None, Direction::Up, 3)
-        .await
-        .unwrap();
+    let newest = stores.messages.history(&conv, None, Direction::Up, 3).await.unwrap();
     assert_eq!(newest, sent[4..].iter().rev().cloned().collect::<Vec<_>>());
-    let older = stores
-        .messages
-        .history(&conv, Some(newest[2].id), Direction::Up, 3)
-        .await
-        .unwrap();
+    let older = stores.messages.history(&conv, Some(newest[2].id), Direction::Up, 3).await.unwrap();
     assert_eq!(older, sent[1..4].iter().rev().cloned().collect::<Vec<_>>());
-    let oldest = stores
-        .messages
-        .history(&conv, None, Direction::Down, 2)
-        .await
-        .unwrap();
+    let oldest = stores.messages.history(&conv, None, Direction::Down, 2).await.unwrap();
     assert_eq!(oldest, sent[..2].to_vec());
-    let after = stores
-        .messages
-        .history(&conv, Some(sent[5].id), Direction::Down, 10)
-        .await
-        .unwrap();
+    let after = stores.messages.history(&conv, Some(sent[5].id), Direction::Down, 10).await.unwrap();
     assert_eq!(after, vec![sent[6].clone()]);
 }
 
@@ -172,19 +131,8 @@ pub async fn groups_lifecycle(stores: &Stores) {
     let g = &stores.groups;
     let (owner, x, y, z) = (user("o"), user("x"), user("y"), user("z"));
     let group = new_group(&owner, 10);
-    g.create_group(
-        &group,
-        &[
-            member(&owner, GroupRole::Owner),
-            member(&x, GroupRole::Member),
-        ],
-    )
-    .await
-    .unwrap();
-    let err = g
-        .create_group(&group, &[member(&owner, GroupRole::Owner)])
-        .await
-        .unwrap_err();
+    g.create_group(&group, &[member(&owner, GroupRole::Owner), member(&x, GroupRole::Member)]).await.unwrap();
+    let err = g.create_group(&group, &[member(&owner, GroupRole::Owner)]).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::Conflict);
 
     let stored = g.get_group(&group.id).await.unwrap().expect("group exists");
@@ -194,30 +142,16 @@ pub async fn groups_lifecycle(stores: &Stores) {
     let added = g
         .add_members(
             &group.id,
-            &[
-                member(&x, GroupRole::Member),
-                member(&y, GroupRole::Member),
-                member(&z, GroupRole::Member),
-            ],
+            &[member(&x, GroupRole::Member), member(&y, GroupRole::Member), member(&z, GroupRole::Member)],
         )
         .await
         .unwrap();
-    assert_eq!(
-        added.added,
-        vec![y.clone(), z.clone()],
-        "existing members are skipped"
-    );
+    assert_eq!(added.added, vec![y.clone(), z.clone()], "existing members are skipped");
     assert_eq!(added.member_count, 4);
 
     g.set_role(&group.id, &y, GroupRole::Admin).await.unwrap();
-    assert_eq!(
-        g.get_member(&group.id, &y).await.unwrap().map(|m| m.role),
-        Some(GroupRole::Admin)
-    );
-    let err = g
-        .set_role(&group.id, &user("nobody"), GroupRole::Admin)
-        .await
-        .unwrap_err();
+    assert_eq!(g.get_member(&group.id, &y).await.unwrap().map(|m| m.role), Some(GroupRole::Admin));
+    let err = g.set_role(&group.id, &user("nobody"), GroupRole::Admin).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::NotFound);
 
     let mut everyone = vec![owner.clone(), x.clone(), y.clone(), z.clone()];
@@ -227,76 +161,37 @@ pub async fn groups_lifecycle(stores: &Stores) {
     assert_eq!(ids, everyone);
 
     let first = g.list_members(&group.id, None, 3).await.unwrap();
-    assert_eq!(
-        first.iter().map(|m| m.user_id.clone()).collect::<Vec<_>>(),
-        everyone[..3].to_vec()
-    );
-    let rest = g
-        .list_members(&group.id, Some(&first[2].user_id), 3)
-        .await
-        .unwrap();
-    assert_eq!(
-        rest.iter().map(|m| m.user_id.clone()).collect::<Vec<_>>(),
-        everyone[3..].to_vec()
-    );
+    assert_eq!(first.iter().map(|m| m.user_id.clone()).collect::<Vec<_>>(), everyone[..3].to_vec());
+    let rest = g.list_members(&group.id, Some(&first[2].user_id), 3).await.unwrap();
+    assert_eq!(rest.iter().map(|m| m.user_id.clone()).collect::<Vec<_>>(), everyone[3..].to_vec());
 
     assert_eq!(g.user_groups(&z).await.unwrap(), vec![group.id.clone()]);
-    let removed = g
-        .remove_members(&group.id, &[z.clone(), user("nobody")])
-        .await
-        .unwrap();
+    let removed = g.remove_members(&group.id, &[z.clone(), user("nobody")]).await.unwrap();
     assert_eq!(removed, vec![z.clone()]);
     assert!(g.user_groups(&z).await.unwrap().is_empty());
-    assert_eq!(
-        g.get_group(&group.id)
-            .await
-            .unwrap()
-            .map(|g| g.member_count),
-        Some(3)
-    );
+    assert_eq!(g.get_group(&group.id).await.unwrap().map(|g| g.member_count), Some(3));
     assert!(g.get_member(&group.id, &z).await.unwrap().is_none());
 
     g.delete_group(&group.id).await.unwrap();
     assert!(g.get_group(&group.id).await.unwrap().is_none());
     assert!(g.user_groups(&x).await.unwrap().is_empty());
     assert!(g.member_ids(&group.id).await.unwrap().is_empty());
-    assert_eq!(
-        g.delete_group(&group.id).await.unwrap_err().code,
-        ErrorCode::NotFound
-    );
+    assert_eq!(g.delete_group(&group.id).await.unwrap_err().code, ErrorCode::NotFound);
 }
 
 pub async fn groups_size_limit_is_all_or_nothing(stores: &Stores) {
     let g = &stores.groups;
     let owner = user("o");
     let group = new_group(&owner, 3);
-    g.create_group(&group, &[member(&owner, GroupRole::Owner)])
-        .await
-        .unwrap();
+    g.create_group(&group, &[member(&owner, GroupRole::Owner)]).await.unwrap();
     let three = [user("p"), user("q"), user("r")].map(|u| member(&u, GroupRole::Member));
     let err = g.add_members(&group.id, &three).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::LimitExceeded);
     assert_eq!(err.field.as_deref(), Some("max_members"));
-    assert_eq!(
-        g.member_ids(&group.id).await.unwrap(),
-        vec![owner.clone()],
-        "nothing half-written"
-    );
-    assert_eq!(
-        g.get_group(&group.id)
-            .await
-            .unwrap()
-            .map(|g| g.member_count),
-        Some(1)
-    );
+    assert_eq!(g.member_ids(&group.id).await.unwrap(), vec![owner.clone()], "nothing half-written");
+    assert_eq!(g.get_group(&group.id).await.unwrap().map(|g| g.member_count), Some(1));
     g.add_members(&group.id, &three[..2]).await.unwrap();
-    assert_eq!(
-        g.get_group(&group.id)
-            .await
-            .unwrap()
-            .map(|g| g.member_count),
-        Some(3)
-    );
+    assert_eq!(g.get_group(&group.id).await.unwrap().map(|g| g.member_count), Some(3));
 }
 
 fn change(n: usize) -> LogEvent {
@@ -313,105 +208,43 @@ fn change(n: usize) -> LogEvent {
 pub async fn log_appends_in_order_per_user(stores: &Stores) {
     let (a, b) = (user("a"), user("b"));
     assert_eq!(stores.log.bounds(&a).await.unwrap(), (0, 0));
-    let seqs = |appended: Vec<crate::Appended>| {
-        appended.iter().map(|a| (a.prev, a.seq)).collect::<Vec<_>>()
-    };
-    assert_eq!(
-        seqs(
-            stores
-                .log
-                .append(&[a.clone(), b.clone()], &change(0))
-                .await
-                .unwrap()
-        ),
-        vec![(0, 1), (0, 1)]
-    );
-    assert_eq!(
-        seqs(
-            stores
-                .log
-                .append(std::slice::from_ref(&a), &change(1))
-                .await
-                .unwrap()
-        ),
-        vec![(1, 2)]
-    );
-    assert_eq!(
-        seqs(
-            stores
-                .log
-                .append(&[b.clone(), a.clone()], &change(2))
-                .await
-                .unwrap()
-        ),
-        vec![(1, 2), (2, 3)]
-    );
+    let seqs = |appended: Vec<crate::Appended>| appended.iter().map(|a| (a.prev, a.seq)).collect::<Vec<_>>();
+    assert_eq!(seqs(stores.log.append(&[a.clone(), b.clone()], &change(0)).await.unwrap()), vec![(0, 1), (0, 1)]);
+    assert_eq!(seqs(stores.log.append(std::slice::from_ref(&a), &change(1)).await.unwrap()), vec![(1, 2)]);
+    assert_eq!(seqs(stores.log.append(&[b.clone(), a.clone()], &change(2)).await.unwrap()), vec![(1, 2), (2, 3)]);
     let page = stores.log.read(&a, 0, 10).await.unwrap().unwrap();
     assert_eq!(page.head, 3);
-    assert_eq!(
-        page.events,
-        vec![(1, change(0)), (2, change(1)), (3, change(2))]
-    );
+    assert_eq!(page.events, vec![(1, change(0)), (2, change(1)), (3, change(2))]);
     let page = stores.log.read(&a, 1, 1).await.unwrap().unwrap();
-    assert_eq!(
-        page.events,
-        vec![(2, change(1))],
-        "limit and cursor respected"
-    );
+    assert_eq!(page.events, vec![(2, change(1))], "limit and cursor respected");
     let page = stores.log.read(&b, 2, 10).await.unwrap().unwrap();
     assert!(page.events.is_empty());
     assert_eq!(page.head, 2);
     let message = LogEvent::Message(text_message(&a, &b, "c", "in the log"));
-    let seq = stores
-        .log
-        .append(std::slice::from_ref(&b), &message)
-        .await
-        .unwrap();
-    assert_eq!(
-        stores.log.read(&b, 2, 10).await.unwrap().unwrap().events,
-        vec![(seq[0].seq, message)]
-    );
+    let seq = stores.log.append(std::slice::from_ref(&b), &message).await.unwrap();
+    assert_eq!(stores.log.read(&b, 2, 10).await.unwrap().unwrap().events, vec![(seq[0].seq, message)]);
     // A cursor ahead of the head means the client knows a log we do not.
     let ahead = stores.log.read(&a, 99, 10).await.unwrap().unwrap_err();
     assert_eq!(ahead.head, 3);
 }
 
 pub async fn log_retention_expires_old_cursors(stores: &Stores, retention: u64) {
-    assert!(
-        retention <= 20,
-        "use a small retention for the conformance run"
-    );
+    assert!(retention <= 20, "use a small retention for the conformance run");
     let a = user("a");
     let total = retention + 3;
     for n in 0..total {
-        stores
-            .log
-            .append(std::slice::from_ref(&a), &change(n as usize))
-            .await
-            .unwrap();
+        stores.log.append(std::slice::from_ref(&a), &change(n as usize)).await.unwrap();
     }
     let (head, oldest) = stores.log.bounds(&a).await.unwrap();
     assert_eq!(head, total);
     assert_eq!(oldest, total - retention + 1);
     let expired = stores.log.read(&a, 0, 100).await.unwrap().unwrap_err();
-    assert_eq!(
-        (expired.requested, expired.oldest, expired.head),
-        (0, oldest, head)
-    );
+    assert_eq!((expired.requested, expired.oldest, expired.head), (0, oldest, head));
     let page = stores.log.read(&a, oldest - 1, 100).await.unwrap().unwrap();
     assert_eq!(page.events.len() as u64, retention);
     assert_eq!(page.events.first().map(|e| e.0), Some(oldest));
     // A cursor at the head is fine even if everything before it is gone.
-    assert!(
-        stores
-            .log
-            .read(&a, head, 10)
-            .await
-            .unwrap()
-            .unwrap()
-            .events
-            .is_empty()
-    );
+    assert!(stores.log.read(&a, head, 10).await.unwrap().unwrap().events.is_empty());
 }
 
 pub async fn log_ack_only_moves_forward(stores: &Stores) {
@@ -420,6 +253,77 @@ pub async fn log_ack_only_moves_forward(stores: &Stores) {
     stores.log.ack(&a, 5).await.unwrap();
     stores.log.ack(&a, 3).await.unwrap();
     assert_eq!(stores.log.acked(&a).await.unwrap(), 5);
+}
+
+pub async fn presence_subscriptions_expire_cap_and_page(stores: &Stores) {
+    let p = &stores.presence;
+    let me = user("me");
+    let (a, b, c, d) = (user("a"), user("b"), user("c"), user("d"));
+    let now = 1_000_000;
+    assert!(p.subscribe(&me, &[a.clone(), b.clone()], now + 100, 3, now).await.unwrap().is_empty());
+    assert!(p.subscribe(&me, std::slice::from_ref(&c), now + 50, 3, now).await.unwrap().is_empty());
+    // Re-subscribing replaces the expiry (P1).
+    assert!(p.subscribe(&me, std::slice::from_ref(&a), now + 300, 3, now).await.unwrap().is_empty());
+    // Past the cap the shortest-remaining other subscription goes (P2).
+    let evicted = p.subscribe(&me, std::slice::from_ref(&d), now + 200, 3, now).await.unwrap();
+    assert_eq!(evicted, vec![Subscription { target: c.clone(), expires_at: now + 50 }]);
+    let (page, total) = p.subscriptions(&me, now, 0, 10).await.unwrap();
+    assert_eq!(total, 3);
+    let mut expected = vec![
+        Subscription { target: a.clone(), expires_at: now + 300 },
+        Subscription { target: b.clone(), expires_at: now + 100 },
+        Subscription { target: d.clone(), expires_at: now + 200 },
+    ];
+    expected.sort_by(|x, y| x.target.cmp(&y.target));
+    assert_eq!(page, expected);
+    let (second, _) = p.subscriptions(&me, now, 2, 10).await.unwrap();
+    assert_eq!(second, expected[2..].to_vec());
+    assert_eq!(p.subscribers(&a, now).await.unwrap(), vec![me.clone()]);
+    // Expired subscriptions stop counting at their expiry, before any sweep (P8).
+    assert!(p.subscribers(&b, now + 100).await.unwrap().is_empty());
+    assert_eq!(p.subscriptions(&me, now + 150, 0, 10).await.unwrap().1, 2);
+    // The sweeper removes only what did not move.
+    assert!(!p.remove_expired(&me, &a, now + 100).await.unwrap(), "a was extended");
+    assert!(p.remove_expired(&me, &b, now + 100).await.unwrap());
+    let all: Vec<_> = p.all_subscriptions().await.unwrap().into_iter().filter(|(s, _)| *s == me).collect();
+    assert_eq!(all.len(), 2);
+    p.unsubscribe(&me, std::slice::from_ref(&a)).await.unwrap();
+    assert!(p.subscribers(&a, now).await.unwrap().is_empty());
+    assert_eq!(p.subscriptions(&me, now, 0, 10).await.unwrap().1, 1);
+}
+
+pub async fn presence_fields_round_trip(stores: &Stores) {
+    let p = &stores.presence;
+    let me = user("me");
+    assert_eq!(p.get_presence(&me).await.unwrap(), (String::new(), 0));
+    p.set_presence(&me, Some("in a meeting"), 5).await.unwrap();
+    p.set_presence(&me, None, 9).await.unwrap();
+    assert_eq!(p.get_presence(&me).await.unwrap(), ("in a meeting".to_owned(), 9), "time moves, text stays");
+}
+
+pub async fn webhook_outbox_is_an_ordered_queue_per_receiver(stores: &Stores) {
+    let o = &stores.outbox;
+    let (r1, r2) = (unique("r1"), unique("r2"));
+    let event = |n: i64| WebhookEvent {
+        user: UserId::parse("u", "u").unwrap(),
+        status: if n % 2 == 0 { SessionStatus::Online } else { SessionStatus::Offline },
+        os: "iOS".into(),
+        time: n,
+        client_ip: "127.0.0.1:1".into(),
+        session_id: format!("s{n}"),
+    };
+    o.push(&r1, &[event(1), event(2)]).await.unwrap();
+    o.push(&r1, &[event(3)]).await.unwrap();
+    o.push(&r2, &[event(9)]).await.unwrap();
+    let queued = o.peek(&r1, 10).await.unwrap();
+    assert_eq!(queued.iter().map(|(_, e)| e.time).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert!(queued.windows(2).all(|w| w[0].0 < w[1].0), "ids increase");
+    o.remove(&r1, queued[1].0).await.unwrap();
+    assert_eq!(o.peek(&r1, 10).await.unwrap().iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(), vec![event(3)]);
+    assert_eq!(o.peek(&r2, 10).await.unwrap().len(), 1, "receivers are independent");
+    o.push(&r1, &[event(4)]).await.unwrap();
+    let ids: Vec<u64> = o.peek(&r1, 10).await.unwrap().iter().map(|(id, _)| *id).collect();
+    assert!(ids[1] > queued[2].0, "ids are not reused after a removal");
 }
 
 /// What [`write_sample`] wrote, for [`check_sample`] after a reopen.
@@ -437,69 +341,24 @@ pub async fn write_sample(stores: &Stores) -> Sample {
     let message = text_message(&a, &b, "durable", "kept across restarts");
     stores.messages.insert_message(&message).await.unwrap();
     let group = new_group(&a, 5);
-    stores
-        .groups
-        .create_group(
-            &group,
-            &[member(&a, GroupRole::Owner), member(&b, GroupRole::Member)],
-        )
-        .await
-        .unwrap();
+    stores.groups.create_group(&group, &[member(&a, GroupRole::Owner), member(&b, GroupRole::Member)]).await.unwrap();
     for n in 0..3 {
-        stores
-            .log
-            .append(std::slice::from_ref(&b), &change(n))
-            .await
-            .unwrap();
+        stores.log.append(std::slice::from_ref(&b), &change(n)).await.unwrap();
     }
-    Sample {
-        message,
-        group,
-        user: b,
-        head: 3,
-    }
+    Sample { message, group, user: b, head: 3 }
 }
 
 /// Checks what [`write_sample`] wrote is all there and the log continues.
 pub async fn check_sample(stores: &Stores, sample: &Sample) {
     let conv = sample.message.conversation();
-    assert_eq!(
-        stores
-            .messages
-            .get_message(&conv, sample.message.id)
-            .await
-            .unwrap()
-            .as_ref(),
-        Some(&sample.message)
-    );
-    match stores
-        .messages
-        .insert_message(&sample.message)
-        .await
-        .unwrap()
-    {
+    assert_eq!(stores.messages.get_message(&conv, sample.message.id).await.unwrap().as_ref(), Some(&sample.message));
+    match stores.messages.insert_message(&sample.message).await.unwrap() {
         Inserted::Duplicate { message, .. } => assert_eq!(message, sample.message),
         Inserted::New => panic!("idempotency record lost across restart"),
     }
-    let group = stores
-        .groups
-        .get_group(&sample.group.id)
-        .await
-        .unwrap()
-        .expect("group kept");
+    let group = stores.groups.get_group(&sample.group.id).await.unwrap().expect("group kept");
     assert_eq!(group.member_count, 2);
-    assert_eq!(
-        stores.log.bounds(&sample.user).await.unwrap().0,
-        sample.head
-    );
-    let next = stores
-        .log
-        .append(std::slice::from_ref(&sample.user), &change(9))
-        .await
-        .unwrap();
-    assert_eq!(
-        next[0].seq,
-        sample.head + 1,
-        "seqs continue after a restart"
-    );
+    assert_eq!(stores.log.bounds(&sample.user).await.unwrap().0, sample.head);
+    let next = stores.log.append(std::slice::from_ref(&sample.user), &change(9)).await.unwrap();
+    assert_eq!(next[0].seq, sample.head + 1, "seqs continue after a restart");
 }

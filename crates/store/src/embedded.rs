@@ -15,16 +15,16 @@ use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use natter_proto::v1;
 use natter_types::{
-    ConversationKey, Error, Group, GroupId, GroupMember, GroupRole, LogEvent, Message, MessageId,
-    Result, UserId,
+    ConversationKey, Error, Group, GroupId, GroupMember, GroupRole, LogEvent, Message, MessageId, Result, Subscription,
+    UserId, WebhookEvent,
 };
 use parking_lot::Mutex;
 use prost::Message as _;
 use tokio::sync::watch;
 
 use crate::{
-    Appended, CursorExpired, Direction, GroupStore, Inserted, LogPage, MembersAdded, MessageStore,
-    Stores, UserLog,
+    Appended, CursorExpired, Direction, GroupStore, Inserted, LogPage, MembersAdded, MessageStore, PresenceStore,
+    Stores, UserLog, WebhookOutbox,
 };
 
 /// Options of the embedded store.
@@ -37,9 +37,7 @@ pub struct EmbeddedOptions {
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
-        Self {
-            log_retention_events: 10_000,
-        }
+        Self { log_retention_events: 10_000 }
     }
 }
 
@@ -58,6 +56,10 @@ struct Inner {
     user_groups: Keyspace,
     log: Keyspace,
     log_meta: Keyspace,
+    subs: Keyspace,
+    subs_by_target: Keyspace,
+    presence: Keyspace,
+    outbox: Keyspace,
     syncer: Syncer,
     options: EmbeddedOptions,
     /// Serialises read-check-write sequences per aggregate kind. Held only
@@ -65,6 +67,9 @@ struct Inner {
     message_lock: Mutex<()>,
     group_lock: Mutex<()>,
     meta_lock: Mutex<()>,
+    presence_lock: Mutex<()>,
+    /// Last queue id per webhook receiver, loaded lazily.
+    outbox_heads: Mutex<HashMap<String, u64>>,
     log_heads: Mutex<HashMap<UserId, LogHead>>,
 }
 
@@ -106,10 +111,7 @@ fn prefix_end(a: &str) -> Vec<u8> {
 
 fn seq_of(key: &[u8]) -> u64 {
     let tail = key.len().saturating_sub(8);
-    key.get(tail..)
-        .and_then(|b| <[u8; 8]>::try_from(b).ok())
-        .map(u64::from_be_bytes)
-        .unwrap_or(0)
+    key.get(tail..).and_then(|b| <[u8; 8]>::try_from(b).ok()).map(u64::from_be_bytes).unwrap_or(0)
 }
 
 fn decode<T: prost::Message + Default>(bytes: &[u8]) -> Result<T> {
@@ -120,10 +122,7 @@ impl EmbeddedStore {
     pub fn open(path: &Path, options: EmbeddedOptions) -> Result<Self> {
         std::fs::create_dir_all(path).map_err(storage_err)?;
         let db = Database::builder(path).open().map_err(storage_err)?;
-        let ks = |name: &str| {
-            db.keyspace(name, KeyspaceCreateOptions::default)
-                .map_err(storage_err)
-        };
+        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(storage_err);
         let inner = Inner {
             messages: ks("messages")?,
             dedup: ks("dedup")?,
@@ -132,17 +131,21 @@ impl EmbeddedStore {
             user_groups: ks("user_groups")?,
             log: ks("user_log")?,
             log_meta: ks("user_log_meta")?,
+            subs: ks("presence_subs")?,
+            subs_by_target: ks("presence_subs_by_target")?,
+            presence: ks("presence")?,
+            outbox: ks("webhook_outbox")?,
             syncer: Syncer::new(db.clone()),
             db,
             options,
             message_lock: Mutex::new(()),
             group_lock: Mutex::new(()),
             meta_lock: Mutex::new(()),
+            presence_lock: Mutex::new(()),
+            outbox_heads: Mutex::new(HashMap::new()),
             log_heads: Mutex::new(HashMap::new()),
         };
-        Ok(Self {
-            inner: Arc::new(inner),
-        })
+        Ok(Self { inner: Arc::new(inner) })
     }
 
     pub fn stores(&self) -> Stores {
@@ -150,6 +153,8 @@ impl EmbeddedStore {
             messages: Arc::new(self.clone()),
             groups: Arc::new(self.clone()),
             log: Arc::new(self.clone()),
+            presence: Arc::new(self.clone()),
+            outbox: Arc::new(self.clone()),
         }
     }
 
@@ -179,15 +184,7 @@ struct SyncState {
 impl Syncer {
     fn new(db: Database) -> Self {
         let (synced_tx, _) = watch::channel(0);
-        Self {
-            db,
-            state: Mutex::new(SyncState {
-                written: 0,
-                synced: 0,
-                syncing: false,
-            }),
-            synced_tx,
-        }
+        Self { db, state: Mutex::new(SyncState { written: 0, synced: 0, syncing: false }), synced_tx }
     }
 
     /// Called right after a batch commit: the ticket that covers it.
@@ -224,8 +221,7 @@ impl Syncer {
                 continue;
             };
             let db = self.db.clone();
-            let result =
-                tokio::task::spawn_blocking(move || db.persist(PersistMode::SyncAll)).await;
+            let result = tokio::task::spawn_blocking(move || db.persist(PersistMode::SyncAll)).await;
             let synced = {
                 let mut s = self.state.lock();
                 s.syncing = false;
@@ -265,13 +261,7 @@ impl MessageStore for EmbeddedStore {
                         .ok_or_else(|| Error::internal("dedup record without its message"))?;
                     let stored: Message = decode::<v1::Message>(&stored)?.try_into()?;
                     // The original may still be waiting for its fsync.
-                    (
-                        inner.syncer.written(),
-                        Inserted::Duplicate {
-                            message: stored,
-                            fanned_out: record.fanned_out,
-                        },
-                    )
+                    (inner.syncer.written(), Inserted::Duplicate { message: stored, fanned_out: record.fanned_out })
                 }
                 None => {
                     let record = v1::DedupRecord {
@@ -307,24 +297,12 @@ impl MessageStore for EmbeddedStore {
         record.fanned_out = true;
         // Not fsynced on purpose: losing the mark only repeats a fan-out,
         // which clients absorb by deduplicating on the message id.
-        inner
-            .dedup
-            .insert(key, record.encode_to_vec())
-            .map_err(storage_err)
+        inner.dedup.insert(key, record.encode_to_vec()).map_err(storage_err)
     }
 
-    async fn get_message(
-        &self,
-        conversation: &ConversationKey,
-        id: MessageId,
-    ) -> Result<Option<Message>> {
-        let raw = self
-            .inner
-            .messages
-            .get(key2(conversation.as_str(), &id.0.to_be_bytes()))
-            .map_err(storage_err)?;
-        raw.map(|bytes| Ok(decode::<v1::Message>(&bytes)?.try_into()?))
-            .transpose()
+    async fn get_message(&self, conversation: &ConversationKey, id: MessageId) -> Result<Option<Message>> {
+        let raw = self.inner.messages.get(key2(conversation.as_str(), &id.0.to_be_bytes())).map_err(storage_err)?;
+        raw.map(|bytes| Ok(decode::<v1::Message>(&bytes)?.try_into()?)).transpose()
     }
 
     async fn history(
@@ -360,17 +338,12 @@ impl MessageStore for EmbeddedStore {
 impl EmbeddedStore {
     fn load_group(&self, id: &GroupId) -> Result<Option<v1::Group>> {
         let raw = self.inner.groups.get(id.as_str()).map_err(storage_err)?;
-        raw.map(|bytes| decode::<v1::GroupRecord>(&bytes).map(|r| r.group.unwrap_or_default()))
-            .transpose()
+        raw.map(|bytes| decode::<v1::GroupRecord>(&bytes).map(|r| r.group.unwrap_or_default())).transpose()
     }
 
     fn put_group(batch: &mut fjall::OwnedWriteBatch, ks: &Keyspace, group: v1::Group) {
         let id = group.id.clone();
-        batch.insert(
-            ks,
-            id,
-            v1::GroupRecord { group: Some(group) }.encode_to_vec(),
-        );
+        batch.insert(ks, id, v1::GroupRecord { group: Some(group) }.encode_to_vec());
     }
 
     fn put_member(&self, batch: &mut fjall::OwnedWriteBatch, id: &GroupId, member: &GroupMember) {
@@ -380,11 +353,7 @@ impl EmbeddedStore {
             key2(id.as_str(), member.user_id.as_str().as_bytes()),
             v1::GroupMember::from(member).encode_to_vec(),
         );
-        batch.insert(
-            &inner.user_groups,
-            key2(member.user_id.as_str(), id.as_str().as_bytes()),
-            Vec::new(),
-        );
+        batch.insert(&inner.user_groups, key2(member.user_id.as_str(), id.as_str().as_bytes()), Vec::new());
     }
 
     fn decode_member(bytes: &[u8]) -> Result<GroupMember> {
@@ -397,10 +366,7 @@ impl EmbeddedStore {
     }
 
     /// Commits under the group lock, then waits for durability outside it.
-    async fn commit_group_write(
-        &self,
-        build: impl FnOnce(&mut fjall::OwnedWriteBatch) -> Result<()>,
-    ) -> Result<()> {
+    async fn commit_group_write(&self, build: impl FnOnce(&mut fjall::OwnedWriteBatch) -> Result<()>) -> Result<()> {
         let ticket = {
             let _guard = self.inner.group_lock.lock();
             let mut batch = self.inner.db.batch();
@@ -421,10 +387,7 @@ impl GroupStore for EmbeddedStore {
     async fn create_group(&self, group: &Group, members: &[GroupMember]) -> Result<()> {
         self.commit_group_write(|batch| {
             if self.load_group(&group.id)?.is_some() {
-                return Err(Error::new(
-                    natter_types::ErrorCode::Conflict,
-                    format!("group {} exists", group.id),
-                ));
+                return Err(Error::new(natter_types::ErrorCode::Conflict, format!("group {} exists", group.id)));
             }
             let mut record = v1::Group::from(group);
             record.member_count = members.len() as u32;
@@ -442,27 +405,18 @@ impl GroupStore for EmbeddedStore {
     }
 
     async fn get_member(&self, id: &GroupId, user: &UserId) -> Result<Option<GroupMember>> {
-        let raw = self
-            .inner
-            .members
-            .get(key2(id.as_str(), user.as_str().as_bytes()))
-            .map_err(storage_err)?;
+        let raw = self.inner.members.get(key2(id.as_str(), user.as_str().as_bytes())).map_err(storage_err)?;
         raw.map(|b| Self::decode_member(&b)).transpose()
     }
 
     async fn add_members(&self, id: &GroupId, members: &[GroupMember]) -> Result<MembersAdded> {
-        let mut outcome = MembersAdded {
-            added: Vec::new(),
-            member_count: 0,
-        };
+        let mut outcome = MembersAdded { added: Vec::new(), member_count: 0 };
         self.commit_group_write(|batch| {
             let mut group = self.load_group(id)?.ok_or_else(|| group_not_found(id))?;
             let mut seen = std::collections::HashSet::new();
             for m in members {
                 let key = key2(id.as_str(), m.user_id.as_str().as_bytes());
-                if seen.insert(&m.user_id)
-                    && !self.inner.members.contains_key(&key).map_err(storage_err)?
-                {
+                if seen.insert(&m.user_id) && !self.inner.members.contains_key(&key).map_err(storage_err)? {
                     outcome.added.push(m.user_id.clone());
                     self.put_member(batch, id, m);
                 }
@@ -494,14 +448,9 @@ impl GroupStore for EmbeddedStore {
             let mut group = self.load_group(id)?.ok_or_else(|| group_not_found(id))?;
             for user in users {
                 let key = key2(id.as_str(), user.as_str().as_bytes());
-                if !removed.contains(user)
-                    && self.inner.members.contains_key(&key).map_err(storage_err)?
-                {
+                if !removed.contains(user) && self.inner.members.contains_key(&key).map_err(storage_err)? {
                     batch.remove(&self.inner.members, key);
-                    batch.remove(
-                        &self.inner.user_groups,
-                        key2(user.as_str(), id.as_str().as_bytes()),
-                    );
+                    batch.remove(&self.inner.user_groups, key2(user.as_str(), id.as_str().as_bytes()));
                     removed.push(user.clone());
                 }
             }
@@ -520,9 +469,7 @@ impl GroupStore for EmbeddedStore {
             let mut member = match raw {
                 Some(bytes) => Self::decode_member(&bytes)?,
                 None => {
-                    return Err(Error::not_found(format!(
-                        "{user} is not a member of group {id}"
-                    )));
+                    return Err(Error::not_found(format!("{user} is not a member of group {id}")));
                 }
             };
             member.role = role;
@@ -557,12 +504,7 @@ impl GroupStore for EmbeddedStore {
         .await
     }
 
-    async fn list_members(
-        &self,
-        id: &GroupId,
-        after: Option<&UserId>,
-        limit: usize,
-    ) -> Result<Vec<GroupMember>> {
+    async fn list_members(&self, id: &GroupId, after: Option<&UserId>, limit: usize) -> Result<Vec<GroupMember>> {
         let lower = match after {
             Some(a) => Bound::Excluded(key2(id.as_str(), a.as_str().as_bytes())),
             None => Bound::Included(key2(id.as_str(), &[])),
@@ -611,42 +553,22 @@ impl EmbeddedStore {
         }
         let log = &self.inner.log;
         let prefix = key2(user.as_str(), &[]);
-        let last = log
-            .prefix(&prefix)
-            .next_back()
-            .map(|g| g.key().map_err(storage_err))
-            .transpose()?;
+        let last = log.prefix(&prefix).next_back().map(|g| g.key().map_err(storage_err)).transpose()?;
         let head = match last {
             Some(last) => {
-                let first = log
-                    .prefix(&prefix)
-                    .next()
-                    .map(|g| g.key().map_err(storage_err))
-                    .transpose()?;
+                let first = log.prefix(&prefix).next().map(|g| g.key().map_err(storage_err)).transpose()?;
                 let last = seq_of(&last);
-                LogHead {
-                    assigned: last,
-                    durable: last,
-                    oldest: first.map_or(last + 1, |k| seq_of(&k)),
-                }
+                LogHead { assigned: last, durable: last, oldest: first.map_or(last + 1, |k| seq_of(&k)) }
             }
             // Retention always keeps the newest event, so an empty log is a new one.
-            None => LogHead {
-                assigned: 0,
-                durable: 0,
-                oldest: 1,
-            },
+            None => LogHead { assigned: 0, durable: 0, oldest: 1 },
         };
         heads.insert(user.clone(), head);
         Ok(head)
     }
 
     fn meta_u64(&self, user: &UserId, name: &[u8]) -> Result<u64> {
-        let raw = self
-            .inner
-            .log_meta
-            .get(key2(user.as_str(), name))
-            .map_err(storage_err)?;
+        let raw = self.inner.log_meta.get(key2(user.as_str(), name)).map_err(storage_err)?;
         Ok(raw.map_or(0, |v| seq_of(&v)))
     }
 }
@@ -665,20 +587,13 @@ impl UserLog for EmbeddedStore {
             for user in users {
                 let mut head = self.head_of(&mut heads, user)?;
                 head.assigned += 1;
-                batch.insert(
-                    &inner.log,
-                    key2(user.as_str(), &head.assigned.to_be_bytes()),
-                    bytes.clone(),
-                );
+                batch.insert(&inner.log, key2(user.as_str(), &head.assigned.to_be_bytes()), bytes.clone());
                 // A loop, not an if: a lowered retention trims the surplus at once.
                 while head.assigned >= head.oldest + retention {
                     batch.remove(&inner.log, key2(user.as_str(), &head.oldest.to_be_bytes()));
                     head.oldest += 1;
                 }
-                seqs.push(Appended {
-                    seq: head.assigned,
-                    prev: head.assigned - 1,
-                });
+                seqs.push(Appended { seq: head.assigned, prev: head.assigned - 1 });
                 updated.push((user, head));
             }
             batch.commit().map_err(storage_err)?;
@@ -700,22 +615,13 @@ impl UserLog for EmbeddedStore {
         Ok(seqs)
     }
 
-    async fn read(
-        &self,
-        user: &UserId,
-        after: u64,
-        limit: usize,
-    ) -> Result<Result<LogPage, CursorExpired>> {
+    async fn read(&self, user: &UserId, after: u64, limit: usize) -> Result<Result<LogPage, CursorExpired>> {
         let head = {
             let mut heads = self.inner.log_heads.lock();
             self.head_of(&mut heads, user)?
         };
         if after > head.durable || (after + 1 < head.oldest && after < head.durable) {
-            return Ok(Err(CursorExpired {
-                requested: after,
-                oldest: head.oldest,
-                head: head.durable,
-            }));
+            return Ok(Err(CursorExpired { requested: after, oldest: head.oldest, head: head.durable }));
         }
         let start = key2(user.as_str(), &(after + 1).to_be_bytes());
         let end = key2(user.as_str(), &head.durable.to_be_bytes());
@@ -730,19 +636,13 @@ impl UserLog for EmbeddedStore {
                 Ok((seq_of(&key), event))
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Ok(LogPage {
-            events,
-            head: head.durable,
-        }))
+        Ok(Ok(LogPage { events, head: head.durable }))
     }
 
     async fn bounds(&self, user: &UserId) -> Result<(u64, u64)> {
         let mut heads = self.inner.log_heads.lock();
         let head = self.head_of(&mut heads, user)?;
-        Ok((
-            head.durable,
-            if head.durable == 0 { 0 } else { head.oldest },
-        ))
+        Ok((head.durable, if head.durable == 0 { 0 } else { head.oldest }))
     }
 
     async fn ack(&self, user: &UserId, seq: u64) -> Result<()> {
@@ -762,6 +662,240 @@ impl UserLog for EmbeddedStore {
     }
 }
 
+// ---------------------------------------------------------------- presence
+
+fn time_of(value: &[u8]) -> i64 {
+    <[u8; 8]>::try_from(value).map(i64::from_be_bytes).unwrap_or(0)
+}
+
+fn user_after_prefix(key: &[u8], prefix_len: usize, field: &str) -> Result<UserId> {
+    let raw = key.get(prefix_len..).ok_or_else(|| Error::internal("short presence key"))?;
+    UserId::parse(std::str::from_utf8(raw).map_err(storage_err)?, field)
+}
+
+impl EmbeddedStore {
+    /// The subscriber's stored subscriptions, expired ones included.
+    fn subs_of(&self, subscriber: &UserId) -> Result<Vec<Subscription>> {
+        let skip = subscriber.as_str().len() + 1;
+        self.inner
+            .subs
+            .prefix(key2(subscriber.as_str(), &[]))
+            .map(|item| {
+                let (key, value) = item.into_inner().map_err(storage_err)?;
+                Ok(Subscription { target: user_after_prefix(&key, skip, "target")?, expires_at: time_of(&value) })
+            })
+            .collect()
+    }
+
+    fn put_sub(&self, batch: &mut fjall::OwnedWriteBatch, subscriber: &UserId, target: &UserId, expires_at: i64) {
+        let at = expires_at.to_be_bytes().to_vec();
+        batch.insert(&self.inner.subs, key2(subscriber.as_str(), target.as_str().as_bytes()), at.clone());
+        batch.insert(&self.inner.subs_by_target, key2(target.as_str(), subscriber.as_str().as_bytes()), at);
+    }
+
+    fn delete_sub(&self, batch: &mut fjall::OwnedWriteBatch, subscriber: &UserId, target: &UserId) {
+        batch.remove(&self.inner.subs, key2(subscriber.as_str(), target.as_str().as_bytes()));
+        batch.remove(&self.inner.subs_by_target, key2(target.as_str(), subscriber.as_str().as_bytes()));
+    }
+
+    /// Commits under the presence lock, then waits for durability outside it.
+    async fn commit_presence_write<T>(
+        &self,
+        build: impl FnOnce(&mut fjall::OwnedWriteBatch) -> Result<T>,
+    ) -> Result<T> {
+        let (ticket, value) = {
+            let _guard = self.inner.presence_lock.lock();
+            let mut batch = self.inner.db.batch();
+            let value = build(&mut batch)?;
+            batch.commit().map_err(storage_err)?;
+            (self.inner.syncer.ticket(), value)
+        };
+        self.inner.syncer.sync(ticket).await?;
+        Ok(value)
+    }
+}
+
+#[async_trait]
+impl PresenceStore for EmbeddedStore {
+    async fn subscribe(
+        &self,
+        subscriber: &UserId,
+        targets: &[UserId],
+        expires_at: i64,
+        cap: usize,
+        now: i64,
+    ) -> Result<Vec<Subscription>> {
+        self.commit_presence_write(|batch| {
+            let mut others = Vec::new();
+            for sub in self.subs_of(subscriber)? {
+                if sub.expires_at <= now {
+                    self.delete_sub(batch, subscriber, &sub.target);
+                } else if !targets.contains(&sub.target) {
+                    others.push(sub);
+                }
+            }
+            let mut fresh: Vec<&UserId> = targets.iter().collect();
+            fresh.sort();
+            fresh.dedup();
+            for target in &fresh {
+                self.put_sub(batch, subscriber, target, expires_at);
+            }
+            let excess = (others.len() + fresh.len()).saturating_sub(cap);
+            others.sort_by(|a, b| a.expires_at.cmp(&b.expires_at).then_with(|| a.target.cmp(&b.target)));
+            let evicted: Vec<Subscription> = others.into_iter().take(excess).collect();
+            for sub in &evicted {
+                self.delete_sub(batch, subscriber, &sub.target);
+            }
+            Ok(evicted)
+        })
+        .await
+    }
+
+    async fn unsubscribe(&self, subscriber: &UserId, targets: &[UserId]) -> Result<()> {
+        self.commit_presence_write(|batch| {
+            for target in targets {
+                self.delete_sub(batch, subscriber, target);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn subscriptions(
+        &self,
+        subscriber: &UserId,
+        now: i64,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<Subscription>, usize)> {
+        let live: Vec<Subscription> = self.subs_of(subscriber)?.into_iter().filter(|s| s.expires_at > now).collect();
+        let total = live.len();
+        Ok((live.into_iter().skip(offset).take(limit).collect(), total))
+    }
+
+    async fn subscribers(&self, target: &UserId, now: i64) -> Result<Vec<UserId>> {
+        let skip = target.as_str().len() + 1;
+        let mut out = Vec::new();
+        for item in self.inner.subs_by_target.prefix(key2(target.as_str(), &[])) {
+            let (key, value) = item.into_inner().map_err(storage_err)?;
+            if time_of(&value) > now {
+                out.push(user_after_prefix(&key, skip, "subscriber")?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn remove_expired(&self, subscriber: &UserId, target: &UserId, expires_at: i64) -> Result<bool> {
+        self.commit_presence_write(|batch| {
+            let key = key2(subscriber.as_str(), target.as_str().as_bytes());
+            match self.inner.subs.get(&key).map_err(storage_err)? {
+                Some(value) if time_of(&value) == expires_at => {
+                    self.delete_sub(batch, subscriber, target);
+                    Ok(true)
+                }
+                _ => Ok(false),
+            }
+        })
+        .await
+    }
+
+    async fn all_subscriptions(&self) -> Result<Vec<(UserId, Subscription)>> {
+        self.inner
+            .subs
+            .iter()
+            .map(|item| {
+                let (key, value) = item.into_inner().map_err(storage_err)?;
+                let split = key.iter().position(|b| *b == 0).ok_or_else(|| Error::internal("bad subscription key"))?;
+                let subscriber = UserId::parse(std::str::from_utf8(&key[..split]).map_err(storage_err)?, "subscriber")?;
+                let target = user_after_prefix(&key, split + 1, "target")?;
+                Ok((subscriber, Subscription { target, expires_at: time_of(&value) }))
+            })
+            .collect()
+    }
+
+    async fn set_presence(&self, user: &UserId, description: Option<&str>, time: i64) -> Result<()> {
+        self.commit_presence_write(|batch| {
+            let description = match description {
+                Some(d) => d.to_owned(),
+                None => match self.inner.presence.get(user.as_str()).map_err(storage_err)? {
+                    Some(bytes) => decode::<v1::PresenceRecord>(&bytes)?.description,
+                    None => String::new(),
+                },
+            };
+            batch.insert(&self.inner.presence, user.as_str(), v1::PresenceRecord { description, time }.encode_to_vec());
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_presence(&self, user: &UserId) -> Result<(String, i64)> {
+        match self.inner.presence.get(user.as_str()).map_err(storage_err)? {
+            Some(bytes) => {
+                let record: v1::PresenceRecord = decode(&bytes)?;
+                Ok((record.description, record.time))
+            }
+            None => Ok((String::new(), 0)),
+        }
+    }
+}
+
+#[async_trait]
+impl WebhookOutbox for EmbeddedStore {
+    async fn push(&self, receiver: &str, events: &[WebhookEvent]) -> Result<()> {
+        let inner = &self.inner;
+        let ticket = {
+            let mut heads = inner.outbox_heads.lock();
+            let head = match heads.get(receiver) {
+                Some(head) => *head,
+                None => {
+                    let last = inner.outbox.prefix(key2(receiver, &[])).next_back();
+                    last.map(|g| g.key().map(|k| seq_of(&k))).transpose().map_err(storage_err)?.unwrap_or(0)
+                }
+            };
+            let mut batch = inner.db.batch();
+            let mut id = head;
+            for event in events {
+                id += 1;
+                batch.insert(
+                    &inner.outbox,
+                    key2(receiver, &id.to_be_bytes()),
+                    v1::WebhookEvent::from(event).encode_to_vec(),
+                );
+            }
+            batch.commit().map_err(storage_err)?;
+            heads.insert(receiver.to_owned(), id);
+            inner.syncer.ticket()
+        };
+        inner.syncer.sync(ticket).await
+    }
+
+    async fn peek(&self, receiver: &str, limit: usize) -> Result<Vec<(u64, WebhookEvent)>> {
+        self.inner
+            .outbox
+            .prefix(key2(receiver, &[]))
+            .take(limit)
+            .map(|item| {
+                let (key, value) = item.into_inner().map_err(storage_err)?;
+                Ok((seq_of(&key), decode::<v1::WebhookEvent>(&value)?.try_into()?))
+            })
+            .collect()
+    }
+
+    async fn remove(&self, receiver: &str, up_to: u64) -> Result<()> {
+        let inner = &self.inner;
+        let ticket = {
+            let mut batch = inner.db.batch();
+            let end = key2(receiver, &up_to.to_be_bytes());
+            for item in inner.outbox.range(key2(receiver, &[])..=end) {
+                batch.remove(&inner.outbox, item.key().map_err(storage_err)?);
+            }
+            batch.commit().map_err(storage_err)?;
+            inner.syncer.ticket()
+        };
+        inner.syncer.sync(ticket).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -769,13 +903,7 @@ mod tests {
     use super::*;
 
     fn open(dir: &Path, retention: u64) -> EmbeddedStore {
-        EmbeddedStore::open(
-            dir,
-            EmbeddedOptions {
-                log_retention_events: retention,
-            },
-        )
-        .expect("open")
+        EmbeddedStore::open(dir, EmbeddedOptions { log_retention_events: retention }).expect("open")
     }
 
     #[tokio::test]
@@ -799,26 +927,13 @@ mod tests {
         {
             let store = open(dir.path(), 10);
             for _ in 0..8 {
-                UserLog::append(&store, std::slice::from_ref(&user), &event)
-                    .await
-                    .unwrap();
+                UserLog::append(&store, std::slice::from_ref(&user), &event).await.unwrap();
             }
         }
         let store = open(dir.path(), 3);
-        UserLog::append(&store, std::slice::from_ref(&user), &event)
-            .await
-            .unwrap();
+        UserLog::append(&store, std::slice::from_ref(&user), &event).await.unwrap();
         assert_eq!(store.bounds(&user).await.unwrap(), (9, 7));
-        assert_eq!(
-            store
-                .read(&user, 6, 10)
-                .await
-                .unwrap()
-                .unwrap()
-                .events
-                .len(),
-            3
-        );
+        assert_eq!(store.read(&user, 6, 10).await.unwrap().unwrap().events.len(), 3);
     }
 
     #[tokio::test]

@@ -10,6 +10,9 @@
 
 pub mod embedded;
 
+#[cfg(feature = "cql")]
+pub mod cql;
+
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
@@ -17,8 +20,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use natter_types::{
-    ConversationKey, Group, GroupId, GroupMember, GroupRole, LogEvent, Message, MessageId, Result,
-    UserId,
+    ConversationKey, Group, GroupId, GroupMember, GroupRole, LogEvent, Message, MessageId, Result, Subscription,
+    UserId, WebhookEvent,
 };
 
 /// Result of inserting a message under its idempotency key.
@@ -50,11 +53,7 @@ pub trait MessageStore: Send + Sync + 'static {
     /// retry of the same client message id does not fan out again.
     async fn mark_fanned_out(&self, sender: &UserId, client_msg_id: &str) -> Result<()>;
 
-    async fn get_message(
-        &self,
-        conversation: &ConversationKey,
-        id: MessageId,
-    ) -> Result<Option<Message>>;
+    async fn get_message(&self, conversation: &ConversationKey, id: MessageId) -> Result<Option<Message>>;
 
     /// A page of a conversation's history, strictly after (`Down`) or before
     /// (`Up`) `cursor`; `None` starts at the oldest (`Down`) or newest (`Up`).
@@ -100,12 +99,7 @@ pub trait GroupStore: Send + Sync + 'static {
     async fn delete_group(&self, id: &GroupId) -> Result<()>;
 
     /// Members ordered by user id, strictly after `after`.
-    async fn list_members(
-        &self,
-        id: &GroupId,
-        after: Option<&UserId>,
-        limit: usize,
-    ) -> Result<Vec<GroupMember>>;
+    async fn list_members(&self, id: &GroupId, after: Option<&UserId>, limit: usize) -> Result<Vec<GroupMember>>;
 
     /// Every member's id (the fan-out list).
     async fn member_ids(&self, id: &GroupId) -> Result<Vec<UserId>>;
@@ -152,12 +146,7 @@ pub trait UserLog: Send + Sync + 'static {
 
     /// Up to `limit` events with seq > `after`. `Err(Ok(CursorExpired))` when
     /// events after `after` were dropped by retention.
-    async fn read(
-        &self,
-        user: &UserId,
-        after: u64,
-        limit: usize,
-    ) -> Result<Result<LogPage, CursorExpired>>;
+    async fn read(&self, user: &UserId, after: u64, limit: usize) -> Result<Result<LogPage, CursorExpired>>;
 
     /// Seq of the newest durable event, and of the oldest retained (0 if none).
     async fn bounds(&self, user: &UserId) -> Result<(u64, u64)>;
@@ -169,12 +158,76 @@ pub trait UserLog: Send + Sync + 'static {
     async fn acked(&self, user: &UserId) -> Result<u64>;
 }
 
+/// Presence subscriptions (kept by subscriber and by target) and each
+/// user's stored presence fields. Times are ms since the epoch; `now` is the
+/// caller's server clock, so expiry never depends on a client.
+#[async_trait]
+pub trait PresenceStore: Send + Sync + 'static {
+    /// Subscribes `subscriber` to each target until `expires_at` (replacing an
+    /// earlier expiry). Expired entries are dropped; if more than `cap` remain,
+    /// the other subscriptions with the earliest expiry are removed (P2) and
+    /// returned.
+    async fn subscribe(
+        &self,
+        subscriber: &UserId,
+        targets: &[UserId],
+        expires_at: i64,
+        cap: usize,
+        now: i64,
+    ) -> Result<Vec<Subscription>>;
+
+    async fn unsubscribe(&self, subscriber: &UserId, targets: &[UserId]) -> Result<()>;
+
+    /// Live subscriptions ordered by target: `(page, total live)`.
+    async fn subscriptions(
+        &self,
+        subscriber: &UserId,
+        now: i64,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<Subscription>, usize)>;
+
+    /// Users with a live subscription to `target`.
+    async fn subscribers(&self, target: &UserId, now: i64) -> Result<Vec<UserId>>;
+
+    /// Removes the subscription if it still expires at `expires_at` (a
+    /// re-subscribe moves it); true if removed.
+    async fn remove_expired(&self, subscriber: &UserId, target: &UserId, expires_at: i64) -> Result<bool>;
+
+    /// Every stored subscription as `(subscriber, subscription)`, expired or
+    /// not: the expiry sweeper's schedule is rebuilt from it at start.
+    async fn all_subscriptions(&self) -> Result<Vec<(UserId, Subscription)>>;
+
+    /// Stores the user's custom description (when `Some`) and change time.
+    async fn set_presence(&self, user: &UserId, description: Option<&str>, time: i64) -> Result<()>;
+
+    /// `(description, time of last change)`; empty and 0 if never set.
+    async fn get_presence(&self, user: &UserId) -> Result<(String, i64)>;
+}
+
+/// The presence webhook's durable outbox: one ordered queue per receiver, so
+/// queued calls survive a restart and one slow receiver does not hold up
+/// another.
+#[async_trait]
+pub trait WebhookOutbox: Send + Sync + 'static {
+    /// Appends in order, durably.
+    async fn push(&self, receiver: &str, events: &[WebhookEvent]) -> Result<()>;
+
+    /// The oldest `limit` queued events with their queue ids.
+    async fn peek(&self, receiver: &str, limit: usize) -> Result<Vec<(u64, WebhookEvent)>>;
+
+    /// Drops queued events up to and including `up_to`.
+    async fn remove(&self, receiver: &str, up_to: u64) -> Result<()>;
+}
+
 /// The storage a Natter node uses, whichever backend.
 #[derive(Clone)]
 pub struct Stores {
     pub messages: Arc<dyn MessageStore>,
     pub groups: Arc<dyn GroupStore>,
     pub log: Arc<dyn UserLog>,
+    pub presence: Arc<dyn PresenceStore>,
+    pub outbox: Arc<dyn WebhookOutbox>,
 }
 
 impl std::fmt::Debug for Stores {

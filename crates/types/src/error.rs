@@ -83,20 +83,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            field: None,
-            message: message.into(),
-        }
+        Self { code, field: None, message: message.into() }
     }
 
     /// An error about one request field; the message is prefixed with the field.
     pub fn field(code: ErrorCode, field: &str, message: impl fmt::Display) -> Self {
-        Self {
-            code,
-            field: Some(field.to_owned()),
-            message: format!("{field}: {message}"),
-        }
+        Self { code, field: Some(field.to_owned()), message: format!("{field}: {message}") }
     }
 
     pub fn bad_request(field: &str, message: impl fmt::Display) -> Self {

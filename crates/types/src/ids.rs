@@ -22,20 +22,14 @@ impl UserId {
         if raw.len() > MAX_USER_ID_LEN {
             return Err(Error::bad_request(
                 field,
-                format!(
-                    "user id is {} chars, the limit is {MAX_USER_ID_LEN}",
-                    raw.len()
-                ),
+                format!("user id is {} chars, the limit is {MAX_USER_ID_LEN}", raw.len()),
             ));
         }
         let lower = raw.to_ascii_lowercase();
-        if let Some(c) = lower.chars().find(|c| {
-            !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '.'))
-        }) {
-            return Err(Error::bad_request(
-                field,
-                format!("user id contains {c:?}; allowed are a-z 0-9 _ - ."),
-            ));
+        if let Some(c) =
+            lower.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '.')))
+        {
+            return Err(Error::bad_request(field, format!("user id contains {c:?}; allowed are a-z 0-9 _ - .")));
         }
         Ok(Self(lower))
     }
@@ -73,10 +67,7 @@ impl GroupId {
             return Err(Error::bad_request(field, "group id must not be empty"));
         }
         if raw.len() > 20 || !raw.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(Error::bad_request(
-                field,
-                "group id must be 1-20 decimal digits",
-            ));
+            return Err(Error::bad_request(field, "group id must be 1-20 decimal digits"));
         }
         Ok(Self(raw.to_owned()))
     }
@@ -140,10 +131,7 @@ impl IdGenerator {
     pub const MAX_NODE: u16 = (1 << Self::NODE_BITS) - 1;
 
     pub fn new(node: u16) -> Self {
-        Self {
-            node: u64::from(node.min(Self::MAX_NODE)),
-            last: AtomicU64::new(0),
-        }
+        Self { node: u64::from(node.min(Self::MAX_NODE)), last: AtomicU64::new(0) }
     }
 
     pub fn next(&self) -> MessageId {
@@ -153,17 +141,8 @@ impl IdGenerator {
         loop {
             // Same node bits in both, so +1 on the 12-bit sequence either
             // stays in the millisecond or carries into the next one.
-            let candidate = if floor > prev {
-                floor
-            } else {
-                next_after(prev, self.node)
-            };
-            match self.last.compare_exchange_weak(
-                prev,
-                candidate,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
+            let candidate = if floor > prev { floor } else { next_after(prev, self.node) };
+            match self.last.compare_exchange_weak(prev, candidate, Ordering::AcqRel, Ordering::Relaxed) {
                 Ok(_) => return MessageId(candidate),
                 Err(actual) => prev = actual,
             }
@@ -213,10 +192,7 @@ mod tests {
 
     #[test]
     fn user_id_is_normalised_and_validated() {
-        assert_eq!(
-            UserId::parse("Alice.B-1_x", "to").unwrap().as_str(),
-            "alice.b-1_x"
-        );
+        assert_eq!(UserId::parse("Alice.B-1_x", "to").unwrap().as_str(), "alice.b-1_x");
         let err = UserId::parse("al ice", "send.to").unwrap_err();
         assert_eq!(err.code, crate::ErrorCode::BadRequest);
         assert_eq!(err.field.as_deref(), Some("send.to"));
@@ -246,14 +222,8 @@ mod tests {
     fn single_conversation_key_is_symmetric() {
         let a = UserId::parse("alice", "a").unwrap();
         let b = UserId::parse("bob", "b").unwrap();
-        assert_eq!(
-            ConversationKey::single(&a, &b),
-            ConversationKey::single(&b, &a)
-        );
-        assert_eq!(
-            ConversationKey::group(&GroupId::from_id(42)).as_str(),
-            "g:42"
-        );
+        assert_eq!(ConversationKey::single(&a, &b), ConversationKey::single(&b, &a));
+        assert_eq!(ConversationKey::group(&GroupId::from_id(42)).as_str(), "g:42");
     }
 
     #[test]

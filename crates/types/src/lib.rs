@@ -7,17 +7,16 @@ mod group;
 mod ids;
 mod limits;
 mod message;
+mod presence;
 
 pub use error::{Error, ErrorCode, Result};
 pub use group::{Group, GroupChange, GroupChangeKind, GroupMember, GroupRole};
 pub use ids::{ConversationKey, GroupId, IdGenerator, MessageId, SessionId, UserId};
 pub use limits::Limits;
 pub use message::{Actor, ChatType, LogEvent, Message, MessageBody, NewMessage};
+pub use presence::{DeviceStatus, Presence, SessionStatus, Subscription, WebhookEvent};
 
 /// Milliseconds since the Unix epoch by the server's clock.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

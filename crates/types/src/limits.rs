@@ -22,6 +22,15 @@ pub struct Limits {
     pub requests_per_second: u32,
     /// Requests a connection may send in a burst above the sustained rate.
     pub request_burst: u32,
+    /// Users in one presence subscribe / query call (P1, P7).
+    pub max_presence_users_per_request: usize,
+    /// Longest presence subscription, seconds (P1: 30 days).
+    pub max_presence_expiry_secs: u64,
+    /// Presence subscriptions per user; past it the shortest-remaining one
+    /// is evicted (P2).
+    pub max_presence_subscriptions: usize,
+    /// Bytes of a custom presence description (P3).
+    pub max_presence_description_bytes: usize,
 }
 
 impl Default for Limits {
@@ -39,6 +48,10 @@ impl Default for Limits {
             max_members_per_request: 500,
             requests_per_second: 50,
             request_burst: 100,
+            max_presence_users_per_request: 100,
+            max_presence_expiry_secs: 30 * 24 * 3600,
+            max_presence_subscriptions: 3000,
+            max_presence_description_bytes: 256,
         }
     }
 }
@@ -52,15 +65,12 @@ impl Limits {
             ("limits.max_client_msg_id_len", self.max_client_msg_id_len),
             ("limits.max_sessions_per_user", self.max_sessions_per_user),
             ("limits.max_group_members", self.max_group_members as usize),
-            (
-                "limits.max_members_per_request",
-                self.max_members_per_request,
-            ),
-            (
-                "limits.requests_per_second",
-                self.requests_per_second as usize,
-            ),
+            ("limits.max_members_per_request", self.max_members_per_request),
+            ("limits.requests_per_second", self.requests_per_second as usize),
             ("limits.request_burst", self.request_burst as usize),
+            ("limits.max_presence_users_per_request", self.max_presence_users_per_request),
+            ("limits.max_presence_expiry_secs", self.max_presence_expiry_secs as usize),
+            ("limits.max_presence_subscriptions", self.max_presence_subscriptions),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{name} must be greater than 0"));

@@ -12,10 +12,7 @@ pub enum ChatType {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MessageBody {
     Text(String),
-    Custom {
-        event: String,
-        params: BTreeMap<String, String>,
-    },
+    Custom { event: String, params: BTreeMap<String, String> },
 }
 
 impl MessageBody {
@@ -68,35 +65,23 @@ impl NewMessage {
         limits: &Limits,
     ) -> Result<Self> {
         if client_msg_id.is_empty() {
-            return Err(Error::bad_request(
-                "client_msg_id",
-                "must not be empty (it makes retries idempotent)",
-            ));
+            return Err(Error::bad_request("client_msg_id", "must not be empty (it makes retries idempotent)"));
         }
         if client_msg_id.len() > limits.max_client_msg_id_len {
             return Err(Error::limit(
                 "client_msg_id",
-                format!(
-                    "is {} bytes, the limit is {}",
-                    client_msg_id.len(),
-                    limits.max_client_msg_id_len
-                ),
+                format!("is {} bytes, the limit is {}", client_msg_id.len(), limits.max_client_msg_id_len),
             ));
         }
-        let chat_type = chat_type
-            .ok_or_else(|| Error::bad_request("chat_type", "must be SINGLE, GROUP or THREAD"))?;
+        let chat_type = chat_type.ok_or_else(|| Error::bad_request("chat_type", "must be SINGLE, GROUP or THREAD"))?;
         let to = match chat_type {
             ChatType::Single => UserId::parse(to, "to")?.as_str().to_owned(),
             ChatType::Group => GroupId::parse(to, "to")?.as_str().to_owned(),
             ChatType::Thread => {
-                return Err(Error::bad_request(
-                    "chat_type",
-                    "thread messages are not supported yet",
-                ));
+                return Err(Error::bad_request("chat_type", "thread messages are not supported yet"));
             }
         };
-        let body =
-            body.ok_or_else(|| Error::bad_request("body", "a text or custom body is required"))?;
+        let body = body.ok_or_else(|| Error::bad_request("body", "a text or custom body is required"))?;
         if let MessageBody::Custom { event, .. } = &body
             && event.is_empty()
         {
@@ -105,39 +90,20 @@ impl NewMessage {
         if ext.len() > limits.max_ext_entries {
             return Err(Error::limit(
                 "ext",
-                format!(
-                    "has {} entries, the limit is {}",
-                    ext.len(),
-                    limits.max_ext_entries
-                ),
+                format!("has {} entries, the limit is {}", ext.len(), limits.max_ext_entries),
             ));
         }
-        if let Some(key) = ext
-            .keys()
-            .find(|k| k.is_empty() || k.len() > limits.max_ext_key_len)
-        {
-            return Err(Error::bad_request(
-                "ext",
-                format!("key {key:?} must be 1-{} bytes", limits.max_ext_key_len),
-            ));
+        if let Some(key) = ext.keys().find(|k| k.is_empty() || k.len() > limits.max_ext_key_len) {
+            return Err(Error::bad_request("ext", format!("key {key:?} must be 1-{} bytes", limits.max_ext_key_len)));
         }
         let size = body.size() + ext.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>();
         if size > limits.max_body_bytes {
             return Err(Error::limit(
                 "body",
-                format!(
-                    "body and ext are {size} bytes, the limit is {}",
-                    limits.max_body_bytes
-                ),
+                format!("body and ext are {size} bytes, the limit is {}", limits.max_body_bytes),
             ));
         }
-        Ok(Self {
-            client_msg_id,
-            chat_type,
-            to,
-            body,
-            ext,
-        })
+        Ok(Self { client_msg_id, chat_type, to, body, ext })
     }
 }
 
@@ -166,9 +132,7 @@ impl Message {
                 // Stored messages were validated; keep a distinct key anyway.
                 Err(_) => ConversationKey::from_stored(format!("s:{}:{}", self.from, self.to)),
             },
-            ChatType::Group | ChatType::Thread => {
-                ConversationKey::from_stored(format!("g:{}", self.to))
-            }
+            ChatType::Group | ChatType::Thread => ConversationKey::from_stored(format!("g:{}", self.to)),
         }
     }
 }
@@ -193,74 +157,30 @@ mod tests {
 
     #[test]
     fn body_limit_counts_text_and_ext() {
-        let limits = Limits {
-            max_body_bytes: 10,
-            ..Limits::default()
-        };
-        let ok = NewMessage::validate(
-            "c".into(),
-            Some(ChatType::Single),
-            "Bob",
-            text(10),
-            BTreeMap::new(),
-            &limits,
-        )
-        .unwrap();
+        let limits = Limits { max_body_bytes: 10, ..Limits::default() };
+        let ok = NewMessage::validate("c".into(), Some(ChatType::Single), "Bob", text(10), BTreeMap::new(), &limits)
+            .unwrap();
         assert_eq!(ok.to, "bob");
         let ext = BTreeMap::from([("k".to_owned(), "v".to_owned())]);
-        let err = NewMessage::validate(
-            "c".into(),
-            Some(ChatType::Single),
-            "bob",
-            text(9),
-            ext,
-            &limits,
-        )
-        .unwrap_err();
+        let err = NewMessage::validate("c".into(), Some(ChatType::Single), "bob", text(9), ext, &limits).unwrap_err();
         assert_eq!(err.code, ErrorCode::LimitExceeded);
         assert_eq!(err.field.as_deref(), Some("body"));
-        assert!(
-            err.message.contains("11 bytes, the limit is 10"),
-            "{}",
-            err.message
-        );
+        assert!(err.message.contains("11 bytes, the limit is 10"), "{}", err.message);
     }
 
     #[test]
     fn missing_fields_are_named() {
         let limits = Limits::default();
-        let e = NewMessage::validate(
-            String::new(),
-            Some(ChatType::Single),
-            "bob",
-            text(1),
-            BTreeMap::new(),
-            &limits,
-        )
-        .unwrap_err();
-        assert_eq!(e.field.as_deref(), Some("client_msg_id"));
-        let e = NewMessage::validate("c".into(), None, "bob", text(1), BTreeMap::new(), &limits)
+        let e = NewMessage::validate(String::new(), Some(ChatType::Single), "bob", text(1), BTreeMap::new(), &limits)
             .unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("client_msg_id"));
+        let e = NewMessage::validate("c".into(), None, "bob", text(1), BTreeMap::new(), &limits).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("chat_type"));
-        let e = NewMessage::validate(
-            "c".into(),
-            Some(ChatType::Group),
-            "abc",
-            text(1),
-            BTreeMap::new(),
-            &limits,
-        )
-        .unwrap_err();
+        let e = NewMessage::validate("c".into(), Some(ChatType::Group), "abc", text(1), BTreeMap::new(), &limits)
+            .unwrap_err();
         assert_eq!(e.field.as_deref(), Some("to"));
-        let e = NewMessage::validate(
-            "c".into(),
-            Some(ChatType::Single),
-            "bob",
-            None,
-            BTreeMap::new(),
-            &limits,
-        )
-        .unwrap_err();
+        let e = NewMessage::validate("c".into(), Some(ChatType::Single), "bob", None, BTreeMap::new(), &limits)
+            .unwrap_err();
         assert_eq!(e.field.as_deref(), Some("body"));
     }
 }

@@ -43,12 +43,7 @@ impl MockServer {
         let (tx, conns) = mpsc::unbounded_channel();
         let reject = Arc::new(Mutex::new(None));
         let task = tokio::spawn(accept_loop(listener, tx, reject.clone()));
-        Self {
-            url,
-            conns,
-            reject,
-            task,
-        }
+        Self { url, conns, reject, task }
     }
 
     /// Answer the next upgrade with this HTTP status and body instead.
@@ -57,10 +52,7 @@ impl MockServer {
     }
 
     pub async fn accept(&mut self) -> MockConn {
-        tokio::time::timeout(WAIT, self.conns.recv())
-            .await
-            .expect("no connection in time")
-            .expect("listener gone")
+        tokio::time::timeout(WAIT, self.conns.recv()).await.expect("no connection in time").expect("listener gone")
     }
 
     /// True if no connection arrives within `d`.
@@ -97,11 +89,7 @@ async fn accept_loop(
             query = req
                 .uri()
                 .query()
-                .map(|q| {
-                    url::form_urlencoded::parse(q.as_bytes())
-                        .into_owned()
-                        .collect()
-                })
+                .map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect())
                 .unwrap_or_default();
             match rejection {
                 Some((status, body)) => {
@@ -126,17 +114,12 @@ pub struct MockConn {
 
 impl MockConn {
     pub fn cursor(&self) -> Option<u64> {
-        self.query
-            .get("cursor")
-            .map(|c| c.parse().expect("numeric cursor"))
+        self.query.get("cursor").map(|c| c.parse().expect("numeric cursor"))
     }
 
     pub async fn push(&mut self, body: Push) {
         let frame = v1::ServerFrame { body: Some(body) };
-        self.ws
-            .send(Message::Binary(frame.encode_to_vec().into()))
-            .await
-            .expect("write");
+        self.ws.send(Message::Binary(frame.encode_to_vec().into())).await.expect("write");
     }
 
     pub async fn hello(&mut self, user: &str, head: u64, cursor: u64) {
@@ -155,11 +138,7 @@ impl MockConn {
     pub async fn text(&mut self, seq: u64, from: &str, id: u64, client_msg_id: &str) {
         self.push(Push::Event(v1::Event {
             seq,
-            kind: Some(v1::event::Kind::OnTextMessage(message(
-                from,
-                id,
-                client_msg_id,
-            ))),
+            kind: Some(v1::event::Kind::OnTextMessage(message(from, id, client_msg_id))),
         }))
         .await;
     }
@@ -169,19 +148,11 @@ impl MockConn {
     }
 
     pub async fn goodbye(&mut self, reason: v1::GoodbyeReason) {
-        self.push(Push::Goodbye(v1::Goodbye {
-            reason: reason as i32,
-            message: "bye".into(),
-        }))
-        .await;
+        self.push(Push::Goodbye(v1::Goodbye { reason: reason as i32, message: "bye".into() })).await;
     }
 
     pub async fn respond(&mut self, req_id: u64, result: v1::response::Result) {
-        self.push(Push::Response(v1::Response {
-            req_id,
-            result: Some(result),
-        }))
-        .await;
+        self.push(Push::Response(v1::Response { req_id, result: Some(result) })).await;
     }
 
     /// The next client frame of any kind.
@@ -243,10 +214,7 @@ impl MockConn {
     /// frame (a clean close) before the stream ended.
     pub async fn closed_by_client(&mut self) -> bool {
         loop {
-            match tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("client did not close in time")
-            {
+            match tokio::time::timeout(WAIT, self.ws.next()).await.expect("client did not close in time") {
                 Some(Ok(Message::Close(_))) => return true,
                 Some(Ok(_)) => continue,
                 Some(Err(_)) | None => return false,
@@ -286,9 +254,7 @@ pub fn message(from: &str, id: u64, client_msg_id: &str) -> v1::Message {
         to: "alice".into(),
         chat_type: v1::ChatType::Single as i32,
         timestamp: 1,
-        body: Some(v1::message::Body::Text(v1::TextBody {
-            text: format!("m{id}"),
-        })),
+        body: Some(v1::message::Body::Text(v1::TextBody { text: format!("m{id}") })),
         ..Default::default()
     }
 }

@@ -1,0 +1,137 @@
+//! Removes expired subscriptions from storage. A min-heap of expiry times
+//! (rebuilt from the store at start, fed by every subscribe) wakes the
+//! sweeper exactly when the earliest subscription expires, so its work is
+//! proportional to what expires, never a scan of all subscriptions.
+//!
+//! Correctness does not depend on the sweep: every read filters by expiry,
+//! so an expired subscription stops producing events at its expiry even if
+//! the sweeper is behind. A re-subscribe leaves a stale heap entry, which the
+//! store's compare-on-expiry removal turns into a no-op.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use natter_store::PresenceStore;
+use natter_types::{Result, UserId};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::Clock;
+
+type Entry = Reverse<(i64, UserId, UserId)>;
+
+#[derive(Clone)]
+pub struct Sweeper {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    heap: Mutex<BinaryHeap<Entry>>,
+    wake: Notify,
+    store: Arc<dyn PresenceStore>,
+    clock: Clock,
+    removed: AtomicU64,
+}
+
+impl std::fmt::Debug for Sweeper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sweeper").field("scheduled", &self.scheduled()).finish_non_exhaustive()
+    }
+}
+
+impl Sweeper {
+    pub fn new(store: Arc<dyn PresenceStore>, clock: Clock) -> Self {
+        let inner = Inner {
+            heap: Mutex::new(BinaryHeap::new()),
+            wake: Notify::new(),
+            store,
+            clock,
+            removed: AtomicU64::new(0),
+        };
+        Self { inner: Arc::new(inner) }
+    }
+
+    /// Schedules every stored subscription (once, at start).
+    pub async fn load(&self) -> Result<usize> {
+        let all = self.inner.store.all_subscriptions().await?;
+        let count = all.len();
+        {
+            let mut heap = self.inner.heap.lock();
+            heap.extend(all.into_iter().map(|(subscriber, sub)| Reverse((sub.expires_at, subscriber, sub.target))));
+        }
+        self.inner.wake.notify_one();
+        Ok(count)
+    }
+
+    pub fn schedule(&self, subscriber: &UserId, target: &UserId, expires_at: i64) {
+        let earliest = {
+            let mut heap = self.inner.heap.lock();
+            let earlier = heap.peek().is_none_or(|top| expires_at < top.0.0);
+            heap.push(Reverse((expires_at, subscriber.clone(), target.clone())));
+            earlier
+        };
+        if earliest {
+            self.inner.wake.notify_one();
+        }
+    }
+
+    /// Entries waiting in the schedule (stale ones included).
+    pub fn scheduled(&self) -> usize {
+        self.inner.heap.lock().len()
+    }
+
+    /// Subscriptions removed from storage so far.
+    pub fn removed(&self) -> u64 {
+        self.inner.removed.load(Ordering::Relaxed)
+    }
+
+    /// Removes everything due now; returns how many stored entries went.
+    pub async fn sweep_due(&self) -> usize {
+        let now = self.inner.clock.now_ms();
+        let due: Vec<(i64, UserId, UserId)> = {
+            let mut heap = self.inner.heap.lock();
+            let mut due = Vec::new();
+            while heap.peek().is_some_and(|top| top.0.0 <= now) {
+                if let Some(Reverse(entry)) = heap.pop() {
+                    due.push(entry);
+                }
+            }
+            due
+        };
+        let mut removed = 0;
+        for (expires_at, subscriber, target) in due {
+            match self.inner.store.remove_expired(&subscriber, &target, expires_at).await {
+                Ok(true) => removed += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    // Retry later: the entry stays expired, reads ignore it.
+                    tracing::warn!(error = %e, "sweeping an expired subscription failed");
+                    self.inner.heap.lock().push(Reverse((now + 1_000, subscriber, target)));
+                }
+            }
+        }
+        self.inner.removed.fetch_add(removed as u64, Ordering::Relaxed);
+        removed
+    }
+
+    pub async fn run(self, cancel: CancellationToken) {
+        loop {
+            let next = self.inner.heap.lock().peek().map(|top| top.0.0);
+            let wait = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(self.inner.clock.instant_at(at)).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = self.inner.wake.notified() => continue,
+                () = wait => {}
+            }
+            self.sweep_due().await;
+        }
+    }
+}
