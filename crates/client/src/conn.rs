@@ -161,7 +161,8 @@ mod tests {
 
     #[test]
     fn url_gets_ws_path_and_query() {
-        let opts = ClientOptions { device: Some("dev-1".into()), ..ClientOptions::new("ws://127.0.0.1:1234", "a.b+c/d=") };
+        let opts =
+            ClientOptions { device: Some("dev-1".into()), ..ClientOptions::new("ws://127.0.0.1:1234", "a.b+c/d=") };
         let url = ws_url(&opts, Some(42)).expect("url");
         assert_eq!(url.path(), "/ws");
         assert_eq!(

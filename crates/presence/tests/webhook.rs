@@ -1,0 +1,171 @@
+//! The presence webhook (W1–W5) against a real HTTP receiver on port 0 that
+//! verifies every call's signature. These use real time with short,
+//! configured timeouts (the HTTP client's I/O cannot run on paused time).
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use natter_presence::webhook::{Webhook, WebhookOptions, signature};
+use natter_store::embedded::{EmbeddedOptions, EmbeddedStore};
+use natter_types::{SessionStatus, UserId, WebhookEvent};
+use parking_lot::Mutex;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+const SECRET: &str = "webhook-secret";
+
+#[derive(Clone, Default)]
+struct Receiver {
+    /// (arrival, session ids of the batch)
+    calls: Arc<Mutex<Vec<(Instant, Vec<serde_json::Value>)>>>,
+    /// While set, calls hang (time out at the sender).
+    hang: Arc<Mutex<bool>>,
+}
+
+async fn receive(
+    State(receiver): State<Receiver>,
+    Query(query): Query<HashMap<String, String>>,
+    Json(body): Json<Vec<serde_json::Value>>,
+) -> StatusCode {
+    // A receiver verifies the caller (W2) before trusting the body.
+    let expected = signature(SECRET, &query["nonce"], &query["timestamp"]);
+    assert_eq!(query["signature"], expected, "signature verifies");
+    assert_eq!(query["appKey"], "app-1");
+    receiver.calls.lock().push((Instant::now(), body));
+    if *receiver.hang.lock() {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }
+    StatusCode::OK
+}
+
+async fn start_receiver() -> (String, Receiver) {
+    let receiver = Receiver::default();
+    let app = Router::new().route("/hook", post(receive)).with_state(receiver.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, receiver)
+}
+
+fn event(user: &str, status: SessionStatus, n: i64) -> WebhookEvent {
+    WebhookEvent {
+        user: UserId::parse(user, "u").unwrap(),
+        status,
+        os: "Android".into(),
+        time: 1_700_000_000_000 + n,
+        client_ip: "10.1.2.3:41748".into(),
+        session_id: format!("s{n}"),
+    }
+}
+
+fn options(url: &str) -> WebhookOptions {
+    WebhookOptions {
+        urls: vec![url.to_owned()],
+        app_key: "app-1".into(),
+        app_secret: SECRET.into(),
+        timeout_ms: 300,
+        ..WebhookOptions::default()
+    }
+}
+
+async fn wait_for(receiver: &Receiver, calls: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while receiver.calls.lock().len() < calls {
+        assert!(Instant::now() < deadline, "expected {calls} calls, got {}", receiver.calls.lock().len());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn session_ids(batch: &[serde_json::Value]) -> Vec<String> {
+    batch.iter().map(|e| e["sessionId"].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test]
+async fn w1_w2_w5_signed_json_batches_in_order() {
+    let (url, receiver) = start_receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap().stores();
+    let hook = Webhook::new(options(&url), store.outbox.clone()).unwrap();
+    // Queue before the worker starts, so the first call carries a batch.
+    let statuses = [SessionStatus::Online, SessionStatus::Offline, SessionStatus::LoggedOut];
+    let events: Vec<WebhookEvent> = (0..9).map(|n| event("apert60541", statuses[n as usize % 3], n)).collect();
+    for e in &events {
+        hook.enqueue(std::slice::from_ref(e)).await.unwrap();
+    }
+    let (tasks, cancel) = (TaskTracker::new(), CancellationToken::new());
+    hook.spawn(&tasks, &cancel);
+    wait_for(&receiver, 1).await;
+
+    let calls = receiver.calls.lock().clone();
+    let first = &calls[0].1;
+    assert_eq!(first.len(), 9, "batched in one POST");
+    assert_eq!(session_ids(first), (0..9).map(|n| format!("s{n}")).collect::<Vec<_>>(), "in order");
+    assert_eq!(
+        first[0],
+        serde_json::json!({
+            "userid": "apert60541", "status": "0", "os": "Android", "time": 1_700_000_000_000i64,
+            "clientIp": "10.1.2.3:41748", "sessionId": "s0"
+        })
+    );
+    assert_eq!(first[1]["status"], "1");
+    assert_eq!(first[2]["status"], "2");
+    cancel.cancel();
+    tasks.close();
+    tasks.wait().await;
+    assert!(store.outbox.peek(&url, 10).await.unwrap().is_empty(), "delivered events leave the outbox");
+}
+
+#[tokio::test]
+async fn w3_timeouts_are_retried_twice_then_dropped_and_many_pause_the_receiver() {
+    let (url, receiver) = start_receiver().await;
+    *receiver.hang.lock() = true;
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap().stores();
+    let opts = WebhookOptions { trip_timeouts: 4, trip_window_ms: 10_000, pause_ms: 1_500, ..options(&url) };
+    let hook = Webhook::new(opts, store.outbox.clone()).unwrap();
+    hook.enqueue(&[event("a", SessionStatus::Online, 1)]).await.unwrap();
+    let (tasks, cancel) = (TaskTracker::new(), CancellationToken::new());
+    hook.spawn(&tasks, &cancel);
+
+    // Batch A: the first call and 2 retries time out, then it is dropped.
+    wait_for(&receiver, 3).await;
+    hook.enqueue(&[event("b", SessionStatus::Offline, 2)]).await.unwrap();
+    // Batch B: its first timeout is the 4th in the window: the receiver pauses.
+    wait_for(&receiver, 4).await;
+    *receiver.hang.lock() = false;
+    wait_for(&receiver, 5).await;
+
+    let calls = receiver.calls.lock().clone();
+    let ids: Vec<Vec<String>> = calls.iter().map(|(_, b)| session_ids(b)).collect();
+    assert_eq!(ids, [vec!["s1"], vec!["s1"], vec!["s1"], vec!["s2"], vec!["s2"]], "A tried 3 times, B resumed");
+    let gap = calls[4].0.duration_since(calls[3].0);
+    assert!(gap >= Duration::from_millis(1_500 + 300), "paused for a minute's stand-in after the timeout: {gap:?}");
+    let retry_gap = calls[1].0.duration_since(calls[0].0);
+    assert!(retry_gap < Duration::from_millis(1_500), "retries are not paused: {retry_gap:?}");
+    cancel.cancel();
+}
+
+#[tokio::test]
+async fn queued_events_survive_a_restart() {
+    let (url, receiver) = start_receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap().stores();
+        let hook = Webhook::new(options(&url), store.outbox.clone()).unwrap();
+        hook.enqueue(&[event("a", SessionStatus::Online, 1), event("a", SessionStatus::Offline, 2)]).await.unwrap();
+        // Stopped before any worker ran: the presence role went down.
+    }
+    let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap().stores();
+    let hook = Webhook::new(options(&url), store.outbox.clone()).unwrap();
+    let (tasks, cancel) = (TaskTracker::new(), CancellationToken::new());
+    hook.spawn(&tasks, &cancel);
+    wait_for(&receiver, 1).await;
+    assert_eq!(session_ids(&receiver.calls.lock()[0].1), ["s1", "s2"]);
+    cancel.cancel();
+}
