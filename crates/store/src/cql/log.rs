@@ -1,0 +1,435 @@
+//! `UserLog` over CQL: a Paxos-advanced head row per user that carries the
+//! newest event, and the event rows below it (see the module docs of
+//! [`super`] for why every row below the head exists and no row above it is
+//! ever read).
+
+use async_trait::async_trait;
+use futures::{StreamExt, stream};
+use natter_proto::v1;
+use natter_types::{Error, LogEvent, Result, UserId};
+use prost::Message as _;
+
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::prepared::PreparedStatement;
+
+use super::statements::Preparer;
+use super::{CACHE_CAP, CqlStore, Inner, backoff, cql_limit, decode, error, new_token};
+use crate::{Appended, CursorExpired, LogPage, UserLog};
+
+/// The statements of one log-shaped pair of tables: a head row per key,
+/// advanced by Paxos and holding the newest entry, and the entry rows.
+/// Used by the user logs and by the webhook outbox.
+pub(crate) struct LogStatements {
+    head_get: PreparedStatement,
+    head_get_serial: PreparedStatement,
+    head_create: PreparedStatement,
+    head_advance: PreparedStatement,
+    row_put: PreparedStatement,
+    row_writer: PreparedStatement,
+    rows_read: PreparedStatement,
+    /// Deletes rows below a seq.
+    pub(crate) row_trim: PreparedStatement,
+    /// `row_put` + delete rows below the oldest retained seq (one partition).
+    row_put_and_trim: Batch,
+}
+
+impl LogStatements {
+    /// `head` and `rows` are table names, `key` the partition key column.
+    pub(crate) async fn prepare(p: &Preparer<'_>, head: &str, rows: &str, key: &str) -> Result<Self> {
+        let row_put = p
+            .prepare(&format!("INSERT INTO {{ks}}.{rows} ({key}, seq, event, writer) VALUES (?, ?, ?, ?)"), true)
+            .await?;
+        let row_trim = p.prepare(&format!("DELETE FROM {{ks}}.{rows} WHERE {key} = ? AND seq < ?"), true).await?;
+        let mut row_put_and_trim = Batch::new(BatchType::Unlogged);
+        row_put_and_trim.append_statement(row_put.clone());
+        row_put_and_trim.append_statement(row_trim.clone());
+        row_put_and_trim.set_is_idempotent(true);
+        let head_select = format!("SELECT seq, oldest, event, writer FROM {{ks}}.{head} WHERE {key} = ?");
+        Ok(Self {
+            head_get: p.prepare(&head_select, true).await?,
+            head_get_serial: p.serial_read(&head_select).await?,
+            head_create: p
+                .prepare(
+                    &format!(
+                        "INSERT INTO {{ks}}.{head} ({key}, seq, oldest, event, writer) VALUES (?, ?, ?, ?, ?) \
+                         IF NOT EXISTS"
+                    ),
+                    false,
+                )
+                .await?,
+            head_advance: p
+                .prepare(
+                    &format!(
+                        "UPDATE {{ks}}.{head} SET seq = ?, oldest = ?, event = ?, writer = ? WHERE {key} = ? \
+                         IF seq = ?"
+                    ),
+                    false,
+                )
+                .await?,
+            row_writer: p
+                .prepare(&format!("SELECT writer FROM {{ks}}.{rows} WHERE {key} = ? AND seq = ?"), true)
+                .await?,
+            rows_read: p
+                .prepare(
+                    &format!("SELECT seq, event FROM {{ks}}.{rows} WHERE {key} = ? AND seq > ? AND seq <= ? LIMIT ?"),
+                    true,
+                )
+                .await?,
+            row_put,
+            row_trim,
+            row_put_and_trim,
+        })
+    }
+}
+
+/// Which log a head hint belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum LogKind {
+    User,
+    Outbox,
+}
+
+/// Attempts of one append that keeps losing the head to concurrent appends
+/// to the same user.
+const MAX_ATTEMPTS: u32 = 500;
+
+/// What this process knows about a head after its own append.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeadHint {
+    seq: i64,
+    oldest: i64,
+}
+
+/// A head row.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Head {
+    /// Newest seq (0: no entry ever).
+    pub seq: i64,
+    /// Oldest retained seq.
+    pub oldest: i64,
+    /// The entry at `seq`.
+    pub event: Option<Vec<u8>>,
+    writer: Option<i64>,
+    /// Whether the row at `seq` is known to be written.
+    row_written: bool,
+}
+
+type HeadRow = (Option<i64>, Option<i64>, Option<Vec<u8>>, Option<i64>);
+
+fn head_from(row: Option<HeadRow>) -> Head {
+    match row {
+        Some((Some(seq), oldest, event, writer)) => {
+            Head { seq, oldest: oldest.unwrap_or(1), event, writer, row_written: false }
+        }
+        _ => Head::default(),
+    }
+}
+
+pub(crate) fn seq_u64(seq: i64) -> u64 {
+    u64::try_from(seq).unwrap_or(0)
+}
+
+fn decode_event(bytes: &[u8]) -> Result<LogEvent> {
+    Ok(decode::<v1::LogEvent>("log event", bytes)?.try_into()?)
+}
+
+/// An append attempt whose conditional update timed out: it may have won.
+#[derive(Debug, Clone, Copy)]
+struct Unsure {
+    seq: i64,
+    oldest: i64,
+}
+
+impl Inner {
+    fn log_statements(&self, kind: LogKind) -> &LogStatements {
+        match kind {
+            LogKind::User => &self.st.user_log,
+            LogKind::Outbox => &self.st.outbox,
+        }
+    }
+
+    pub(crate) async fn read_head(&self, kind: LogKind, key: &str) -> Result<Head> {
+        let st = self.log_statements(kind);
+        let row: Option<HeadRow> = self.first_row("read log head", &st.head_get, (key,)).await?;
+        Ok(head_from(row))
+    }
+
+    /// The head read linearizably (completes a conditional update in flight).
+    async fn read_head_serial(&self, kind: LogKind, key: &str) -> Result<Head> {
+        let st = self.log_statements(kind);
+        let row: Option<HeadRow> = self.first_row("read log head", &st.head_get_serial, (key,)).await?;
+        Ok(head_from(row))
+    }
+
+    /// The current head after our conditional update lost to one that
+    /// reached `at_least`.
+    async fn refresh_head(&self, kind: LogKind, key: &str, at_least: Option<i64>) -> Result<Head> {
+        if let Some(at_least) = at_least {
+            let head = self.read_head(kind, key).await?;
+            if head.seq >= at_least {
+                return Ok(head);
+            }
+        }
+        self.read_head_serial(kind, key).await
+    }
+
+    /// Did one of our unsure attempts win? `head` is read after them.
+    async fn unsure_won(
+        &self,
+        kind: LogKind,
+        key: &str,
+        head: &Head,
+        unsure: &[Unsure],
+        token: i64,
+    ) -> Result<Option<Unsure>> {
+        let st = self.log_statements(kind);
+        for u in unsure {
+            if u.seq == head.seq {
+                if head.writer == Some(token) {
+                    return Ok(Some(*u));
+                }
+            } else if u.seq < head.seq {
+                let row: Option<(Option<i64>,)> = self.first_row("read log row", &st.row_writer, (key, u.seq)).await?;
+                match row {
+                    Some((writer,)) => {
+                        if writer == Some(token) {
+                            return Ok(Some(*u));
+                        }
+                    }
+                    None if u.seq < head.oldest => {
+                        return Err(Error::unavailable(format!(
+                            "append to the log of {key} timed out and its outcome was trimmed by retention \
+                             before it could be checked"
+                        )));
+                    }
+                    None => {
+                        return Err(Error::internal(format!(
+                            "log of {key} is missing seq {} below its head {}",
+                            u.seq, head.seq
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Appends one entry to the log of `key`, keeping the newest `retention`
+    /// entries; returns its seq (see the module docs).
+    pub(crate) async fn append_entry(&self, kind: LogKind, key: &str, bytes: &[u8], retention: i64) -> Result<i64> {
+        let st = self.log_statements(kind);
+        let retention = retention.max(1);
+        let token = new_token();
+        let hint = self.heads.lock().get(&(kind, key.to_owned())).copied();
+        let mut head = match hint {
+            Some(h) => Head { seq: h.seq, oldest: h.oldest, row_written: true, ..Head::default() },
+            None => self.read_head(kind, key).await?,
+        };
+        let mut unsure: Vec<Unsure> = Vec::new();
+        for attempt in 0..MAX_ATTEMPTS {
+            if head.seq > 0 && !head.row_written {
+                // Every row below the head must exist before the head moves on.
+                let event =
+                    head.event.as_deref().ok_or_else(|| Error::internal(format!("log head of {key} has no entry")))?;
+                self.execute("copy log head", &st.row_put, (key, head.seq, event, head.writer.unwrap_or(0))).await?;
+                head.row_written = true;
+            }
+            let next = head.seq + 1;
+            let oldest = head.oldest.max(1).max(next.saturating_sub(retention) + 1);
+            let result = if head.seq == 0 {
+                self.conditional("append to log", &st.head_create, (key, next, oldest, bytes, token)).await
+            } else {
+                self.conditional("append to log", &st.head_advance, (next, oldest, bytes, token, key, head.seq)).await
+            };
+            match result {
+                Ok(lwt) => {
+                    let lwt = lwt.checked()?;
+                    if lwt.applied {
+                        let trim = oldest > head.oldest.max(1);
+                        self.appended(kind, key, next, oldest, trim, bytes, token).await;
+                        return Ok(next);
+                    }
+                    head = self.refresh_head(kind, key, lwt.bigint("seq")).await?;
+                }
+                Err(e) if error::outcome_unknown(&e) => {
+                    tracing::warn!(key, seq = next, error = %e, "log append outcome unknown; checking");
+                    unsure.push(Unsure { seq: next, oldest });
+                    head = self.read_head_serial(kind, key).await?;
+                }
+                Err(e) => return Err(error::execution("append to log", e)),
+            }
+            if !unsure.is_empty()
+                && let Some(won) = self.unsure_won(kind, key, &head, &unsure, token).await?
+            {
+                self.appended(kind, key, won.seq, won.oldest, true, bytes, token).await;
+                return Ok(won.seq);
+            }
+            backoff(attempt).await;
+        }
+        Err(Error::unavailable(format!(
+            "log of {key} is appended to concurrently; gave up after {MAX_ATTEMPTS} attempts"
+        )))
+    }
+
+    /// After our head update won at `seq`: writes the row and trims below
+    /// `oldest` (best effort: the next append and reads fall back to the
+    /// head's copy of the entry), and remembers the head.
+    #[allow(clippy::too_many_arguments)]
+    async fn appended(&self, kind: LogKind, key: &str, seq: i64, oldest: i64, trim: bool, bytes: &[u8], token: i64) {
+        let st = self.log_statements(kind);
+        let written = if trim {
+            self.session.batch(&st.row_put_and_trim, ((key, seq, bytes, token), (key, oldest))).await.map(|_| ())
+        } else {
+            self.session.execute_unpaged(&st.row_put, (key, seq, bytes, token)).await.map(|_| ())
+        };
+        let mut heads = self.heads.lock();
+        match written {
+            Ok(()) => {
+                if heads.len() >= CACHE_CAP {
+                    heads.clear();
+                }
+                // A concurrent append in this process may have gone further.
+                let hint = heads.entry((kind, key.to_owned())).or_insert(HeadHint { seq, oldest });
+                if hint.seq <= seq {
+                    *hint = HeadHint { seq, oldest };
+                }
+            }
+            Err(e) => {
+                tracing::warn!(key, seq, error = %e, "log row not written after append; the head holds it");
+                heads.remove(&(kind, key.to_owned()));
+            }
+        }
+    }
+
+    /// Entry rows with `after < seq <= upper` (at most `limit`), in order.
+    pub(crate) async fn read_rows(
+        &self,
+        kind: LogKind,
+        key: &str,
+        after: u64,
+        upper: u64,
+        limit: usize,
+    ) -> Result<Vec<(i64, Option<Vec<u8>>)>> {
+        let st = self.log_statements(kind);
+        let (after, upper) = (i64::try_from(after).unwrap_or(i64::MAX), i64::try_from(upper).unwrap_or(i64::MAX));
+        self.scan("read log", &st.rows_read, (key, after, upper, cql_limit(limit)), limit).await
+    }
+}
+
+#[async_trait]
+impl UserLog for CqlStore {
+    async fn append(&self, users: &[UserId], event: &LogEvent) -> Result<Vec<Appended>> {
+        let inner = &*self.inner;
+        let bytes = v1::LogEvent::from(event).encode_to_vec();
+        let retention = i64::try_from(inner.options.log_retention_events).unwrap_or(i64::MAX);
+        let appends: Vec<_> =
+            users.iter().map(|u| inner.append_entry(LogKind::User, u.as_str(), &bytes, retention)).collect();
+        // Every started append runs to its end, even after another failed.
+        let results: Vec<Result<i64>> =
+            stream::iter(appends).buffered(inner.options.fanout_concurrency.max(1)).collect().await;
+        results.into_iter().map(|r| r.map(|seq| Appended { seq: seq_u64(seq), prev: seq_u64(seq - 1) })).collect()
+    }
+
+    async fn read(&self, user: &UserId, after: u64, limit: usize) -> Result<Result<LogPage, CursorExpired>> {
+        let inner = &*self.inner;
+        let head = inner.read_head(LogKind::User, user.as_str()).await?;
+        let h = seq_u64(head.seq);
+        let oldest = if h == 0 { 1 } else { seq_u64(head.oldest) };
+        if after > h || (after + 1 < oldest && after < h) {
+            return Ok(Err(CursorExpired { requested: after, oldest, head: h }));
+        }
+        let upper = h.min(after.saturating_add(limit as u64));
+        let mut events = Vec::new();
+        if upper > after {
+            let want = (upper - after) as usize;
+            let rows = inner.read_rows(LogKind::User, user.as_str(), after, upper, want).await?;
+            let mut expected = after + 1;
+            for (seq, bytes) in rows {
+                if seq_u64(seq) != expected {
+                    break;
+                }
+                // The head's copy of the newest event is the authoritative one.
+                let bytes = match (expected == h, &head.event) {
+                    (true, Some(newest)) => Some(newest.clone()),
+                    _ => bytes,
+                };
+                let bytes = bytes
+                    .ok_or_else(|| Error::internal(format!("user log of {user} has an empty row at seq {seq}")))?;
+                events.push((expected, decode_event(&bytes)?));
+                expected += 1;
+            }
+            // The newest event may not be copied to its row yet: the head has it.
+            if expected == h
+                && expected <= upper
+                && let Some(bytes) = &head.event
+            {
+                events.push((expected, decode_event(bytes)?));
+                expected += 1;
+            }
+            if expected <= upper {
+                // A gap: retention trimmed rows since the head was read.
+                let now = inner.read_head(LogKind::User, user.as_str()).await?;
+                let now_oldest = seq_u64(now.oldest);
+                if expected < now_oldest {
+                    return Ok(Err(CursorExpired { requested: after, oldest: now_oldest, head: seq_u64(now.seq) }));
+                }
+                return Err(Error::internal(format!(
+                    "user log of {user} is missing seq {expected} below its head {h}"
+                )));
+            }
+        }
+        Ok(Ok(LogPage { events, head: h }))
+    }
+
+    async fn bounds(&self, user: &UserId) -> Result<(u64, u64)> {
+        let head = self.inner.read_head(LogKind::User, user.as_str()).await?;
+        let h = seq_u64(head.seq);
+        Ok((h, if h == 0 { 0 } else { seq_u64(head.oldest) }))
+    }
+
+    async fn ack(&self, user: &UserId, seq: u64) -> Result<()> {
+        let seq = i64::try_from(seq).map_err(|_| Error::bad_request("seq", "acked seq does not fit a cql bigint"))?;
+        self.inner.max_put("ack", &self.inner.st.acks, user.as_str(), seq).await
+    }
+
+    async fn acked(&self, user: &UserId) -> Result<u64> {
+        let acked = self.inner.max_get("read acked", &self.inner.st.acks, user.as_str()).await?;
+        Ok(acked.map_or(0, seq_u64))
+    }
+}
+
+/// A per-key maximum without Paxos: each value is a clustering row (sorted
+/// descending); a put inserts its value and deletes smaller ones in one
+/// single-partition batch, and the maximum is the first row.
+pub(crate) struct MaxRegister {
+    put: Batch,
+    get: PreparedStatement,
+}
+
+impl MaxRegister {
+    /// `table` has `(key, value bigint)` clustered by `value DESC`.
+    pub(crate) async fn prepare(p: &Preparer<'_>, table: &str, key: &str, value: &str) -> Result<Self> {
+        let insert = p.prepare(&format!("INSERT INTO {{ks}}.{table} ({key}, {value}) VALUES (?, ?)"), true).await?;
+        let trim = p.prepare(&format!("DELETE FROM {{ks}}.{table} WHERE {key} = ? AND {value} < ?"), true).await?;
+        let mut put = Batch::new(BatchType::Unlogged);
+        put.append_statement(insert);
+        put.append_statement(trim);
+        put.set_is_idempotent(true);
+        Ok(Self {
+            put,
+            get: p.prepare(&format!("SELECT {value} FROM {{ks}}.{table} WHERE {key} = ? LIMIT 1"), true).await?,
+        })
+    }
+}
+
+impl Inner {
+    pub(crate) async fn max_put(&self, context: &'static str, reg: &MaxRegister, key: &str, value: i64) -> Result<()> {
+        self.session.batch(&reg.put, ((key, value), (key, value))).await.map_err(|e| error::execution(context, e))?;
+        Ok(())
+    }
+
+    pub(crate) async fn max_get(&self, context: &'static str, reg: &MaxRegister, key: &str) -> Result<Option<i64>> {
+        let row: Option<(i64,)> = self.first_row(context, &reg.get, (key,)).await?;
+        Ok(row.map(|(v,)| v))
+    }
+}

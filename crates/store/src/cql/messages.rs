@@ -1,0 +1,211 @@
+//! `MessageStore` over CQL: history in `(conversation, bucket)` partitions,
+//! idempotency records with `INSERT … IF NOT EXISTS`.
+
+use async_trait::async_trait;
+use natter_proto::v1;
+use natter_types::{ConversationKey, Error, Message, MessageId, Result, UserId};
+use prost::Message as _;
+
+use super::{BUCKET_MS, CACHE_CAP, CqlStore, Inner, cql_limit, decode, error};
+use crate::{Direction, Inserted, MessageStore};
+
+/// Bits below the millisecond timestamp in a message id (node + sequence).
+const ID_TIME_SHIFT: u32 = 22;
+
+/// The partition a message id falls in.
+pub(crate) fn bucket_of(id: MessageId) -> i32 {
+    // 41 bits of ms / 10 days fits an i32 for the id's whole range.
+    i32::try_from((id.0 >> ID_TIME_SHIFT) / BUCKET_MS).unwrap_or(i32::MAX)
+}
+
+fn id_value(id: MessageId) -> Result<i64> {
+    i64::try_from(id.0).map_err(|_| Error::internal(format!("message id {id} does not fit a cql bigint")))
+}
+
+/// Write timestamp of a message row: the same for the first write and any
+/// repair by a duplicate, and older than any later change of the row.
+fn message_write_time(message: &Message) -> i64 {
+    message.timestamp.saturating_mul(1000)
+}
+
+fn decode_message(bytes: &[u8]) -> Result<Message> {
+    Ok(decode::<v1::Message>("message", bytes)?.try_into()?)
+}
+
+impl Inner {
+    /// Makes sure the conversation's bucket is listed, then writes the
+    /// message row (both idempotent).
+    async fn write_message(&self, message: &Message, bytes: &[u8]) -> Result<()> {
+        let conversation = message.conversation();
+        let bucket = bucket_of(message.id);
+        let key = (conversation.as_str().to_owned(), bucket);
+        if !self.buckets.lock().contains(&key) {
+            self.execute("record conversation bucket", &self.st.bucket_insert, (conversation.as_str(), bucket)).await?;
+            let mut seen = self.buckets.lock();
+            if seen.len() >= CACHE_CAP {
+                seen.clear();
+            }
+            seen.insert(key);
+        }
+        self.execute(
+            "insert message",
+            &self.st.message_insert,
+            (conversation.as_str(), bucket, id_value(message.id)?, bytes, message_write_time(message)),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The stored duplicate, read linearizably (after a conditional insert
+    /// whose answer was lost).
+    async fn stored_duplicate(&self, sender: &UserId, client_msg_id: &str) -> Result<Option<Inserted>> {
+        let row: Option<(Option<Vec<u8>>, Option<bool>)> = self
+            .first_row("read idempotency record", &self.st.dedup_get_serial, (sender.as_str(), client_msg_id))
+            .await?;
+        match row {
+            None => Ok(None),
+            Some((Some(bytes), fanned_out)) => Ok(Some(Inserted::Duplicate {
+                message: decode_message(&bytes)?,
+                fanned_out: fanned_out.unwrap_or(false),
+            })),
+            Some((None, _)) => Err(Error::internal("idempotency record without its message")),
+        }
+    }
+}
+
+#[async_trait]
+impl MessageStore for CqlStore {
+    async fn insert_message(&self, message: &Message) -> Result<Inserted> {
+        let inner = &*self.inner;
+        let bytes = v1::Message::from(message).encode_to_vec();
+        let conversation = message.conversation();
+        let values = (
+            message.from.as_str(),
+            message.client_msg_id.as_str(),
+            conversation.as_str(),
+            id_value(message.id)?,
+            bytes.as_slice(),
+        );
+        let outcome = match inner.conditional("insert idempotency record", &inner.st.dedup_insert, values).await {
+            Ok(lwt) => {
+                let lwt = lwt.checked()?;
+                if lwt.applied {
+                    Inserted::New
+                } else {
+                    match lwt.blob("message") {
+                        Some(stored) => Inserted::Duplicate {
+                            message: decode_message(stored)?,
+                            fanned_out: lwt.boolean("fanned_out").unwrap_or(false),
+                        },
+                        // The database did not return the row: read it.
+                        None => inner
+                            .stored_duplicate(&message.from, &message.client_msg_id)
+                            .await?
+                            .ok_or_else(|| Error::internal("conditional insert lost without a stored record"))?,
+                    }
+                }
+            }
+            Err(e) if error::outcome_unknown(&e) => {
+                // A serial read settles the round; the record says whether
+                // it was ours (same message id) or another attempt's.
+                match inner.stored_duplicate(&message.from, &message.client_msg_id).await? {
+                    Some(Inserted::Duplicate { message: stored, .. }) if stored.id == message.id => Inserted::New,
+                    Some(duplicate) => duplicate,
+                    None => return Err(error::execution("insert idempotency record", e)),
+                }
+            }
+            Err(e) => return Err(error::execution("insert idempotency record", e)),
+        };
+        match &outcome {
+            Inserted::New => inner.write_message(message, &bytes).await?,
+            // Re-write the stored message (identical cells): if the first
+            // attempt died between its two writes, history gets it now.
+            Inserted::Duplicate { message: stored, .. } => {
+                let stored_bytes = v1::Message::from(stored).encode_to_vec();
+                inner.write_message(stored, &stored_bytes).await?;
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn mark_fanned_out(&self, sender: &UserId, client_msg_id: &str) -> Result<()> {
+        let inner = &*self.inner;
+        let exists: Option<(Option<i64>,)> =
+            inner.first_row("read idempotency record", &inner.st.dedup_get, (sender.as_str(), client_msg_id)).await?;
+        if exists.is_none() {
+            return Err(Error::not_found("no such client message id"));
+        }
+        inner.execute("mark fanned out", &inner.st.dedup_mark, (sender.as_str(), client_msg_id)).await?;
+        Ok(())
+    }
+
+    async fn get_message(&self, conversation: &ConversationKey, id: MessageId) -> Result<Option<Message>> {
+        let inner = &*self.inner;
+        let row: Option<(Option<Vec<u8>>,)> = inner
+            .first_row("get message", &inner.st.message_get, (conversation.as_str(), bucket_of(id), id_value(id)?))
+            .await?;
+        match row {
+            Some((Some(bytes),)) => Ok(Some(decode_message(&bytes)?)),
+            _ => Ok(None),
+        }
+    }
+
+    async fn history(
+        &self,
+        conversation: &ConversationKey,
+        cursor: Option<MessageId>,
+        direction: Direction,
+        limit: usize,
+    ) -> Result<Vec<Message>> {
+        let inner = &*self.inner;
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let conv = conversation.as_str();
+        let mut buckets: Vec<i32> = inner
+            .scan::<(i32,)>("list conversation buckets", &inner.st.buckets, (conv,), usize::MAX)
+            .await?
+            .into_iter()
+            .map(|(b,)| b)
+            .collect();
+        let cursor_bucket = cursor.map(bucket_of);
+        let cursor_value = cursor.map(id_value).transpose()?;
+        match direction {
+            Direction::Up => {
+                buckets.retain(|b| cursor_bucket.is_none_or(|c| *b <= c));
+                buckets.sort_unstable_by(|a, b| b.cmp(a));
+            }
+            Direction::Down => {
+                buckets.retain(|b| cursor_bucket.is_none_or(|c| *b >= c));
+                buckets.sort_unstable();
+            }
+        }
+        let mut page = Vec::new();
+        for bucket in buckets {
+            let want = limit - page.len();
+            let bound = match (cursor_bucket, cursor_value) {
+                (Some(cb), Some(cv)) if cb == bucket => Some(cv),
+                _ => None,
+            };
+            let st = match (direction, bound.is_some()) {
+                (Direction::Up, false) => &inner.st.history_up,
+                (Direction::Up, true) => &inner.st.history_up_before,
+                (Direction::Down, false) => &inner.st.history_down,
+                (Direction::Down, true) => &inner.st.history_down_after,
+            };
+            let rows: Vec<(Option<Vec<u8>>,)> = match bound {
+                Some(id) => inner.scan("read history", st, (conv, bucket, id, cql_limit(want)), want).await?,
+                None => inner.scan("read history", st, (conv, bucket, cql_limit(want)), want).await?,
+            };
+            for (bytes,) in rows {
+                if let Some(bytes) = bytes {
+                    page.push(decode_message(&bytes)?);
+                }
+            }
+            if page.len() >= limit {
+                break;
+            }
+        }
+        Ok(page)
+    }
+}

@@ -1,0 +1,611 @@
+//! The CQL backend against a real database: the conformance suite, unchanged,
+//! and checks of what only a shared database can get wrong (concurrency
+//! across connections standing for processes, migrations, leftovers of a
+//! dead writer).
+//!
+//! Needs the `cql` feature and a database at `NATTER_CQL` (default
+//! `127.0.0.1:9042`): `deploy/cassandra.sh install && deploy/cassandra.sh start`,
+//! or `make test-cql`. These tests never skip: without a database they fail
+//! (with `NATTER_REQUIRE_CQL=1`, as CI runs them, the message says so).
+//!
+//! All tests share one keyspace per run (`natter_test_<secs>_<pid>`), created
+//! by whichever test migrates first; keyspaces of runs older than an hour are
+//! dropped at start. The migration test uses keyspaces of its own.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use natter_store::cql::{CqlOptions, CqlStore, LATEST_VERSION, Replication, migrate, open_session, schema_version};
+use natter_store::{Direction, Inserted};
+use natter_types::{
+    ChatType, ConversationKey, ErrorCode, Group, GroupChange, GroupChangeKind, GroupId, GroupMember, GroupRole,
+    LogEvent, Message, MessageBody, MessageId, UserId,
+};
+use scylla::client::session::Session;
+
+/// The retention the conformance run is configured with (it must be small).
+const RETENTION: u64 = 5;
+
+fn address() -> String {
+    std::env::var("NATTER_CQL").ok().filter(|a| !a.trim().is_empty()).unwrap_or_else(|| "127.0.0.1:9042".to_owned())
+}
+
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// This run's shared keyspace.
+fn shared_keyspace() -> &'static str {
+    static NAME: OnceLock<String> = OnceLock::new();
+    NAME.get_or_init(|| format!("natter_test_{}_{}", unix_secs(), std::process::id()))
+}
+
+fn unique(name: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("{name}{}x{nanos}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+fn user(name: &str) -> UserId {
+    UserId::parse(&unique(name), "user").unwrap()
+}
+
+fn options(keyspace: &str, retention: u64) -> CqlOptions {
+    CqlOptions {
+        contact_points: vec![address()],
+        keyspace: keyspace.to_owned(),
+        replication: Replication::Simple { replication_factor: 1 },
+        log_retention_events: retention,
+        request_timeout: Duration::from_secs(30),
+        ..CqlOptions::default()
+    }
+}
+
+/// A session, or a loud failure that says how to get a database.
+async fn session(options: &CqlOptions) -> Arc<Session> {
+    match open_session(options).await {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            let required = std::env::var("NATTER_REQUIRE_CQL").is_ok_and(|v| v == "1");
+            panic!(
+                "{}no CQL database at {} ({e}). Start one with `deploy/cassandra.sh install && \
+                 deploy/cassandra.sh start` (or run `make test-cql`), or point NATTER_CQL at one. \
+                 These tests do not skip.",
+                if required { "NATTER_REQUIRE_CQL=1 and " } else { "" },
+                address()
+            )
+        }
+    }
+}
+
+/// Drops keyspaces of earlier test runs (older than an hour), once per run.
+async fn drop_stale_keyspaces(session: &Session) {
+    static DONE: OnceLock<()> = OnceLock::new();
+    if DONE.set(()).is_err() {
+        return;
+    }
+    let rows = session
+        .query_unpaged("SELECT keyspace_name FROM system_schema.keyspaces", ())
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap();
+    let now = unix_secs();
+    for row in rows.rows::<(String,)>().unwrap() {
+        let (name,) = row.unwrap();
+        let Some(rest) = name.strip_prefix("natter_test_") else { continue };
+        let secs = rest.split('_').find_map(|part| part.parse::<u64>().ok().filter(|s| *s > 1_000_000_000));
+        if secs.is_some_and(|s| s + 3600 < now) {
+            eprintln!("dropping stale test keyspace {name}");
+            let _ = session.query_unpaged(format!("DROP KEYSPACE IF EXISTS {name}"), ()).await;
+        }
+    }
+}
+
+/// A store on this run's shared keyspace (migrated on first use).
+async fn shared_store(retention: u64) -> CqlStore {
+    let options = options(shared_keyspace(), retention);
+    let session = session(&options).await;
+    drop_stale_keyspaces(&session).await;
+    migrate(&session, &options.keyspace, &options.replication).await.unwrap();
+    CqlStore::with_session(session, options).await.unwrap()
+}
+
+fn change(tag: &str) -> LogEvent {
+    LogEvent::GroupChange(GroupChange {
+        kind: GroupChangeKind::MembersAdded,
+        group_id: GroupId::from_id(1),
+        group_name: tag.to_owned(),
+        operator: UserId::system(),
+        members: vec![],
+        time: 0,
+    })
+}
+
+fn tag_of(event: &LogEvent) -> String {
+    match event {
+        LogEvent::GroupChange(c) => c.group_name.clone(),
+        LogEvent::Message(m) => m.client_msg_id.clone(),
+    }
+}
+
+/// An id made at `ms` (ms since the Unix epoch), like `IdGenerator` makes them.
+fn id_at(ms: i64, seq: u64) -> MessageId {
+    let epoch = MessageId(0).timestamp_ms();
+    MessageId((((ms - epoch) as u64) << 22) | (1 << 12) | seq)
+}
+
+fn message(id: MessageId, from: &UserId, to: &UserId, client_msg_id: &str) -> Message {
+    Message {
+        id,
+        client_msg_id: client_msg_id.to_owned(),
+        from: from.clone(),
+        to: to.to_string(),
+        chat_type: ChatType::Single,
+        timestamp: id.timestamp_ms(),
+        body: MessageBody::Text(format!("text of {client_msg_id}")),
+        ext: Default::default(),
+        from_system: false,
+    }
+}
+
+// ------------------------------------------------------------------ suite
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_suite_passes_unchanged() {
+    let store = shared_store(RETENTION).await;
+    let started = Instant::now();
+    natter_store::conformance::run_all(&store.stores(), RETENTION).await;
+    eprintln!("conformance run_all: {:?}", started.elapsed());
+
+    // Restart: what one connection wrote, a new one (another process) reads and continues.
+    let sample = natter_store::conformance::write_sample(&store.stores()).await;
+    let other = shared_store(RETENTION).await;
+    natter_store::conformance::check_sample(&other.stores(), &sample).await;
+}
+
+// -------------------------------------------------------------- migration
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_is_versioned_idempotent_and_safe_to_run_concurrently() {
+    let keyspace = format!("natter_test_mig_{}_{}", unix_secs(), std::process::id());
+    let opts = options(&keyspace, RETENTION);
+    let (a, b) = (session(&opts).await, session(&opts).await);
+    drop_stale_keyspaces(&a).await;
+    assert_eq!(schema_version(&a, &keyspace).await.unwrap(), None);
+    let err = CqlStore::with_session(a.clone(), opts.clone()).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::Internal);
+    assert!(err.message.contains("natter migrate"), "{}", err.message);
+
+    // Two processes migrate the same new keyspace at once.
+    let started = Instant::now();
+    let (ra, rb) = tokio::join!(migrate(&a, &keyspace, &opts.replication), migrate(&b, &keyspace, &opts.replication));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    eprintln!("concurrent first migration: {:?} ({ra:?} / {rb:?})", started.elapsed());
+    let all: Vec<i32> = (1..=LATEST_VERSION).collect();
+    let mut applied = [ra.applied.clone(), rb.applied.clone()];
+    applied.sort();
+    assert_eq!(applied, [vec![], all.clone()], "exactly one of them applied every migration");
+    assert_eq!((ra.to, rb.to), (LATEST_VERSION, LATEST_VERSION));
+
+    // Again: a no-op.
+    let started = Instant::now();
+    let again = migrate(&a, &keyspace, &opts.replication).await.unwrap();
+    eprintln!("second migration (no-op): {:?}", started.elapsed());
+    assert_eq!((again.from, again.to, again.applied), (LATEST_VERSION, LATEST_VERSION, vec![]));
+    assert_eq!(schema_version(&b, &keyspace).await.unwrap(), Some(LATEST_VERSION));
+
+    // One row per migration, and the lease (version 0) is gone.
+    let rows = a
+        .query_unpaged(format!("SELECT version FROM {keyspace}.schema_migrations"), ())
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap();
+    let mut versions: Vec<i32> = rows.rows::<(i32,)>().unwrap().map(|r| r.unwrap().0).collect();
+    versions.sort();
+    assert_eq!(versions, all);
+
+    // And the store works on it.
+    let store = CqlStore::with_session(b, opts).await.unwrap();
+    assert_eq!(store.stores().log.bounds(&user("m")).await.unwrap(), (0, 0));
+    a.query_unpaged(format!("DROP KEYSPACE IF EXISTS {keyspace}"), ()).await.unwrap();
+}
+
+// -------------------------------------------------------------- user logs
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_from_two_connections_get_seqs_1_to_n() {
+    // Two stores with their own sessions stand for two processes.
+    let stores = [shared_store(100_000).await, shared_store(100_000).await];
+    let target = user("hot");
+    const TASKS: usize = 8;
+    const EACH: usize = 25;
+    let started = Instant::now();
+    let mut handles = Vec::new();
+    for (s, store) in stores.iter().enumerate() {
+        for t in 0..TASKS {
+            let log = store.stores().log;
+            let target = target.clone();
+            handles.push(tokio::spawn(async move {
+                let mut got = Vec::new();
+                for i in 0..EACH {
+                    let tag = format!("s{s}t{t}i{i}");
+                    let appended = log.append(std::slice::from_ref(&target), &change(&tag)).await.unwrap();
+                    assert_eq!(appended[0].prev + 1, appended[0].seq);
+                    got.push((appended[0].seq, tag));
+                }
+                got
+            }));
+        }
+    }
+    let mut by_seq: HashMap<u64, String> = HashMap::new();
+    for handle in handles {
+        for (seq, tag) in handle.await.unwrap() {
+            assert!(by_seq.insert(seq, tag).is_none(), "seq {seq} handed out twice");
+        }
+    }
+    let elapsed = started.elapsed();
+    let n = (2 * TASKS * EACH) as u64;
+    eprintln!(
+        "{n} contended appends to one user from {} tasks on 2 connections: {elapsed:?} ({:.0} appends/s)",
+        2 * TASKS,
+        n as f64 / elapsed.as_secs_f64()
+    );
+    let seqs: BTreeSet<u64> = by_seq.keys().copied().collect();
+    assert_eq!(seqs, (1..=n).collect::<BTreeSet<_>>(), "seqs are exactly 1..=N");
+
+    // The log holds each event once, at the seq its append returned.
+    let page = stores[1].stores().log.read(&target, 0, n as usize + 10).await.unwrap().unwrap();
+    assert_eq!(page.head, n);
+    assert_eq!(page.events.len() as u64, n);
+    for (seq, event) in &page.events {
+        assert_eq!(by_seq.get(seq), Some(&tag_of(event)), "event at seq {seq}");
+    }
+
+    // Uncontended: one task, one user, sequential appends.
+    let solo = user("solo");
+    let log = stores[0].stores().log;
+    let started = Instant::now();
+    for i in 0..100 {
+        log.append(std::slice::from_ref(&solo), &change(&format!("solo{i}"))).await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    eprintln!("100 sequential appends to one user: {elapsed:?} ({:.0} appends/s)", 100.0 / elapsed.as_secs_f64());
+
+    // Group fan-out: one event to many users, appended concurrently.
+    let users: Vec<UserId> = (0..300).map(|_| user("fan")).collect();
+    let started = Instant::now();
+    let appended = log.append(&users, &change("fanout")).await.unwrap();
+    let elapsed = started.elapsed();
+    eprintln!(
+        "fan-out of one event to {} users: {elapsed:?} ({:.0} appends/s)",
+        users.len(),
+        300.0 / elapsed.as_secs_f64()
+    );
+    assert!(appended.iter().all(|a| (a.prev, a.seq) == (0, 1)));
+    let again = stores[1].stores().log.append(&users[..3], &change("fanout2")).await.unwrap();
+    assert!(again.iter().all(|a| (a.prev, a.seq) == (1, 2)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_appenders_leftovers_are_never_read_and_are_overwritten() {
+    let store = shared_store(100).await;
+    let log = store.stores().log;
+    let ks = shared_keyspace();
+    let session = store.session().clone();
+    let u = user("crash");
+    for i in 1..=3 {
+        log.append(std::slice::from_ref(&u), &change(&format!("e{i}"))).await.unwrap();
+    }
+    // The appender of seq 3 died after its head update, before copying the
+    // event to its row: readers take it from the head.
+    session
+        .query_unpaged(format!("DELETE FROM {ks}.user_log WHERE user_id = ? AND seq = 3"), (u.as_str(),))
+        .await
+        .unwrap();
+    // A row beyond the head (as an appender that wrote first and died before
+    // advancing the head would leave): never read.
+    let stray = natter_proto::ProstMessage::encode_to_vec(&natter_proto::v1::LogEvent::from(&change("stray")));
+    session
+        .query_unpaged(
+            format!("INSERT INTO {ks}.user_log (user_id, seq, event, writer) VALUES (?, 4, ?, 0)"),
+            (u.as_str(), stray),
+        )
+        .await
+        .unwrap();
+    let page = log.read(&u, 0, 10).await.unwrap().unwrap();
+    assert_eq!(page.head, 3);
+    assert_eq!(
+        page.events.iter().map(|(s, e)| (*s, tag_of(e))).collect::<Vec<_>>(),
+        [(1, "e1".to_owned()), (2, "e2".to_owned()), (3, "e3".to_owned())]
+    );
+    assert_eq!(log.bounds(&u).await.unwrap(), (3, 1));
+
+    // The next append (from another connection, without this one's cache)
+    // restores row 3 and overwrites the stray row 4.
+    let other = shared_store(100).await;
+    let appended = other.stores().log.append(std::slice::from_ref(&u), &change("e4")).await.unwrap();
+    assert_eq!((appended[0].prev, appended[0].seq), (3, 4));
+    let page = log.read(&u, 0, 10).await.unwrap().unwrap();
+    assert_eq!(
+        page.events.iter().map(|(s, e)| (*s, tag_of(e))).collect::<Vec<_>>(),
+        [(1, "e1".to_owned()), (2, "e2".to_owned()), (3, "e3".to_owned()), (4, "e4".to_owned())]
+    );
+    let row3 = session
+        .query_unpaged(format!("SELECT seq FROM {ks}.user_log WHERE user_id = ? AND seq = 3"), (u.as_str(),))
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap()
+        .rows_num();
+    assert_eq!(row3, 1, "row 3 was copied from the head before the head moved on");
+}
+
+// --------------------------------------------------------------- messages
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_identical_sends_store_once() {
+    let stores = [shared_store(RETENTION).await, shared_store(RETENTION).await];
+    let (a, b) = (user("a"), user("b"));
+    // Each attempt gets its own id, as the message service assigns them.
+    let now = natter_types::now_ms();
+    let attempts: Vec<Message> = (0..16).map(|i| message(id_at(now, i), &a, &b, "same-client-id")).collect();
+    let started = Instant::now();
+    let results = join_all(attempts.iter().enumerate().map(|(i, m)| {
+        let messages = stores[i % 2].stores().messages;
+        let m = m.clone();
+        async move { messages.insert_message(&m).await.unwrap() }
+    }))
+    .await;
+    eprintln!("16 concurrent identical inserts on 2 connections: {:?}", started.elapsed());
+    let new: Vec<usize> = results.iter().enumerate().filter(|(_, r)| **r == Inserted::New).map(|(i, _)| i).collect();
+    assert_eq!(new.len(), 1, "exactly one insert wins: {results:?}");
+    let winner = &attempts[new[0]];
+    for r in &results {
+        if let Inserted::Duplicate { message, fanned_out } = r {
+            assert_eq!(message, winner, "losers get the winner's message");
+            assert!(!fanned_out);
+        }
+    }
+    let history = stores[0]
+        .stores()
+        .messages
+        .history(&ConversationKey::single(&a, &b), None, Direction::Down, 100)
+        .await
+        .unwrap();
+    assert_eq!(history, vec![winner.clone()], "stored once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_walks_buckets_both_ways() {
+    let store = shared_store(RETENTION).await;
+    let messages = store.stores().messages;
+    let (a, b) = (user("a"), user("b"));
+    let day = 24 * 3600 * 1000;
+    let now = natter_types::now_ms();
+    // Three messages in each of five buckets, with empty buckets between.
+    let mut sent = Vec::new();
+    for days_ago in [95, 61, 33, 12, 0] {
+        for i in 0..3 {
+            let m = message(id_at(now - days_ago * day, i), &a, &b, &format!("d{days_ago}i{i}"));
+            sent.push(m);
+        }
+    }
+    // Stored out of order.
+    for m in sent.iter().rev() {
+        assert_eq!(messages.insert_message(m).await.unwrap(), Inserted::New);
+    }
+    let conv = ConversationKey::single(&a, &b);
+    let ids = |page: &[Message]| page.iter().map(|m| m.id).collect::<Vec<_>>();
+
+    // Newest first, in pages of 4, across buckets.
+    let mut up = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = messages.history(&conv, cursor, Direction::Up, 4).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        cursor = page.last().map(|m| m.id);
+        up.extend(page);
+    }
+    assert_eq!(ids(&up), ids(&sent.iter().rev().cloned().collect::<Vec<_>>()));
+
+    // Oldest first, in pages of 5.
+    let mut down = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = messages.history(&conv, cursor, Direction::Down, 5).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        cursor = page.last().map(|m| m.id);
+        down.extend(page);
+    }
+    assert_eq!(ids(&down), ids(&sent));
+
+    // A cursor at a bucket's edge, and one page spanning all buckets.
+    let after = messages.history(&conv, Some(sent[2].id), Direction::Down, 2).await.unwrap();
+    assert_eq!(ids(&after), ids(&sent[3..5]));
+    let all = messages.history(&conv, None, Direction::Up, 100).await.unwrap();
+    assert_eq!(all.len(), sent.len());
+    for m in &sent {
+        assert_eq!(messages.get_message(&conv, m.id).await.unwrap().as_ref(), Some(m));
+    }
+}
+
+// ----------------------------------------------------------------- groups
+
+fn member(user: &UserId, role: GroupRole) -> GroupMember {
+    GroupMember { user_id: user.clone(), role, joined_at: natter_types::now_ms() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_size_limit_holds_under_concurrent_adds() {
+    let stores = [shared_store(RETENTION).await, shared_store(RETENTION).await];
+    let owner = user("o");
+    let group = Group {
+        id: GroupId::from_id(id_at(natter_types::now_ms(), 7).0 ^ (std::process::id() as u64)),
+        name: "race".into(),
+        description: String::new(),
+        owner: owner.clone(),
+        created_at: natter_types::now_ms(),
+        member_count: 0,
+        max_members: 10,
+    };
+    stores[0].stores().groups.create_group(&group, &[member(&owner, GroupRole::Owner)]).await.unwrap();
+
+    // 24 adds of two new users each race for 9 free places.
+    let started = Instant::now();
+    let results = join_all((0..24).map(|i| {
+        let groups = stores[i % 2].stores().groups;
+        let id = group.id.clone();
+        async move {
+            let pair = [member(&user("p"), GroupRole::Member), member(&user("q"), GroupRole::Member)];
+            groups.add_members(&id, &pair).await
+        }
+    }))
+    .await;
+    eprintln!("24 concurrent add_members on 2 connections: {:?}", started.elapsed());
+    let mut added = 0;
+    for r in &results {
+        match r {
+            Ok(ok) => {
+                assert_eq!(ok.added.len(), 2, "all or nothing");
+                added += 2;
+            }
+            Err(e) => assert_eq!((e.code, e.field.as_deref()), (ErrorCode::LimitExceeded, Some("max_members"))),
+        }
+    }
+    assert_eq!(added, 8, "four pairs fit in the nine free places, a fifth does not");
+    let g = stores[1].stores().groups.get_group(&group.id).await.unwrap().unwrap();
+    let ids = stores[1].stores().groups.member_ids(&group.id).await.unwrap();
+    assert_eq!((g.member_count, ids.len()), (9, 9));
+
+    // The same new user added from many tasks at once counts once.
+    let late = user("late");
+    let results = join_all((0..8).map(|i| {
+        let groups = stores[i % 2].stores().groups;
+        let (id, m) = (group.id.clone(), member(&late, GroupRole::Member));
+        async move { groups.add_members(&id, &[m]).await.unwrap() }
+    }))
+    .await;
+    assert_eq!(results.iter().filter(|r| !r.added.is_empty()).count(), 1);
+    let g = stores[0].stores().groups.get_group(&group.id).await.unwrap().unwrap();
+    assert_eq!(g.member_count, 10);
+    assert_eq!(stores[0].stores().groups.user_groups(&late).await.unwrap(), vec![group.id.clone()]);
+    let page = stores[0].stores().groups.list_members(&group.id, None, 100).await.unwrap();
+    assert!(page.windows(2).all(|w| w[0].user_id < w[1].user_id), "ordered by user id");
+    assert_eq!(page.len(), 10);
+}
+
+// ----------------------------------------------------------------- errors
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_database_is_unavailable() {
+    let mut opts = options(shared_keyspace(), RETENTION);
+    opts.contact_points = vec!["127.0.0.1:1".into()];
+    opts.connect_timeout = Duration::from_secs(2);
+    let err = CqlStore::connect(opts).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::Unavailable, "{err:?}");
+    assert_eq!(err.message, err.message.to_lowercase());
+    let bad = CqlStore::connect(CqlOptions { keyspace: "No-Such".into(), ..options("x", 1) }).await.unwrap_err();
+    assert_eq!(bad.code, ErrorCode::BadRequest);
+}
+
+// --------------------------------------------------------------- timeouts
+
+/// A store whose requests time out after `timeout`, so conditional updates
+/// often end with an outcome the driver cannot confirm.
+async fn impatient_store(timeout: Duration) -> CqlStore {
+    let patient = shared_store(100_000).await;
+    let options = CqlOptions { request_timeout: timeout, ..patient.options().clone() };
+    let session = session(&options).await;
+    // Preparing may itself time out; try a few times.
+    let mut last = None;
+    for _ in 0..20 {
+        match CqlStore::with_session(session.clone(), options.clone()).await {
+            Ok(store) => return store,
+            Err(e) => last = Some(e),
+        }
+    }
+    panic!("no impatient store: {last:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_and_sends_with_unconfirmed_outcomes_keep_the_invariants() {
+    let patient = shared_store(100_000).await;
+    let impatient = impatient_store(Duration::from_millis(6)).await;
+    let target = user("timeouts");
+    let mut handles = Vec::new();
+    for (s, store) in [&patient, &impatient, &impatient, &impatient].into_iter().enumerate() {
+        let log = store.stores().log;
+        let target = target.clone();
+        handles.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for i in 0..30 {
+                let tag = format!("s{s}i{i}");
+                let result = log.append(std::slice::from_ref(&target), &change(&tag)).await;
+                got.push((tag, result.map(|a| a[0].seq)));
+            }
+            got
+        }));
+    }
+    let mut ok = HashMap::new();
+    let (mut failed, mut succeeded) = (0, 0);
+    for handle in handles {
+        for (tag, result) in handle.await.unwrap() {
+            match result {
+                Ok(seq) => {
+                    succeeded += 1;
+                    ok.insert(tag, seq);
+                }
+                Err(e) => {
+                    failed += 1;
+                    assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}");
+                }
+            }
+        }
+    }
+    eprintln!("appends with a 6 ms timeout: {succeeded} confirmed, {failed} failed");
+    let page = patient.stores().log.read(&target, 0, 1000).await.unwrap().unwrap();
+    // Gapless 1..=head, every event at most once, every confirmed one where
+    // its append said (a failed append may or may not have landed).
+    assert_eq!(page.events.iter().map(|(s, _)| *s).collect::<Vec<_>>(), (1..=page.head).collect::<Vec<_>>());
+    let mut seen = BTreeSet::new();
+    for (seq, event) in &page.events {
+        let tag = tag_of(event);
+        assert!(seen.insert(tag.clone()), "{tag} appended twice");
+        if let Some(expected) = ok.get(&tag) {
+            assert_eq!(expected, seq, "{tag}");
+        }
+    }
+    assert!(ok.keys().all(|t| seen.contains(t)), "every confirmed append is in the log");
+
+    // Identical sends: at most one wins, every duplicate names the same message.
+    let (a, b) = (user("a"), user("b"));
+    let now = natter_types::now_ms();
+    let results = join_all((0..12u64).map(|i| {
+        let messages = if i % 3 == 0 { patient.stores().messages } else { impatient.stores().messages };
+        let m = message(id_at(now, i), &a, &b, "impatient");
+        async move { messages.insert_message(&m).await }
+    }))
+    .await;
+    let news = results.iter().filter(|r| matches!(r, Ok(Inserted::New))).count();
+    assert!(news <= 1, "{results:?}");
+    let stored = patient.stores().messages.history(&ConversationKey::single(&a, &b), None, Direction::Down, 10).await;
+    let stored = stored.unwrap();
+    assert!(stored.len() <= 1, "stored once: {stored:?}");
+    for r in results.iter().flatten() {
+        if let Inserted::Duplicate { message, .. } = r {
+            assert_eq!(Some(message), stored.first());
+        }
+    }
+}
