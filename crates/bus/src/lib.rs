@@ -5,10 +5,14 @@
 //! so a lost bus message costs latency, never data — a gateway notices the
 //! gap by `prev` and reads the log.
 //!
-//! Backends: [`local::LocalBus`] (in-process, single node); NATS in the
-//! distributed mode.
+//! Backends: [`local::LocalBus`] (in-process, single node) and, with the
+//! `nats` feature, `nats::NatsBus` (core NATS subjects, distributed mode).
 
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod local;
+#[cfg(feature = "nats")]
+pub mod nats;
 
 use std::sync::Arc;
 
