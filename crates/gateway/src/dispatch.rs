@@ -85,7 +85,8 @@ pub(crate) async fn handle(shared: &Shared, user: &UserId, body: Body) -> Result
         }
         Body::SubscribePresence(r) => {
             let targets = users(&r.usernames, "usernames").map_err(|e| e.within("subscribe_presence"))?;
-            let presences = presence.subscribe(user, targets, r.expiry).await.map_err(|e| e.within("subscribe_presence"))?;
+            let presences =
+                presence.subscribe(user, targets, r.expiry).await.map_err(|e| e.within("subscribe_presence"))?;
             Ok(Reply::Presences(presence_list(&presences)))
         }
         Body::UnsubscribePresence(r) => {

@@ -169,12 +169,8 @@ impl Node {
             .register_encoded_file_descriptor_set(natter_proto::FILE_DESCRIPTOR_SET)
             .build_v1()
             .context("building grpc reflection")?;
-        let api = BackendApi {
-            messages,
-            presence: presence.clone(),
-            tokens: tokens.clone(),
-            limits: config.limits.clone(),
-        };
+        let api =
+            BackendApi { messages, presence: presence.clone(), tokens: tokens.clone(), limits: config.limits.clone() };
         let grpc_cancel = cancel.clone();
         let api_key_check = ApiKeyCheck::new(&api_key);
         let grpc = tokio::spawn(async move {

@@ -7,6 +7,10 @@
 //!   backend fsyncs with group commit before returning);
 //! - a method that returns `Err` has written nothing that a later read can
 //!   observe as half-done: multi-row writes are atomic or idempotent to retry.
+//!   One exception by design: `UserLog::append` to several users is one
+//!   append per user in the CQL backend, so after an `Err` some users may
+//!   have the event and get it again on retry (never twice for one call);
+//!   clients drop such repeats by message id.
 
 pub mod embedded;
 
