@@ -139,7 +139,9 @@ impl Config {
             }
             figment = figment.merge(Toml::file(file));
         }
-        figment = figment.merge(Env::prefixed("NATTER_").split("__")).merge(Serialized::default("server", overrides));
+        // NATTER_CONFIG names the file (the --config flag's variable), not a setting.
+        let env = Env::prefixed("NATTER_").ignore(&["CONFIG"]).split("__");
+        figment = figment.merge(env).merge(Serialized::default("server", overrides));
         let config: Config = figment.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         config.validate()?;
         Ok(config)
@@ -198,6 +200,8 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file("natter.toml", "[server]\nlisten = \"127.0.0.1:9000\"\nnode_id = 3\n[limits]\nmax_body_bytes = 1000\nmax_frame_bytes = 4000\n")?;
             jail.set_env("NATTER_SERVER__NODE_ID", "5");
+            // The file's own variable is not a setting.
+            jail.set_env("NATTER_CONFIG", "natter.toml");
             let overrides = Overrides { data_dir: Some("/tmp/x".into()), ..Overrides::default() };
             let config = Config::load(Some(Path::new("natter.toml")), &overrides).map_err(|e| e.to_string())?;
             assert_eq!(config.server.listen, "127.0.0.1:9000", "from the file");
