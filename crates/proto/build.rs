@@ -6,7 +6,8 @@ use prost::Message as _;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
-    let files = ["common.proto", "client.proto", "events.proto", "api.proto"].map(|f| root.join("natter/v1").join(f));
+    let files = ["common.proto", "client.proto", "events.proto", "api.proto", "internal.proto"]
+        .map(|f| root.join("natter/v1").join(f));
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }

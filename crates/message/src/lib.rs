@@ -11,6 +11,7 @@
 //! single-node mode, a gRPC client in the distributed mode.
 
 mod groups;
+pub mod remote;
 mod service;
 
 use async_trait::async_trait;

@@ -20,6 +20,7 @@
 
 pub mod clock;
 pub mod local;
+pub mod remote;
 mod service;
 pub mod sweeper;
 pub mod webhook;

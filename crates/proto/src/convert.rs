@@ -93,6 +93,59 @@ pub fn status_from_error(e: &t::Error) -> tonic::Status {
     status
 }
 
+/// The inverse of [`status_from_error`]: the error a role answered with, as
+/// the caller of the remote client sees it. A status without the
+/// `natter-error-code` metadata did not come from a Natter service (it came
+/// from the transport, a proxy or the gRPC layer): a failure to reach the
+/// peer or a deadline becomes UNAVAILABLE (the caller may retry), anything
+/// else INTERNAL.
+pub fn error_from_status(status: &tonic::Status) -> t::Error {
+    let code = status
+        .metadata()
+        .get("natter-error-code")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| t::ErrorCode::ALL.into_iter().find(|c| c.as_str() == v));
+    match code {
+        Some(code) => t::Error {
+            code,
+            field: status.metadata().get("natter-error-field").and_then(|v| v.to_str().ok()).map(str::to_owned),
+            message: status.message().to_owned(),
+        },
+        None => {
+            let code = match status.code() {
+                tonic::Code::Unavailable
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Cancelled
+                | tonic::Code::Aborted
+                | tonic::Code::ResourceExhausted => t::ErrorCode::Unavailable,
+                _ => t::ErrorCode::Internal,
+            };
+            t::Error::new(code, format!("remote call failed: {:?}: {}", status.code(), status.message()))
+        }
+    }
+}
+
+// ---- actors ----
+
+impl From<&t::Actor> for v1::Actor {
+    fn from(a: &t::Actor) -> Self {
+        let kind = match a {
+            t::Actor::User(u) => v1::actor::Kind::UserId(u.to_string()),
+            t::Actor::System => v1::actor::Kind::System(v1::Empty {}),
+        };
+        Self { kind: Some(kind) }
+    }
+}
+
+/// Decodes a request's actor; `field` names it in the error.
+pub fn actor(a: Option<v1::Actor>, field: &str) -> t::Result<t::Actor> {
+    match a.and_then(|a| a.kind) {
+        Some(v1::actor::Kind::UserId(u)) => Ok(t::Actor::User(t::UserId::parse(&u, field)?)),
+        Some(v1::actor::Kind::System(_)) => Ok(t::Actor::System),
+        None => Err(t::Error::bad_request(field, "a user id or system is required")),
+    }
+}
+
 // ---- chat types ----
 
 impl From<t::ChatType> for v1::ChatType {
@@ -176,6 +229,38 @@ impl TryFrom<v1::Message> for t::Message {
     }
 }
 
+impl From<&t::NewMessage> for v1::SendMessage {
+    fn from(m: &t::NewMessage) -> Self {
+        let body = match &m.body {
+            t::MessageBody::Text(text) => v1::send_message::Body::Text(v1::TextBody { text: text.clone() }),
+            t::MessageBody::Custom { event, params } => v1::send_message::Body::Custom(v1::CustomBody {
+                event: event.clone(),
+                params: params.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            }),
+        };
+        Self {
+            client_msg_id: m.client_msg_id.clone(),
+            to: m.to.clone(),
+            chat_type: v1::ChatType::from(m.chat_type) as i32,
+            body: Some(body),
+            ext: m.ext.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        }
+    }
+}
+
+/// Decodes and validates a message to send against `limits` (errors name
+/// the field and the limit, as [`t::NewMessage::validate`] does).
+pub fn new_message(m: v1::SendMessage, limits: &t::Limits) -> t::Result<t::NewMessage> {
+    t::NewMessage::validate(
+        m.client_msg_id,
+        chat_type(m.chat_type),
+        &m.to,
+        send_body(m.body),
+        m.ext.into_iter().collect::<BTreeMap<_, _>>(),
+        limits,
+    )
+}
+
 // ---- groups ----
 
 impl From<t::GroupRole> for v1::GroupRole {
@@ -230,6 +315,18 @@ impl TryFrom<v1::Group> for t::Group {
 impl From<&t::GroupMember> for v1::GroupMember {
     fn from(m: &t::GroupMember) -> Self {
         Self { user_id: m.user_id.to_string(), role: v1::GroupRole::from(m.role) as i32, joined_at: m.joined_at }
+    }
+}
+
+impl TryFrom<v1::GroupMember> for t::GroupMember {
+    type Error = DecodeError;
+
+    fn try_from(m: v1::GroupMember) -> Result<Self, DecodeError> {
+        Ok(Self {
+            user_id: t::UserId::parse(&m.user_id, "member.user_id")?,
+            role: group_role(m.role)?,
+            joined_at: m.joined_at,
+        })
     }
 }
 
@@ -342,6 +439,58 @@ impl From<&t::Presence> for v1::PresenceStatus {
     }
 }
 
+impl TryFrom<v1::PresenceStatus> for t::Presence {
+    type Error = DecodeError;
+
+    /// `online` is derived from the devices, so the wire field is not read.
+    fn try_from(p: v1::PresenceStatus) -> Result<Self, DecodeError> {
+        Ok(Self {
+            user: t::UserId::parse(&p.user_id, "presence.user_id")?,
+            devices: p
+                .devices
+                .into_iter()
+                .map(|d| t::DeviceStatus { device: d.device, platform: d.platform, online: d.online })
+                .collect(),
+            description: p.description,
+            time: p.time,
+        })
+    }
+}
+
+impl From<&t::Subscription> for v1::PresenceSubscription {
+    fn from(s: &t::Subscription) -> Self {
+        Self { user_id: s.target.to_string(), expiry: s.expires_at }
+    }
+}
+
+impl TryFrom<v1::PresenceSubscription> for t::Subscription {
+    type Error = DecodeError;
+
+    fn try_from(s: v1::PresenceSubscription) -> Result<Self, DecodeError> {
+        Ok(Self { target: t::UserId::parse(&s.user_id, "subscription.user_id")?, expires_at: s.expiry })
+    }
+}
+
+impl From<t::SessionStatus> for v1::SessionStatus {
+    fn from(s: t::SessionStatus) -> Self {
+        match s {
+            t::SessionStatus::Online => Self::Online,
+            t::SessionStatus::Offline => Self::Offline,
+            t::SessionStatus::LoggedOut => Self::LoggedOut,
+        }
+    }
+}
+
+/// `None` for UNSPECIFIED or an unknown number.
+pub fn session_status(raw: i32) -> Option<t::SessionStatus> {
+    match v1::SessionStatus::try_from(raw).ok()? {
+        v1::SessionStatus::Online => Some(t::SessionStatus::Online),
+        v1::SessionStatus::Offline => Some(t::SessionStatus::Offline),
+        v1::SessionStatus::LoggedOut => Some(t::SessionStatus::LoggedOut),
+        v1::SessionStatus::Unspecified => None,
+    }
+}
+
 impl From<&t::WebhookEvent> for v1::WebhookEvent {
     fn from(e: &t::WebhookEvent) -> Self {
         Self {
@@ -373,5 +522,96 @@ impl TryFrom<v1::WebhookEvent> for t::WebhookEvent {
             client_ip: e.client_ip,
             session_id: e.session_id,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn every_error_code_survives_a_status_round_trip() {
+        for code in t::ErrorCode::ALL {
+            let plain = t::Error::new(code, format!("{} happened — naïvely", code.as_str().to_lowercase()));
+            assert_eq!(error_from_status(&status_from_error(&plain)), plain, "{code}");
+            let with_field = t::Error::field(code, "send.to", "must not be empty");
+            let status = status_from_error(&with_field);
+            assert_eq!(status.metadata().get("natter-error-code").unwrap(), code.as_str());
+            assert_eq!(error_from_status(&status), with_field, "{code}");
+        }
+    }
+
+    #[test]
+    fn every_status_from_an_error_decodes_to_that_error_after_header_encoding() {
+        // What actually travels: the status as HTTP/2 trailers and back.
+        for code in t::ErrorCode::ALL {
+            let e = t::Error::field(code, "subscribe.expiry", "is 0 seconds, the range is 1-2592000 — ünïcode");
+            let response = status_from_error(&e).into_http::<tonic::body::Body>();
+            let back = tonic::Status::from_header_map(response.headers()).unwrap();
+            assert_eq!(error_from_status(&back), e, "{code}");
+        }
+    }
+
+    #[test]
+    fn statuses_without_natter_metadata_become_unavailable_or_internal() {
+        use tonic::Code;
+        for code in [Code::Unavailable, Code::DeadlineExceeded, Code::Cancelled, Code::Aborted, Code::ResourceExhausted]
+        {
+            let e = error_from_status(&tonic::Status::new(code, "connection refused"));
+            assert_eq!(e.code, t::ErrorCode::Unavailable, "{code:?}");
+            assert!(e.message.contains("connection refused"), "{}", e.message);
+            assert_eq!(e.field, None);
+        }
+        for code in [Code::Unknown, Code::Internal, Code::InvalidArgument, Code::Unimplemented, Code::NotFound] {
+            assert_eq!(error_from_status(&tonic::Status::new(code, "x")).code, t::ErrorCode::Internal, "{code:?}");
+        }
+        // An unknown code name (a newer peer) is not trusted either.
+        let mut s = tonic::Status::new(Code::InvalidArgument, "x");
+        s.metadata_mut().insert("natter-error-code", "NEW_CODE".parse().unwrap());
+        assert_eq!(error_from_status(&s).code, t::ErrorCode::Internal);
+    }
+
+    #[test]
+    fn actor_and_session_status_round_trip_and_reject_garbage() {
+        for a in [t::Actor::System, t::Actor::User(t::UserId::parse("alice", "u").unwrap())] {
+            assert_eq!(actor(Some(v1::Actor::from(&a)), "actor").unwrap(), a);
+        }
+        assert_eq!(actor(None, "actor").unwrap_err().field.as_deref(), Some("actor"));
+        let bad = v1::Actor { kind: Some(v1::actor::Kind::UserId("no spaces".into())) };
+        assert_eq!(actor(Some(bad), "actor").unwrap_err().code, t::ErrorCode::BadRequest);
+        for s in [t::SessionStatus::Online, t::SessionStatus::Offline, t::SessionStatus::LoggedOut] {
+            assert_eq!(session_status(v1::SessionStatus::from(s) as i32), Some(s));
+        }
+        assert_eq!(session_status(0), None);
+        assert_eq!(session_status(99), None);
+    }
+
+    #[test]
+    fn new_message_and_presence_round_trip() {
+        let limits = t::Limits::default();
+        let m = t::NewMessage::validate(
+            "c1".into(),
+            Some(t::ChatType::Single),
+            "bob",
+            Some(t::MessageBody::Custom { event: "gift".into(), params: BTreeMap::from([("k".into(), "v".into())]) }),
+            BTreeMap::from([("e".into(), "x".into())]),
+            &limits,
+        )
+        .unwrap();
+        assert_eq!(new_message(v1::SendMessage::from(&m), &limits).unwrap(), m);
+        let err = new_message(v1::SendMessage { chat_type: 42, ..v1::SendMessage::from(&m) }, &limits).unwrap_err();
+        assert_eq!(err.field.as_deref(), Some("chat_type"));
+
+        let p = t::Presence {
+            user: t::UserId::parse("bob", "u").unwrap(),
+            devices: vec![t::DeviceStatus { device: "d".into(), platform: "iOS".into(), online: true }],
+            description: "busy".into(),
+            time: 7,
+        };
+        assert_eq!(t::Presence::try_from(v1::PresenceStatus::from(&p)).unwrap(), p);
+        assert!(t::Presence::try_from(v1::PresenceStatus::default()).is_err());
+        assert!(t::GroupMember::try_from(v1::GroupMember { user_id: "a".into(), role: 9, joined_at: 0 }).is_err());
     }
 }

@@ -51,4 +51,7 @@ mod tests {
 }
 
 mod convert;
-pub use convert::{DecodeError, chat_type, event_frame, group_role, send_body, status_from_error};
+pub use convert::{
+    DecodeError, actor, chat_type, error_from_status, event_frame, group_role, new_message, send_body, session_status,
+    status_from_error,
+};

@@ -1,0 +1,145 @@
+//! The gateway in the distributed shape: its `MessageApi` and `PresenceApi`
+//! are gRPC clients of a message role and a presence role (served on
+//! 127.0.0.1 port 0), and real SDK clients exchange a 1:1 message through it.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use natter_bus::local::LocalBus;
+use natter_client::{ClientError, ClientOptions, v1};
+use natter_e2e::{WAIT, connect_caught_up, text_of};
+use natter_gateway::{Gateway, GatewayDeps, GatewayOptions, Tokens};
+use natter_message::remote::{MessageRoleServer, RemoteMessages};
+use natter_message::{MessageOptions, MessageService};
+use natter_presence::local::LocalSessionRegistry;
+use natter_presence::remote::{PresenceRoleServer, RemotePresence};
+use natter_presence::{PresenceOptions, PresenceService};
+use natter_store::embedded::{EmbeddedOptions, EmbeddedStore};
+use natter_types::{Limits, UserId};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Serves one role's gRPC routes on a fresh port; returns its `http://` URI.
+async fn serve_grpc(routes: tonic::service::Routes, cancel: CancellationToken) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                cancel.cancelled_owned(),
+            )
+            .await
+            .unwrap();
+    });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn gateway_over_remote_roles_delivers_one_to_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let stores = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap().stores();
+    let bus = Arc::new(LocalBus::new());
+    let cancel = CancellationToken::new();
+    let limits = Limits::default();
+
+    // The message role and the presence role, each behind its gRPC server.
+    let messages = Arc::new(MessageService::new(
+        MessageOptions { node_id: 1, limits: limits.clone() },
+        stores.clone(),
+        bus.clone(),
+    ));
+    let presence = PresenceService::new(
+        PresenceOptions::default(),
+        limits.clone(),
+        Arc::new(LocalSessionRegistry::new()),
+        stores.presence.clone(),
+        stores.outbox.clone(),
+        bus.clone(),
+        cancel.child_token(),
+    )
+    .unwrap();
+    presence.start().await.unwrap();
+    let message_uri = serve_grpc(
+        tonic::service::Routes::new(MessageRoleServer::new(messages, limits.clone()).into_service()),
+        cancel.clone(),
+    )
+    .await;
+    let presence_uri = serve_grpc(
+        tonic::service::Routes::new(PresenceRoleServer::new(presence.clone()).into_service()),
+        cancel.clone(),
+    )
+    .await;
+
+    // The gateway knows the roles only through the remote clients.
+    let tokens = Tokens::new(b"remote-test-secret", 3600);
+    let deps = GatewayDeps {
+        messages: Arc::new(RemoteMessages::connect_lazy(&message_uri, CALL_TIMEOUT).unwrap()),
+        log: stores.log.clone(),
+        bus,
+        presence: Arc::new(RemotePresence::connect_lazy(&presence_uri, CALL_TIMEOUT).unwrap()),
+        tokens: tokens.clone(),
+    };
+    let options = GatewayOptions {
+        gateway_id: "gw-remote".into(),
+        limits,
+        lease_renew_interval: presence.lease() / 3,
+        ..GatewayOptions::default()
+    };
+    let gateway = Gateway::new(options, deps, cancel.child_token());
+    let router = gateway.router();
+    let ws_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ws_addr = ws_listener.local_addr().unwrap();
+    let http_cancel = cancel.clone();
+    tokio::spawn(async move {
+        axum::serve(ws_listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(http_cancel.cancelled_owned())
+            .await
+            .unwrap();
+    });
+    let gateway_task = tokio::spawn(gateway.run());
+
+    let options = |name: &str| {
+        let token = tokens.mint(&UserId::parse(name, "user").unwrap(), 3600).unwrap().0;
+        ClientOptions {
+            backoff_min: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(200),
+            ..ClientOptions::new(format!("ws://{ws_addr}"), token)
+        }
+    };
+    let (alice, _alice_events) = connect_caught_up(options("alice")).await;
+    let (bob, mut bob_events) = connect_caught_up(options("bob")).await;
+
+    // Presence went through the presence role: alice sees bob online.
+    let seen = alice.get_presence_status(["bob"]).await.unwrap();
+    assert!(seen[0].online, "{seen:?}");
+
+    let ack = alice.send_text("bob", v1::ChatType::Single, "hello over grpc").await.expect("send");
+    assert!(ack.server_msg_id > 0 && ack.timestamp > 0 && !ack.duplicate);
+    let got = bob_events.next_message(WAIT).await.expect("bob receives");
+    assert_eq!(
+        (got.id, got.from.as_str(), got.to.as_str(), text_of(&got)),
+        (ack.server_msg_id, "alice", "bob", "hello over grpc")
+    );
+    assert_eq!(got.timestamp, ack.timestamp);
+
+    let reply = bob.send_text("alice", v1::ChatType::Single, "hi alice").await.expect("reply");
+    assert!(reply.server_msg_id > ack.server_msg_id);
+
+    // An error from the message role reaches the SDK with its code: alice
+    // is not a member of bob's group (created through the role too).
+    let group = bob.create_group(v1::CreateGroup { name: "bobs".into(), ..Default::default() }).await.unwrap();
+    match alice.send_text(&group.id, v1::ChatType::Group, "let me in").await {
+        Err(ClientError::Server { code, .. }) => assert_eq!(code, v1::ErrorCode::Forbidden),
+        other => panic!("expected FORBIDDEN, got {other:?}"),
+    }
+
+    drop((alice, bob));
+    cancel.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), gateway_task).await;
+}
