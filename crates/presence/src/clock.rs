@@ -22,6 +22,12 @@ impl Clock {
         self.base_ms + self.base.elapsed().as_millis() as i64
     }
 
+    /// A clock that reads `by_ms` later than this one (benchmarks use it to
+    /// be "after" an expiry without waiting for it).
+    pub fn shifted(&self, by_ms: i64) -> Self {
+        Self { base_ms: self.base_ms + by_ms, base: self.base }
+    }
+
     /// The instant at which the clock reads `ms` (now, if that is past).
     pub fn instant_at(&self, ms: i64) -> Instant {
         let offset = (ms - self.base_ms).max(0) as u64;

@@ -1,0 +1,21 @@
+//! `natter-bench`: drives real WebSocket clients against a running Natter
+//! (or one it starts) and measures what users of an IM backend care about:
+//! idle connections per gateway and their memory, 1:1 persisted latency and
+//! throughput, and group fan-out, next to a bare broadcast server measured
+//! in the same run. See docs/PERFORMANCE.md.
+//!
+//! Modules: `client` (load clients and connecting), `wire` (frames),
+//! `scenarios` (idle, direct, fanout), `bare` (the baseline server),
+//! `stats` / `procfs` (measurement), `progress` (the live line), `suite`
+//! (what runs, checks against the targets) and `report` (JSON, Markdown).
+
+pub mod bare;
+pub mod client;
+pub mod procfs;
+pub mod progress;
+pub mod report;
+pub mod scenarios;
+pub mod stats;
+pub mod suite;
+pub mod target;
+pub mod wire;

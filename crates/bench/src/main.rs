@@ -1,0 +1,268 @@
+//! `natter-bench`: the command line around the suite.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use natter_bench::bare::{self, BareOptions};
+use natter_bench::client::{ClientOptions, raise_fd_limit};
+use natter_bench::report;
+use natter_bench::scenarios::direct::DirectConfig;
+use natter_bench::scenarios::fanout::FanoutConfig;
+use natter_bench::scenarios::idle::IdleConfig;
+use natter_bench::suite::{self, BareSource, NatterSource, SuiteConfig};
+use natter_bench::target::{ServerKind, Target};
+use tokio_util::sync::CancellationToken;
+
+/// Load generator and benchmark suite for Natter.
+#[derive(Debug, Parser)]
+#[command(name = "natter-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The standard suite (or `--smoke`): every scenario and baseline, a
+    /// report in <out>/<date>.md and .json.
+    Suite {
+        /// The tiny smoke run instead of the standard suite.
+        #[arg(long)]
+        smoke: bool,
+        /// Override the idle scenario's connection count (e.g. 500000).
+        #[arg(long)]
+        idle_conns: Option<usize>,
+        /// Scenarios to run (idle, direct, fanout, presence, sweeper); all by default.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Idle connections only.
+    Idle {
+        #[arg(long, default_value_t = 100_000)]
+        conns: usize,
+        #[arg(long, default_value_t = 10.0)]
+        hold_secs: f64,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// 1:1 persisted messages only.
+    Direct {
+        #[arg(long, default_value_t = 2000)]
+        users: usize,
+        /// Offered loads in msg/s, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "2500,5000,10000,20000")]
+        loads: Vec<f64>,
+        #[arg(long, default_value_t = 8.0)]
+        step_secs: f64,
+        /// Closed-loop saturation step; 0 skips it.
+        #[arg(long, default_value_t = 10.0)]
+        saturation_secs: f64,
+        #[arg(long, default_value_t = 8)]
+        window: usize,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Group fan-out only.
+    Fanout {
+        #[arg(long, default_value_t = 1000)]
+        group_size: usize,
+        #[arg(long, default_value_t = 1)]
+        groups: usize,
+        #[arg(long, default_value_t = 32)]
+        senders: usize,
+        #[arg(long, default_value_t = 1500)]
+        messages: usize,
+        #[arg(long, default_value_t = 32)]
+        window: usize,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Runs the bare baseline server (the suite starts it by itself).
+    BareServer {
+        #[arg(long, default_value = "127.0.0.1:7200")]
+        listen: SocketAddr,
+        /// Write every queued frame of a socket in one flush.
+        #[arg(long)]
+        batch_writes: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct Common {
+    /// Where reports go.
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    /// The natter binary to start (default: next to this one).
+    #[arg(long)]
+    natter_bin: Option<PathBuf>,
+    /// Use a running Natter at this address (host:port or ws://host:port)
+    /// instead of starting one; needs --secret.
+    #[arg(long, requires = "secret")]
+    url: Option<String>,
+    /// The running server's token secret (auth.token_secret).
+    #[arg(long, env = "NATTER_BENCH_SECRET")]
+    secret: Option<String>,
+    /// The running server's pid, to report its RSS and CPU.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Skip the bare baselines.
+    #[arg(long)]
+    no_baselines: bool,
+    /// Extra environment for the spawned natter (KEY=VALUE, repeatable),
+    /// e.g. NATTER_GATEWAY__READ_BUFFER_BYTES=1024.
+    #[arg(long = "server-env")]
+    server_env: Vec<String>,
+    /// Connections per loopback source address.
+    #[arg(long, default_value_t = 1000)]
+    per_source_ip: usize,
+    /// Handshakes in flight.
+    #[arg(long, default_value_t = 256)]
+    connect_concurrency: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    // Two workers, like the server on this box: the generator must not
+    // take more than its share.
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let command_line = std::env::args().collect::<Vec<_>>().join(" ");
+    let (mut config, common) = match cli.command {
+        Command::BareServer { listen, batch_writes } => return serve_bare(listen, batch_writes).await,
+        Command::Suite { smoke, idle_conns, only, common } => {
+            let mut config = if smoke { SuiteConfig::smoke() } else { SuiteConfig::standard() };
+            if let (Some(n), Some(idle)) = (idle_conns, config.idle.as_mut()) {
+                idle.connections = n;
+            }
+            if !only.is_empty() {
+                let wants = |s: &str| only.iter().any(|o| o == s);
+                if !wants("idle") {
+                    config.idle = None;
+                }
+                if !wants("direct") {
+                    config.direct = None;
+                }
+                if !wants("fanout") {
+                    config.fanout.clear();
+                }
+                if !wants("presence") {
+                    config.presence = None;
+                }
+                if !wants("sweeper") {
+                    config.sweeper_subscriptions = None;
+                }
+            }
+            (config, common)
+        }
+        Command::Idle { conns, hold_secs, common } => {
+            let mut config = empty("idle");
+            config.idle = Some(IdleConfig { connections: conns, hold_secs });
+            (config, common)
+        }
+        Command::Direct { users, loads, step_secs, saturation_secs, window, common } => {
+            let mut config = empty("direct");
+            let standard = SuiteConfig::standard().direct.context("standard direct config")?;
+            config.direct = Some(DirectConfig { users, loads, step_secs, saturation_secs, window, ..standard });
+            (config, common)
+        }
+        Command::Fanout { group_size, groups, senders, messages, window, common } => {
+            let mut config = empty("fanout");
+            let standard = SuiteConfig::standard();
+            let base = standard.fanout.last().context("standard fanout config")?.clone();
+            config.fanout = vec![FanoutConfig {
+                group_size,
+                groups,
+                senders_per_group: senders,
+                messages_per_group: messages,
+                window_per_group: window,
+                ..base
+            }];
+            (config, common)
+        }
+    };
+    config.baselines &= !common.no_baselines;
+    config.client =
+        ClientOptions { per_source_ip: common.per_source_ip, concurrency: common.connect_concurrency, ..config.client };
+    let fds = raise_fd_limit(1 << 20);
+    tracing::info!(fd_limit = fds, "raised the open-file limit (inherited by spawned servers)");
+
+    let natter = match &common.url {
+        Some(url) => {
+            let addr = url.trim_start_matches("ws://").trim_end_matches('/');
+            let addr: SocketAddr =
+                tokio::net::lookup_host(addr).await?.next().with_context(|| format!("--url {url} does not resolve"))?;
+            NatterSource::Given(Target {
+                kind: ServerKind::Natter,
+                addr,
+                secret: common.secret.clone().unwrap_or_default(),
+                pid: common.server_pid,
+                label: "natter".into(),
+            })
+        }
+        None => {
+            let binary = match &common.natter_bin {
+                Some(b) => b.clone(),
+                None => std::env::current_exe()?.parent().context("this binary has no directory")?.join("natter"),
+            };
+            anyhow::ensure!(
+                binary.exists(),
+                "{} not found: build it (cargo build --release -p natter-server) or pass --natter-bin",
+                binary.display()
+            );
+            let env = common
+                .server_env
+                .iter()
+                .map(|kv| {
+                    kv.split_once('=')
+                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                        .with_context(|| format!("--server-env {kv} is not KEY=VALUE"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            NatterSource::Spawn { binary, env }
+        }
+    };
+    let report = suite::run_suite(&config, &natter, &BareSource::Spawn, command_line).await?;
+    let (json, md) = report::write(&report, &common.out)?;
+    println!("{}", report::markdown(&report));
+    tracing::info!(json = %json.display(), markdown = %md.display(), "report written");
+    Ok(())
+}
+
+fn empty(name: &str) -> SuiteConfig {
+    SuiteConfig {
+        name: name.into(),
+        idle: None,
+        direct: None,
+        fanout: Vec::new(),
+        presence: None,
+        sweeper_subscriptions: None,
+        ..SuiteConfig::standard()
+    }
+}
+
+async fn serve_bare(listen: SocketAddr, batch_writes: bool) -> anyhow::Result<()> {
+    raise_fd_limit(1 << 20);
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    tracing::info!(addr = %listener.local_addr()?, batch_writes, "bare baseline serving");
+    let cancel = CancellationToken::new();
+    let stop = cancel.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        stop.cancel();
+    });
+    bare::serve(listener, BareOptions { batch_writes }, cancel).await
+}

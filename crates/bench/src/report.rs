@@ -1,0 +1,253 @@
+//! Results as JSON (everything) and a Markdown summary (the tables that go
+//! into docs/PERFORMANCE.md), written side by side as `<dir>/<date>.{json,md}`.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use crate::stats::LatencySummary;
+use crate::suite::SuiteReport;
+
+fn opt(v: Option<f64>, unit: &str) -> String {
+    v.map_or("–".into(), |v| format!("{v:.0}{unit}"))
+}
+
+fn kib(bytes: f64) -> String {
+    format!("{:.1} KiB", bytes / 1024.0)
+}
+
+fn ms(v: f64) -> String {
+    if v < 10.0 { format!("{v:.2}") } else { format!("{v:.1}") }
+}
+
+fn lat(l: &LatencySummary) -> String {
+    format!("{} / {} / {} / {}", ms(l.p50_ms), ms(l.p99_ms), ms(l.p999_ms), ms(l.max_ms))
+}
+
+fn thousands(v: f64) -> String {
+    let n = v.round() as u64;
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub fn markdown(r: &SuiteReport) -> String {
+    let mut md = String::new();
+    let m = &r.machine;
+    let _ = writeln!(md, "# Natter benchmark: {} suite, {}\n", r.suite, r.date);
+    let _ = writeln!(
+        md,
+        "Machine: {} ({} cores), {:.1} GiB, Linux {}; the load generator runs on the same machine.  ",
+        m.cpu, m.cores, m.memory_gib, m.kernel
+    );
+    let _ = writeln!(
+        md,
+        "Natter {} (commit {}), single-node mode; {:.0} s in all.  ",
+        r.natter,
+        r.git_rev.as_deref().unwrap_or("unknown"),
+        r.duration_secs
+    );
+    let _ = writeln!(md, "Command: `{}`\n", r.command);
+
+    if !r.checks.is_empty() {
+        let _ = writeln!(md, "## Targets (2-core box, single node)\n");
+        let _ = writeln!(md, "| Target | Goal | Measured | Met |\n|---|---|---|---|");
+        for c in &r.checks {
+            let _ =
+                writeln!(md, "| {} | {} | {} | {} |", c.name, c.goal, c.measured, if c.met { "yes" } else { "**no**" });
+        }
+        md.push('\n');
+    }
+
+    if !r.idle.is_empty() {
+        let _ = writeln!(md, "## Idle connections\n");
+        let _ = writeln!(
+            md,
+            "| Server | Ready / requested | Connects/s | Server RSS before → after | Server RSS / conn | Bench RSS / conn | Kernel / conn (both ends) | Alive after hold | Server CPU while connecting | Bench CPU | Other CPU |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
+        for i in &r.idle {
+            let _ = writeln!(
+                md,
+                "| {} | {} / {} | {} | {} → {} MiB | {} | {} | {} | {} | {} | {:.0}% | {:.0}% |",
+                i.target,
+                thousands(i.ready as f64),
+                thousands(i.requested as f64),
+                thousands(i.connects_per_sec),
+                opt(i.server_rss_before_mib, ""),
+                opt(i.server_rss_after_mib, ""),
+                i.server_rss_per_conn_bytes.map_or("–".into(), kib),
+                kib(i.bench_rss_per_conn_bytes),
+                kib(i.kernel_per_conn_bytes),
+                thousands(i.alive_after_hold as f64),
+                opt(i.connect_usage.server_cpu_percent, "%"),
+                i.connect_usage.bench_cpu_percent,
+                i.connect_usage.other_cpu_percent,
+            );
+        }
+        md.push('\n');
+    }
+
+    if !r.direct.is_empty() {
+        let _ = writeln!(md, "## 1:1 persisted messages\n");
+        for d in &r.direct {
+            let _ = writeln!(
+                md,
+                "{}: {} users in pairs, {}-byte texts; latency is intended send → delivered to the peer, in ms.\n",
+                d.target, d.users, d.payload_bytes
+            );
+        }
+        let _ = writeln!(
+            md,
+            "| Server | Load | Offered msg/s | Achieved msg/s | p50 / p99 / p99.9 / max | Ack p50 / p99 | Errors | Undelivered | Server CPU | Bench CPU | Other CPU |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
+        for d in &r.direct {
+            for s in d.steps.iter().chain(d.saturation.iter()) {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {:.0}% | {:.0}% |",
+                    d.target,
+                    if s.mode == "closed" { "saturation (closed loop)" } else { "fixed (open loop)" },
+                    s.offered_per_sec.map_or("–".into(), thousands),
+                    thousands(s.throughput_per_sec),
+                    lat(&s.latency),
+                    ms(s.ack_latency.p50_ms),
+                    ms(s.ack_latency.p99_ms),
+                    s.errors,
+                    s.undelivered,
+                    opt(s.usage.server_cpu_percent, "%"),
+                    s.usage.bench_cpu_percent,
+                    s.usage.other_cpu_percent,
+                );
+            }
+        }
+        md.push('\n');
+    }
+
+    if !r.fanout.is_empty() {
+        let _ = writeln!(md, "## Group fan-out (every member online)\n");
+        let _ = writeln!(
+            md,
+            "| Server | Group size × groups | Senders | Messages | Deliveries | Deliveries/s | vs natter | Time to last recipient p50 / p99 / p99.9 / max (ms) | Ack p99 (ms) | Server CPU | Bench CPU | Other CPU |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for f in &r.fanout {
+            let natter =
+                r.fanout.iter().find(|n| n.target == "natter" && n.group_size == f.group_size && n.groups == f.groups);
+            let vs = natter.map_or("–".into(), |n| {
+                if f.target == "natter" {
+                    "1.00".into()
+                } else {
+                    format!("natter = {:.2} ×", n.deliveries_per_sec / f.deliveries_per_sec.max(1.0))
+                }
+            });
+            let _ = writeln!(
+                md,
+                "| {} | {} × {} | {} | {} | {}{} | {} | {} | {} | {} | {} | {:.0}% | {:.0}% |",
+                f.target,
+                f.group_size,
+                f.groups,
+                f.senders,
+                thousands(f.messages as f64),
+                thousands(f.deliveries as f64),
+                if f.complete {
+                    String::new()
+                } else {
+                    format!(" of {} (timed out)", thousands(f.expected_deliveries as f64))
+                },
+                thousands(f.deliveries_per_sec),
+                vs,
+                lat(&f.time_to_last),
+                ms(f.ack_latency.p99_ms),
+                opt(f.usage.server_cpu_percent, "%"),
+                f.usage.bench_cpu_percent,
+                f.usage.other_cpu_percent,
+            );
+        }
+        md.push('\n');
+    }
+
+    if !r.presence.is_empty() {
+        let _ = writeln!(md, "## Presence change fan-out\n");
+        let _ = writeln!(
+            md,
+            "One user publishes a new status each round; every subscriber is online. Time is publish sent → the \
+             last subscriber's `onPresenceStatusChange`.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| Subscribers | Rounds (complete) | To last p50 / p99 / max (ms) | Deliveries/s |\n|---|---|---|---|"
+        );
+        for p in &r.presence {
+            let _ = writeln!(
+                md,
+                "| {} | {} ({}) | {:.1} / {:.1} / {:.1} | {:.0} |",
+                p.subscribers,
+                p.rounds,
+                p.complete_rounds,
+                p.to_last.p50_ms,
+                p.to_last.p99_ms,
+                p.to_last.max_ms,
+                p.deliveries_per_sec
+            );
+        }
+        let _ = writeln!(md);
+    }
+    if let Some(s) = &r.sweeper {
+        let _ = writeln!(md, "## Presence expiry sweeper\n");
+        let _ = writeln!(
+            md,
+            "{} stored subscriptions that all expire at once, swept by the real sweeper over the embedded store \
+             (in the bench process).\n",
+            s.subscriptions
+        );
+        let _ = writeln!(
+            md,
+            "| Subscriptions | Write (s) | Load schedule (s) | Sweep (s) | Removed | CPU per removed (µs) | Schedule RSS per entry (B) |\n|---|---|---|---|---|---|---|"
+        );
+        let _ = writeln!(
+            md,
+            "| {} | {:.1} | {:.2} | {:.2} | {} | {:.1} | {:.0} |\n",
+            s.subscriptions,
+            s.write_secs,
+            s.load_secs,
+            s.sweep_secs,
+            s.removed,
+            s.cpu_us_per_removed,
+            s.schedule_rss_bytes_per_entry
+        );
+    }
+
+    if !r.notes.is_empty() {
+        let _ = writeln!(md, "## Notes\n");
+        for n in &r.notes {
+            let _ = writeln!(md, "- {n}");
+        }
+    }
+    md
+}
+
+/// Writes `<dir>/<date>[-suite].json` and `.md`; a second run on the same
+/// day gets a numbered name instead of overwriting the first.
+pub fn write(report: &SuiteReport, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(dir)?;
+    let stem =
+        if report.suite == "standard" { report.date.clone() } else { format!("{}-{}", report.date, report.suite) };
+    let mut n = 1;
+    let mut name = stem.clone();
+    while dir.join(format!("{name}.md")).exists() || dir.join(format!("{name}.json")).exists() {
+        n += 1;
+        name = format!("{stem}-{n}");
+    }
+    let json = dir.join(format!("{name}.json"));
+    let md = dir.join(format!("{name}.md"));
+    std::fs::write(&json, serde_json::to_string_pretty(report)?)?;
+    std::fs::write(&md, markdown(report))?;
+    Ok((json, md))
+}

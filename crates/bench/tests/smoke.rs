@@ -1,0 +1,85 @@
+//! The smoke run: the whole suite, tiny, against a real Natter started in
+//! this process (port 0, temp dir) and bare baselines on port 0. Runs under
+//! `cargo test --workspace` (so `make test`), so the tool never rots: every
+//! scenario must connect, send, and account for every message.
+
+use natter_bench::bare::{self, BareOptions};
+use natter_bench::report;
+use natter_bench::suite::{BareSource, NatterSource, SuiteConfig, run_suite};
+use natter_bench::target::{ServerKind, Target};
+use tokio_util::sync::CancellationToken;
+
+const SECRET: &str = "natter-bench-smoke-secret";
+
+async fn bare_server(cancel: &CancellationToken, batch_writes: bool, label: &str) -> Target {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(bare::serve(listener, BareOptions { batch_writes }, cancel.clone()));
+    Target { kind: ServerKind::Bare, addr, secret: String::new(), pid: None, label: label.into() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smoke_suite_measures_every_scenario_against_a_real_server() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = natter_server::Config::default();
+    config.server.listen = "127.0.0.1:0".into();
+    config.server.grpc_listen = "127.0.0.1:0".into();
+    config.server.data_dir = dir.path().to_path_buf();
+    config.server.shutdown_grace_secs = 2;
+    config.auth.token_secret = SECRET.into();
+    config.validate().expect("valid config");
+    let node = natter_server::Node::start(&config).await.expect("server starts");
+    let natter = Target {
+        kind: ServerKind::Natter,
+        addr: node.ws_addr,
+        secret: SECRET.into(),
+        pid: None,
+        label: "natter".into(),
+    };
+    let cancel = CancellationToken::new();
+    let bare = BareSource::Given {
+        plain: bare_server(&cancel, false, "bare").await,
+        batched: bare_server(&cancel, true, "bare-batched").await,
+    };
+
+    let report = run_suite(&SuiteConfig::smoke(), &NatterSource::Given(natter), &bare, "smoke test".into())
+        .await
+        .expect("the smoke suite runs");
+
+    let idle = &report.idle[0];
+    assert_eq!((idle.ready, idle.alive_after_hold), (20, 20), "{idle:?}");
+
+    let direct = report.direct.iter().find(|d| d.target == "natter").expect("1:1 on natter");
+    for step in direct.steps.iter().chain(direct.saturation.iter()) {
+        assert!(step.sent > 0, "{step:?}");
+        assert_eq!(step.errors, 0, "{step:?}");
+        assert_eq!(step.acked, step.sent, "every send answered: {step:?}");
+        assert_eq!(step.delivered, step.acked, "every message reaches its peer: {step:?}");
+        assert!(step.latency.count > 0 && step.latency.p50_ms > 0.0, "{step:?}");
+    }
+    assert!(report.direct.iter().any(|d| d.target == "bare"), "1:1 bare baseline ran");
+
+    let presence = &report.presence[0];
+    assert_eq!(presence.subscribers, 5);
+    assert_eq!(presence.complete_rounds, 2, "every subscriber saw every change: {presence:?}");
+    let sweeper = report.sweeper.as_ref().expect("sweeper ran");
+    assert_eq!((sweeper.subscriptions, sweeper.removed), (2_000, 2_000), "{sweeper:?}");
+
+    assert_eq!(report.fanout.len(), 3, "natter, bare, bare-batched");
+    for f in &report.fanout {
+        assert!(f.complete, "{f:?}");
+        assert_eq!(f.deliveries, f.expected_deliveries, "{f:?}");
+        assert_eq!(f.time_to_last.count, f.messages, "{f:?}");
+        assert!(f.deliveries_per_sec > 0.0, "{f:?}");
+    }
+
+    let md = report::markdown(&report);
+    for section in ["## Idle connections", "## 1:1 persisted messages", "## Group fan-out"] {
+        assert!(md.contains(section), "{section} missing from\n{md}");
+    }
+    let json = serde_json::to_value(&report).expect("report serializes");
+    assert!(json["fanout"].as_array().is_some_and(|a| a.len() == 3));
+
+    cancel.cancel();
+    node.shutdown().await.expect("clean shutdown");
+}
