@@ -13,6 +13,7 @@ use std::collections::BinaryHeap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use futures::StreamExt;
 use natter_store::PresenceStore;
 use natter_types::{Result, UserId};
 use parking_lot::Mutex;
@@ -21,7 +22,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
 
-type Entry = Reverse<(i64, UserId, UserId)>;
+/// `(due, expires_at, subscriber, target)`: due is the expiry, or later for
+/// a removal that failed and is retried; removal compares `expires_at`.
+type Entry = Reverse<(i64, i64, UserId, UserId)>;
+
+/// Removals in flight at once: the store's group commit turns them into one
+/// durable write per batch instead of one per subscription.
+const SWEEP_CONCURRENCY: usize = 256;
 
 #[derive(Clone)]
 pub struct Sweeper {
@@ -60,7 +67,10 @@ impl Sweeper {
         let count = all.len();
         {
             let mut heap = self.inner.heap.lock();
-            heap.extend(all.into_iter().map(|(subscriber, sub)| Reverse((sub.expires_at, subscriber, sub.target))));
+            heap.extend(
+                all.into_iter()
+                    .map(|(subscriber, sub)| Reverse((sub.expires_at, sub.expires_at, subscriber, sub.target))),
+            );
         }
         self.inner.wake.notify_one();
         Ok(count)
@@ -70,7 +80,7 @@ impl Sweeper {
         let earliest = {
             let mut heap = self.inner.heap.lock();
             let earlier = heap.peek().is_none_or(|top| expires_at < top.0.0);
-            heap.push(Reverse((expires_at, subscriber.clone(), target.clone())));
+            heap.push(Reverse((expires_at, expires_at, subscriber.clone(), target.clone())));
             earlier
         };
         if earliest {
@@ -95,24 +105,29 @@ impl Sweeper {
             let mut heap = self.inner.heap.lock();
             let mut due = Vec::new();
             while heap.peek().is_some_and(|top| top.0.0 <= now) {
-                if let Some(Reverse(entry)) = heap.pop() {
-                    due.push(entry);
+                if let Some(Reverse((_, expires_at, subscriber, target))) = heap.pop() {
+                    due.push((expires_at, subscriber, target));
                 }
             }
             due
         };
-        let mut removed = 0;
-        for (expires_at, subscriber, target) in due {
-            match self.inner.store.remove_expired(&subscriber, &target, expires_at).await {
-                Ok(true) => removed += 1,
-                Ok(false) => {}
-                Err(e) => {
-                    // Retry later: the entry stays expired, reads ignore it.
-                    tracing::warn!(error = %e, "sweeping an expired subscription failed");
-                    self.inner.heap.lock().push(Reverse((now + 1_000, subscriber, target)));
+        let store = &self.inner.store;
+        let outcomes: Vec<bool> = futures::stream::iter(due)
+            .map(|(expires_at, subscriber, target)| async move {
+                match store.remove_expired(&subscriber, &target, expires_at).await {
+                    Ok(removed) => removed,
+                    Err(e) => {
+                        // Retried in a second; meanwhile reads ignore it, as expired.
+                        tracing::warn!(error = %e, "sweeping an expired subscription failed");
+                        self.inner.heap.lock().push(Reverse((now + 1_000, expires_at, subscriber, target)));
+                        false
+                    }
                 }
-            }
-        }
+            })
+            .buffer_unordered(SWEEP_CONCURRENCY)
+            .collect()
+            .await;
+        let removed = outcomes.into_iter().filter(|removed| *removed).count();
         self.inner.removed.fetch_add(removed as u64, Ordering::Relaxed);
         removed
     }
