@@ -20,10 +20,12 @@ use tokio_util::task::TaskTracker;
 
 const SECRET: &str = "webhook-secret";
 
+/// When a call arrived and the batch it carried.
+type Call = (Instant, Vec<serde_json::Value>);
+
 #[derive(Clone, Default)]
 struct Receiver {
-    /// (arrival, session ids of the batch)
-    calls: Arc<Mutex<Vec<(Instant, Vec<serde_json::Value>)>>>,
+    calls: Arc<Mutex<Vec<Call>>>,
     /// While set, calls hang (time out at the sender).
     hang: Arc<Mutex<bool>>,
 }
