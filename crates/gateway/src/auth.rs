@@ -27,7 +27,8 @@ impl std::fmt::Debug for Tokens {
     }
 }
 
-fn unix_now() -> u64 {
+/// Seconds since the Unix epoch (JWT times).
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 

@@ -128,7 +128,7 @@ impl Session {
         heartbeat.reset();
         let idle_timeout = options.idle_timeout;
         let mut last_heard = Instant::now();
-        let token_left = Duration::from_secs(self.conn.expires_at.saturating_sub(unix_secs()));
+        let token_left = Duration::from_secs(self.conn.expires_at.saturating_sub(crate::auth::unix_now()));
         let token_expiry = tokio::time::sleep(token_left);
         tokio::pin!(token_expiry);
         let cancel = self.shared.cancel.clone();
@@ -389,8 +389,4 @@ fn error_response(req_id: u64, error: &Error) -> Out {
 
 fn socket_error(e: axum::Error) -> Error {
     Error::unavailable(format!("socket: {e}"))
-}
-
-fn unix_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
