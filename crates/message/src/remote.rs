@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use natter_proto::remote::{decode, user_strings};
 use natter_proto::v1::message_role_client::MessageRoleClient;
 use natter_proto::v1::message_role_server::{MessageRole, MessageRoleServer as GrpcServer};
-use natter_proto::{DecodeError, error_from_status, status_from_error, v1};
+use natter_proto::{status_from_error, v1};
 use natter_types::{Actor, Error, Group, GroupId, GroupMember, Limits, MessageId, NewMessage, Result, UserId};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::{MemberPage, MessageApi, NewGroup, SendOutcome};
@@ -168,10 +169,7 @@ impl RemoteMessages {
     /// A client for the role at `uri` (e.g. `http://message:7002`) that
     /// connects on first use.
     pub fn connect_lazy(uri: &str, timeout: Duration) -> Result<Self> {
-        let endpoint = Endpoint::from_shared(uri.to_owned())
-            .map_err(|e| Error::bad_request("message_role", format!("invalid uri {uri:?}: {e}")))?
-            .connect_timeout(timeout);
-        Ok(Self::new(endpoint.connect_lazy(), timeout))
+        Ok(Self::new(natter_proto::remote::lazy_channel(uri, timeout, "message_role")?, timeout))
     }
 
     /// One call with the deadline: sent as `grpc-timeout` so the role stops
@@ -181,28 +179,9 @@ impl RemoteMessages {
         F: FnOnce(MessageRoleClient<Channel>, Request<Req>) -> Fut,
         Fut: Future<Output = std::result::Result<Response<Res>, Status>>,
     {
-        let mut request = Request::new(message);
-        request.set_timeout(self.timeout);
-        match tokio::time::timeout(self.timeout, f(self.client.clone(), request)).await {
-            Ok(Ok(response)) => Ok(response.into_inner()),
-            Ok(Err(status)) => Err(error_from_status(&status)),
-            Err(_) => Err(Error::unavailable(format!(
-                "the message role did not answer within {} ms",
-                self.timeout.as_millis()
-            ))),
-        }
+        let request = natter_proto::remote::request(message, self.timeout);
+        natter_proto::remote::unary("message", self.timeout, f(self.client.clone(), request)).await
     }
-}
-
-fn decode<T, W>(wire: W) -> Result<T>
-where
-    T: TryFrom<W, Error = DecodeError>,
-{
-    T::try_from(wire).map_err(Error::from)
-}
-
-fn to_strings(users: &[UserId]) -> Vec<String> {
-    users.iter().map(ToString::to_string).collect()
 }
 
 #[async_trait]
@@ -224,7 +203,7 @@ impl MessageApi for RemoteMessages {
             group: Some(v1::CreateGroup {
                 name: group.name,
                 description: group.description,
-                members: to_strings(&group.members),
+                members: user_strings(&group.members),
                 max_members: group.max_members,
             }),
         };
@@ -240,7 +219,7 @@ impl MessageApi for RemoteMessages {
         let req = v1::RoleMembersRequest {
             actor: Some(actor.into()),
             group_id: group.to_string(),
-            members: to_strings(&members),
+            members: user_strings(&members),
         };
         decode(self.call(req, |mut c, r| async move { c.add_members(r).await }).await?)
     }
@@ -249,7 +228,7 @@ impl MessageApi for RemoteMessages {
         let req = v1::RoleMembersRequest {
             actor: Some(actor.into()),
             group_id: group.to_string(),
-            members: to_strings(&members),
+            members: user_strings(&members),
         };
         decode(self.call(req, |mut c, r| async move { c.remove_members(r).await }).await?)
     }

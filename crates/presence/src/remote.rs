@@ -9,11 +9,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use natter_proto::remote::{decode, user_strings};
 use natter_proto::v1::presence_role_client::PresenceRoleClient;
 use natter_proto::v1::presence_role_server::{PresenceRole, PresenceRoleServer as GrpcServer};
-use natter_proto::{DecodeError, error_from_status, status_from_error, v1};
+use natter_proto::{status_from_error, v1};
 use natter_types::{Error, Presence, Result, SessionId, SessionStatus, Subscription, UserId};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::{PresenceApi, SessionInfo, SubscriptionPage};
@@ -173,10 +174,7 @@ impl RemotePresence {
     /// A client for the role at `uri` (e.g. `http://presence:7001`) that
     /// connects on first use.
     pub fn connect_lazy(uri: &str, timeout: Duration) -> Result<Self> {
-        let endpoint = Endpoint::from_shared(uri.to_owned())
-            .map_err(|e| Error::bad_request("presence_role", format!("invalid uri {uri:?}: {e}")))?
-            .connect_timeout(timeout);
-        Ok(Self::new(endpoint.connect_lazy(), timeout))
+        Ok(Self::new(natter_proto::remote::lazy_channel(uri, timeout, "presence_role")?, timeout))
     }
 
     /// One call with the deadline: sent as `grpc-timeout` so the role stops
@@ -186,28 +184,9 @@ impl RemotePresence {
         F: FnOnce(PresenceRoleClient<Channel>, Request<Req>) -> Fut,
         Fut: Future<Output = std::result::Result<Response<Res>, Status>>,
     {
-        let mut request = Request::new(message);
-        request.set_timeout(self.timeout);
-        match tokio::time::timeout(self.timeout, f(self.client.clone(), request)).await {
-            Ok(Ok(response)) => Ok(response.into_inner()),
-            Ok(Err(status)) => Err(error_from_status(&status)),
-            Err(_) => Err(Error::unavailable(format!(
-                "the presence role did not answer within {} ms",
-                self.timeout.as_millis()
-            ))),
-        }
+        let request = natter_proto::remote::request(message, self.timeout);
+        natter_proto::remote::unary("presence", self.timeout, f(self.client.clone(), request)).await
     }
-}
-
-fn decode<T, W>(wire: W) -> Result<T>
-where
-    T: TryFrom<W, Error = DecodeError>,
-{
-    T::try_from(wire).map_err(Error::from)
-}
-
-fn to_strings(users: &[UserId]) -> Vec<String> {
-    users.iter().map(ToString::to_string).collect()
 }
 
 fn presences(list: v1::PresenceList) -> Result<Vec<Presence>> {
@@ -239,13 +218,16 @@ impl PresenceApi for RemotePresence {
     }
 
     async fn subscribe(&self, subscriber: &UserId, targets: Vec<UserId>, expiry_secs: u64) -> Result<Vec<Presence>> {
-        let req =
-            v1::RoleSubscribeRequest { subscriber: subscriber.to_string(), targets: to_strings(&targets), expiry_secs };
+        let req = v1::RoleSubscribeRequest {
+            subscriber: subscriber.to_string(),
+            targets: user_strings(&targets),
+            expiry_secs,
+        };
         presences(self.call(req, |mut c, r| async move { c.subscribe(r).await }).await?)
     }
 
     async fn unsubscribe(&self, subscriber: &UserId, targets: Vec<UserId>) -> Result<()> {
-        let req = v1::RoleUnsubscribeRequest { subscriber: subscriber.to_string(), targets: to_strings(&targets) };
+        let req = v1::RoleUnsubscribeRequest { subscriber: subscriber.to_string(), targets: user_strings(&targets) };
         self.call(req, |mut c, r| async move { c.unsubscribe(r).await }).await.map(drop)
     }
 
@@ -264,7 +246,7 @@ impl PresenceApi for RemotePresence {
     }
 
     async fn query(&self, users: Vec<UserId>) -> Result<Vec<Presence>> {
-        let req = v1::RoleQueryRequest { user_ids: to_strings(&users) };
+        let req = v1::RoleQueryRequest { user_ids: user_strings(&users) };
         presences(self.call(req, |mut c, r| async move { c.query(r).await }).await?)
     }
 }
