@@ -11,6 +11,8 @@ help:
 	@echo "make test-nats - the NATS bus against a real nats-server (installed and started by deploy/nats.sh)"
 	@echo "make lint   - rustfmt check and clippy"
 	@echo "make bench  - the standard benchmark suite (a few minutes); writes bench/results/<date>.md"
+	@echo "make cluster - a local distributed deployment: NATS, Cassandra, 2 gateways, one of every other role"
+	@echo "make cluster-down - stop it"
 
 run:
 	$(CARGO) run --release --locked --bin natter -- --data-dir $(DATA_DIR) serve
@@ -56,6 +58,14 @@ test-k8s:
 bench:
 	$(CARGO) build --release --locked -p natter-server -p natter-bench
 	./target/release/natter-bench suite --out bench/results $(BENCH_ARGS)
+
+# A local distributed deployment (see deploy/cluster.sh and docs/ARCHITECTURE.md).
+.PHONY: cluster cluster-down
+cluster:
+	deploy/cluster.sh up
+
+cluster-down:
+	deploy/cluster.sh down
 
 fmt:
 	$(CARGO) fmt --all

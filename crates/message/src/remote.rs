@@ -159,17 +159,24 @@ impl MessageRole for MessageRoleServer {
 pub struct RemoteMessages {
     client: MessageRoleClient<Channel>,
     timeout: Duration,
+    auth: Option<tonic::metadata::AsciiMetadataValue>,
 }
 
 impl RemoteMessages {
     pub fn new(channel: Channel, timeout: Duration) -> Self {
-        Self { client: MessageRoleClient::new(channel), timeout }
+        Self { client: MessageRoleClient::new(channel), timeout, auth: None }
     }
 
     /// A client for the role at `uri` (e.g. `http://message:7002`) that
     /// connects on first use.
     pub fn connect_lazy(uri: &str, timeout: Duration) -> Result<Self> {
         Ok(Self::new(natter_proto::remote::lazy_channel(uri, timeout, "message_role")?, timeout))
+    }
+
+    /// Sends the cluster's API key with every call (the role requires it).
+    pub fn with_api_key(mut self, api_key: &str) -> Result<Self> {
+        self.auth = Some(natter_proto::remote::bearer(api_key)?);
+        Ok(self)
     }
 
     /// One call with the deadline: sent as `grpc-timeout` so the role stops
@@ -179,7 +186,7 @@ impl RemoteMessages {
         F: FnOnce(MessageRoleClient<Channel>, Request<Req>) -> Fut,
         Fut: Future<Output = std::result::Result<Response<Res>, Status>>,
     {
-        let request = natter_proto::remote::request(message, self.timeout);
+        let request = natter_proto::remote::request(message, self.timeout, self.auth.as_ref());
         natter_proto::remote::unary("message", self.timeout, f(self.client.clone(), request)).await
     }
 }

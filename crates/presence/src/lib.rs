@@ -26,48 +26,13 @@ pub mod sweeper;
 pub mod webhook;
 
 use async_trait::async_trait;
-use natter_types::{Presence, Result, SessionId, SessionStatus, Subscription, UserId};
+use natter_types::{Presence, Result, SessionStatus, Subscription, UserId};
 
-pub use service::{PresenceOptions, PresenceService};
-
-/// One connected device.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionInfo {
-    pub user: UserId,
-    pub session: SessionId,
-    /// The client's stable device id; a reconnect of the same device within
-    /// the flap window is not announced. Defaults to the session id.
-    pub device: String,
-    /// Id of the gateway process holding the socket (where to send a kick).
-    pub gateway: String,
-    /// iOS, Android, Websocket, PC, MiniProgram (as the webhook names them).
-    pub platform: String,
-    /// `ip:port` of the client as the gateway saw it.
-    pub client_addr: String,
-    pub connected_at: i64,
-}
-
-#[async_trait]
-pub trait SessionRegistry: Send + Sync + 'static {
-    /// Records a new session. If the user then has more than `max_sessions`,
-    /// the oldest ones are removed and returned: the caller kicks them.
-    /// Concurrent calls for one user are serialised, so the limit holds.
-    async fn register(&self, info: SessionInfo, max_sessions: usize) -> Result<Vec<SessionInfo>>;
-
-    /// Removes a session; `None` if it was not registered (already kicked or
-    /// expired with its gateway).
-    async fn unregister(&self, user: &UserId, session: &SessionId) -> Result<Option<SessionInfo>>;
-
-    /// The user's sessions, oldest first.
-    async fn sessions(&self, user: &UserId) -> Result<Vec<SessionInfo>>;
-
-    /// Extends the gateway's lease to `until` (ms since the epoch).
-    async fn renew_lease(&self, gateway: &str, until: i64) -> Result<()>;
-
-    /// Removes every gateway whose lease ended before `now`, with its
-    /// sessions, and returns those sessions.
-    async fn expire_leases(&self, now: i64) -> Result<Vec<SessionInfo>>;
-}
+// Both live below presence so the CQL backend can implement the registry;
+// re-exported here so their users keep one path.
+pub use natter_store::SessionRegistry;
+pub use natter_types::SessionInfo;
+pub use service::{LEADER_LEASE, PresenceOptions, PresenceService};
 
 /// A page of a user's subscriptions (P6).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -22,17 +22,17 @@ use crate::{PresenceApi, SessionInfo, SubscriptionPage};
 /// Per-call deadline of [`RemotePresence`] unless told otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
-impl From<&SessionInfo> for v1::SessionInfo {
-    fn from(s: &SessionInfo) -> Self {
-        Self {
-            user_id: s.user.to_string(),
-            session_id: s.session.0.clone(),
-            device: s.device.clone(),
-            gateway: s.gateway.clone(),
-            platform: s.platform.clone(),
-            client_addr: s.client_addr.clone(),
-            connected_at: s.connected_at,
-        }
+/// A function, not a `From`: both types are foreign here (`SessionInfo` is
+/// a natter-types type, so the registry can live in natter-store).
+fn wire_session(s: &SessionInfo) -> v1::SessionInfo {
+    v1::SessionInfo {
+        user_id: s.user.to_string(),
+        session_id: s.session.0.clone(),
+        device: s.device.clone(),
+        gateway: s.gateway.clone(),
+        platform: s.platform.clone(),
+        client_addr: s.client_addr.clone(),
+        connected_at: s.connected_at,
     }
 }
 
@@ -95,7 +95,7 @@ impl PresenceRole for PresenceRoleServer {
     async fn session_opened(&self, request: Request<v1::SessionInfo>) -> Reply<v1::SessionList> {
         let session = session_info(request.into_inner(), "session").map_err(status)?;
         let kicked = self.api.session_opened(session).await.map_err(status)?;
-        Ok(Response::new(v1::SessionList { sessions: kicked.iter().map(Into::into).collect() }))
+        Ok(Response::new(v1::SessionList { sessions: kicked.iter().map(wire_session).collect() }))
     }
 
     async fn session_closed(&self, request: Request<v1::RoleSessionClosedRequest>) -> Reply<v1::Empty> {
@@ -164,17 +164,24 @@ impl PresenceRole for PresenceRoleServer {
 pub struct RemotePresence {
     client: PresenceRoleClient<Channel>,
     timeout: Duration,
+    auth: Option<tonic::metadata::AsciiMetadataValue>,
 }
 
 impl RemotePresence {
     pub fn new(channel: Channel, timeout: Duration) -> Self {
-        Self { client: PresenceRoleClient::new(channel), timeout }
+        Self { client: PresenceRoleClient::new(channel), timeout, auth: None }
     }
 
     /// A client for the role at `uri` (e.g. `http://presence:7001`) that
     /// connects on first use.
     pub fn connect_lazy(uri: &str, timeout: Duration) -> Result<Self> {
         Ok(Self::new(natter_proto::remote::lazy_channel(uri, timeout, "presence_role")?, timeout))
+    }
+
+    /// Sends the cluster's API key with every call (the role requires it).
+    pub fn with_api_key(mut self, api_key: &str) -> Result<Self> {
+        self.auth = Some(natter_proto::remote::bearer(api_key)?);
+        Ok(self)
     }
 
     /// One call with the deadline: sent as `grpc-timeout` so the role stops
@@ -184,7 +191,7 @@ impl RemotePresence {
         F: FnOnce(PresenceRoleClient<Channel>, Request<Req>) -> Fut,
         Fut: Future<Output = std::result::Result<Response<Res>, Status>>,
     {
-        let request = natter_proto::remote::request(message, self.timeout);
+        let request = natter_proto::remote::request(message, self.timeout, self.auth.as_ref());
         natter_proto::remote::unary("presence", self.timeout, f(self.client.clone(), request)).await
     }
 }
@@ -196,7 +203,7 @@ fn presences(list: v1::PresenceList) -> Result<Vec<Presence>> {
 #[async_trait]
 impl PresenceApi for RemotePresence {
     async fn session_opened(&self, session: SessionInfo) -> Result<Vec<SessionInfo>> {
-        let list = self.call((&session).into(), |mut c, r| async move { c.session_opened(r).await }).await?;
+        let list = self.call(wire_session(&session), |mut c, r| async move { c.session_opened(r).await }).await?;
         // A malformed answer is the role's fault, not the caller's.
         list.sessions
             .into_iter()
@@ -206,7 +213,7 @@ impl PresenceApi for RemotePresence {
 
     async fn session_closed(&self, session: &SessionInfo, status: SessionStatus) -> Result<()> {
         let req = v1::RoleSessionClosedRequest {
-            session: Some(session.into()),
+            session: Some(wire_session(session)),
             status: v1::SessionStatus::from(status) as i32,
         };
         self.call(req, |mut c, r| async move { c.session_closed(r).await }).await.map(drop)

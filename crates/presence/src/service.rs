@@ -1,16 +1,18 @@
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use natter_bus::{Bus, Transient};
 use natter_proto::v1;
-use natter_store::{PresenceStore, WebhookOutbox};
+use natter_store::{Leases, PresenceStore, WebhookOutbox};
 use natter_types::{DeviceStatus, Error, Limits, Presence, Result, SessionStatus, UserId, WebhookEvent};
 use parking_lot::Mutex;
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
 use tokio::task::AbortHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -46,9 +48,29 @@ impl PresenceOptions {
     }
 }
 
+/// The lease whose holder runs the background jobs when several presence
+/// processes share one store.
+pub const LEADER_LEASE: &str = "presence-leader";
+
+/// How often an idle webhook worker of the leader looks for events that
+/// other presence processes queued.
+const WEBHOOK_POLL: Duration = Duration::from_secs(1);
+
+/// Who may run the background jobs: the holder of [`LEADER_LEASE`].
+struct Leadership {
+    leases: Arc<dyn Leases>,
+    owner: String,
+}
+
 /// The local implementation of [`PresenceApi`]. Construct, `start` (which
 /// spawns the sweeper, the lease checker and the webhook workers under the
 /// given cancel token), share behind an `Arc`.
+///
+/// Several instances (processes) may serve one shared registry and store:
+/// every request reads and writes through them. The background jobs must
+/// then run in one instance only: give each a leader lease
+/// ([`with_leader_lease`](Self::with_leader_lease)) and the holder runs them.
+/// Flap-damping timers stay in the instance that saw the close.
 pub struct PresenceService {
     options: PresenceOptions,
     limits: Limits,
@@ -64,12 +86,21 @@ pub struct PresenceService {
     me: Weak<Self>,
     tasks: TaskTracker,
     cancel: CancellationToken,
+    /// Taken by `start`; `None` runs the jobs here unconditionally.
+    leader: Mutex<Option<Leadership>>,
+    /// Whether the background jobs run in this instance now.
+    leading: AtomicBool,
 }
 
 impl std::fmt::Debug for PresenceService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PresenceService").field("options", &self.options).finish_non_exhaustive()
     }
+}
+
+/// `at + by`, capped far ahead instead of overflowing on an absurd lease.
+fn later(at: Instant, by: Duration) -> Instant {
+    at.checked_add(by).unwrap_or_else(|| at + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 fn dedup(users: Vec<UserId>) -> Vec<UserId> {
@@ -105,18 +136,155 @@ impl PresenceService {
             pending_offline: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
             cancel,
+            leader: Mutex::new(None),
+            leading: AtomicBool::new(false),
         }))
     }
 
-    /// Loads the expiry schedule and starts the background work.
+    /// Runs the background jobs (sweeper, gateway lease checker, webhook
+    /// workers) only while this instance holds [`LEADER_LEASE`] in `leases`
+    /// as `owner` (unique per process), for when several presence processes
+    /// share the registry and store. Call before [`start`](Self::start);
+    /// chains after [`new`](Self::new).
+    pub fn with_leader_lease(self: Arc<Self>, leases: Arc<dyn Leases>, owner: impl Into<String>) -> Arc<Self> {
+        *self.leader.lock() = Some(Leadership { leases, owner: owner.into() });
+        self
+    }
+
+    /// Whether the background jobs run in this instance now.
+    pub fn is_leader(&self) -> bool {
+        self.leading.load(Ordering::Relaxed)
+    }
+
+    /// Starts the background work: here and now (after loading the expiry
+    /// schedule), or, with a leader lease, whenever this instance holds it.
     pub async fn start(self: &Arc<Self>) -> Result<()> {
-        let scheduled = self.sweeper.load().await?;
-        tracing::info!(subscriptions = scheduled, "presence sweeper loaded");
-        self.tasks.spawn(self.sweeper.clone().run(self.cancel.clone()));
-        self.webhook.spawn(&self.tasks, &self.cancel);
-        let this = Arc::clone(self);
-        self.tasks.spawn(async move { this.check_leases().await });
+        let leadership = self.leader.lock().take();
+        match leadership {
+            None => {
+                let scheduled = self.sweeper.load().await?;
+                tracing::info!(subscriptions = scheduled, "presence sweeper loaded");
+                self.tasks.spawn(self.sweeper.clone().run(self.cancel.clone()));
+                self.webhook.spawn(&self.tasks, &self.cancel);
+                let this = Arc::clone(self);
+                let cancel = self.cancel.clone();
+                self.tasks.spawn(async move { this.check_leases(cancel).await });
+                self.leading.store(true, Ordering::Relaxed);
+            }
+            Some(leadership) => {
+                self.sweeper.set_active(false);
+                let this = Arc::clone(self);
+                self.tasks.spawn(async move { this.lead(leadership).await });
+            }
+        }
         Ok(())
+    }
+
+    /// Tries for the leader lease every third of its ttl; runs the jobs
+    /// while it holds it; gives it up at shutdown.
+    async fn lead(self: Arc<Self>, leadership: Leadership) {
+        let ttl = self.lease();
+        let period = ttl / 3;
+        let owner = leadership.owner.as_str();
+        loop {
+            let started = Instant::now();
+            match leadership.leases.acquire(LEADER_LEASE, owner, ttl).await {
+                Ok(true) => self.run_as_leader(&leadership, started).await,
+                Ok(false) => {}
+                Err(e) => tracing::warn!(owner = %owner, error = %e, "taking the presence leader lease failed"),
+            }
+            tokio::select! {
+                () = self.cancel.cancelled() => break,
+                () = tokio::time::sleep(period) => {}
+            }
+        }
+        if let Err(e) = leadership.leases.release(LEADER_LEASE, owner).await {
+            tracing::warn!(owner = %owner, error = %e, "releasing the presence leader lease failed; it will expire");
+        }
+    }
+
+    /// Runs the background jobs from the lease taken at `acquired` until the
+    /// lease is lost, lapses, or the service shuts down; returns once they
+    /// stopped.
+    async fn run_as_leader(self: &Arc<Self>, leadership: &Leadership, acquired: Instant) {
+        let ttl = self.lease();
+        let period = ttl / 3;
+        // Stop a little before the lease ends, so the next leader's jobs do
+        // not start while ours are still finishing.
+        let hold = ttl - ttl / 10;
+        let owner = leadership.owner.as_str();
+        tracing::info!(owner = %owner, "presence leadership taken, starting background jobs");
+        let jobs = self.cancel.child_token();
+        let tracker = TaskTracker::new();
+        self.sweeper.set_active(true);
+        let this = Arc::clone(self);
+        let token = jobs.clone();
+        tracker.spawn(async move { this.sweep_as_leader(token).await });
+        self.webhook.spawn_polling(&tracker, &jobs, WEBHOOK_POLL);
+        let this = Arc::clone(self);
+        let token = jobs.clone();
+        tracker.spawn(async move { this.check_leases(token).await });
+        self.leading.store(true, Ordering::Relaxed);
+
+        let mut valid_until = later(acquired, hold);
+        let mut next = period;
+        loop {
+            tokio::select! {
+                () = self.cancel.cancelled() => break,
+                () = tokio::time::sleep_until(valid_until) => {
+                    tracing::warn!(owner = %owner, "presence leader lease lapsed unrenewed, stopping background jobs");
+                    break;
+                }
+                () = tokio::time::sleep(next) => {}
+            }
+            let started = Instant::now();
+            let renewal = leadership.leases.acquire(LEADER_LEASE, owner, ttl);
+            match tokio::time::timeout_at(valid_until, renewal).await {
+                Ok(Ok(true)) => {
+                    valid_until = later(started, hold);
+                    next = period;
+                }
+                Ok(Ok(false)) => {
+                    tracing::warn!(owner = %owner, "presence leader lease lost to another process, stopping jobs");
+                    break;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(owner = %owner, error = %e, "renewing the presence leader lease failed");
+                    next = (period / 4).max(Duration::from_millis(10));
+                }
+                Err(_) => {
+                    tracing::warn!(owner = %owner, "presence leader lease lapsed during renewal, stopping jobs");
+                    break;
+                }
+            }
+        }
+        self.leading.store(false, Ordering::Relaxed);
+        jobs.cancel();
+        tracker.close();
+        tracker.wait().await;
+        self.sweeper.set_active(false);
+        tracing::info!(owner = %owner, "presence background jobs stopped");
+    }
+
+    /// The sweeper of a new leader: the schedule is rebuilt from the store,
+    /// since subscriptions made through other instances are not in it.
+    async fn sweep_as_leader(self: Arc<Self>, cancel: CancellationToken) {
+        loop {
+            match self.sweeper.load().await {
+                Ok(scheduled) => {
+                    tracing::info!(subscriptions = scheduled, "presence sweeper loaded");
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "loading the presence sweeper failed, retrying");
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+        self.sweeper.clone().run(cancel).await;
     }
 
     /// Waits for the background work to stop (after the cancel token fired).
@@ -137,12 +305,12 @@ impl PresenceService {
         Duration::from_millis(self.options.lease_ms)
     }
 
-    async fn check_leases(self: Arc<Self>) {
+    async fn check_leases(self: Arc<Self>, cancel: CancellationToken) {
         let period = Duration::from_millis((self.options.lease_ms / 3).max(100));
         let mut tick = tokio::time::interval(period);
         loop {
             tokio::select! {
-                () = self.cancel.cancelled() => return,
+                () = cancel.cancelled() => return,
                 _ = tick.tick() => {}
             }
             match self.registry.expire_leases(self.clock.now_ms()).await {

@@ -11,7 +11,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use futures::StreamExt;
 use natter_store::PresenceStore;
@@ -41,6 +41,9 @@ struct Inner {
     store: Arc<dyn PresenceStore>,
     clock: Clock,
     removed: AtomicU64,
+    /// Changed under the heap's lock, so no entry is scheduled into a
+    /// schedule that was just cleared.
+    active: AtomicBool,
 }
 
 impl std::fmt::Debug for Sweeper {
@@ -57,6 +60,7 @@ impl Sweeper {
             store,
             clock,
             removed: AtomicU64::new(0),
+            active: AtomicBool::new(true),
         };
         Self { inner: Arc::new(inner) }
     }
@@ -76,9 +80,26 @@ impl Sweeper {
         Ok(count)
     }
 
+    /// Whether this process sweeps (the default). When presence processes
+    /// share a store only the leader does; the others keep no schedule, which
+    /// would only grow. Clears the schedule either way: a sweeper that
+    /// becomes active then [`load`](Self::load)s it from the store.
+    pub fn set_active(&self, active: bool) {
+        let mut heap = self.inner.heap.lock();
+        heap.clear();
+        self.inner.active.store(active, Ordering::Relaxed);
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.inner.active.load(Ordering::Relaxed)
+    }
+
     pub fn schedule(&self, subscriber: &UserId, target: &UserId, expires_at: i64) {
         let earliest = {
             let mut heap = self.inner.heap.lock();
+            if !self.inner.active.load(Ordering::Relaxed) {
+                return;
+            }
             let earlier = heap.peek().is_none_or(|top| expires_at < top.0.0);
             heap.push(Reverse((expires_at, expires_at, subscriber.clone(), target.clone())));
             earlier

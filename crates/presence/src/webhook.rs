@@ -146,8 +146,19 @@ impl Webhook {
 
     /// Starts one worker per receiver, owned by `tasks`, stopping on `cancel`.
     pub fn spawn(&self, tasks: &TaskTracker, cancel: &CancellationToken) {
+        self.spawn_workers(tasks, cancel, None);
+    }
+
+    /// Like [`spawn`](Self::spawn), for when other processes queue events
+    /// too (several presence processes on one store): their wake-ups do not
+    /// reach this process, so an idle worker also looks every `poll`.
+    pub fn spawn_polling(&self, tasks: &TaskTracker, cancel: &CancellationToken, poll: Duration) {
+        self.spawn_workers(tasks, cancel, Some(poll));
+    }
+
+    fn spawn_workers(&self, tasks: &TaskTracker, cancel: &CancellationToken, idle_poll: Option<Duration>) {
         for index in 0..self.inner.options.urls.len() {
-            let worker = Worker { hook: self.clone(), index, timeouts: VecDeque::new() };
+            let worker = Worker { hook: self.clone(), index, timeouts: VecDeque::new(), idle_poll };
             tasks.spawn(worker.run(cancel.clone()));
         }
     }
@@ -158,6 +169,7 @@ struct Worker {
     index: usize,
     /// When recent calls timed out, for the pause rule.
     timeouts: VecDeque<Instant>,
+    idle_poll: Option<Duration>,
 }
 
 impl Worker {
@@ -179,9 +191,16 @@ impl Worker {
                 }
             };
             let Some(&(last_id, _)) = batch.last() else {
+                let poll = async {
+                    match self.idle_poll {
+                        Some(poll) => tokio::time::sleep(poll).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     () = cancel.cancelled() => return,
                     () = inner.wake[self.index].notified() => continue,
+                    () = poll => continue,
                 }
             };
             let events: Vec<WebhookEvent> = batch.into_iter().map(|(_, e)| e).collect();

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use natter_types::{Error, Result, UserId};
+use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
@@ -20,10 +21,20 @@ pub fn lazy_channel(uri: &str, timeout: Duration, field: &str) -> Result<Channel
     Ok(endpoint.connect_lazy())
 }
 
-/// A request carrying its deadline as `grpc-timeout`, so the role stops too.
-pub fn request<T>(message: T, timeout: Duration) -> Request<T> {
+/// The `authorization` value that proves a caller holds the cluster's API
+/// key (roles check it like the backend API does).
+pub fn bearer(api_key: &str) -> Result<AsciiMetadataValue> {
+    format!("Bearer {api_key}").parse().map_err(|_| Error::bad_request("auth.api_key", "must be printable ASCII"))
+}
+
+/// A request carrying its deadline as `grpc-timeout`, so the role stops too,
+/// and the caller's credentials if it has any.
+pub fn request<T>(message: T, timeout: Duration, auth: Option<&AsciiMetadataValue>) -> Request<T> {
     let mut request = Request::new(message);
     request.set_timeout(timeout);
+    if let Some(auth) = auth {
+        request.metadata_mut().insert("authorization", auth.clone());
+    }
     request
 }
 

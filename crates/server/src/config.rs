@@ -20,6 +20,12 @@ pub struct Config {
     pub limits: Limits,
     pub presence: natter_presence::PresenceOptions,
     pub log: LogConfig,
+    /// Distributed mode: the NATS servers of the bus.
+    pub nats: NatsConfig,
+    /// Distributed mode: the CQL database (ScyllaDB or Cassandra).
+    pub cql: CqlConfig,
+    /// Distributed mode: where the other roles are.
+    pub cluster: ClusterConfig,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,6 +121,87 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         Self { filter: "info,fjall=warn,lsm_tree=warn".into(), format: "text".into() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    /// One or more `nats://host:port`; the client fails over and reconnects.
+    pub urls: Vec<String>,
+    /// First token of every subject (`<prefix>.user.<id>`), so several
+    /// deployments can share one NATS.
+    pub subject_prefix: String,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self { urls: vec!["nats://127.0.0.1:4222".into()], subject_prefix: "natter".into() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CqlConfig {
+    /// `host:port` of one or more nodes; the driver discovers the rest.
+    pub contact_points: Vec<String>,
+    pub keyspace: String,
+    /// Reads and writes: ONE, QUORUM, LOCAL_QUORUM, ….
+    pub consistency: String,
+    /// The Paxos phase of conditional writes: SERIAL or LOCAL_SERIAL.
+    pub serial_consistency: String,
+    /// How `natter migrate` creates the keyspace: `simple:RF` or
+    /// `network_topology:DC=RF,DC=RF`. An existing keyspace is left alone.
+    pub replication: String,
+    /// Prefer this data center's nodes; empty: no preference.
+    pub local_datacenter: String,
+    /// PasswordAuthenticator credentials; empty: none.
+    pub username: String,
+    pub password: String,
+    pub pool_size_per_host: usize,
+    pub request_timeout_ms: u64,
+}
+
+impl Default for CqlConfig {
+    fn default() -> Self {
+        Self {
+            contact_points: vec!["127.0.0.1:9042".into()],
+            keyspace: "natter".into(),
+            consistency: "LOCAL_QUORUM".into(),
+            serial_consistency: "LOCAL_SERIAL".into(),
+            replication: "simple:1".into(),
+            local_datacenter: String::new(),
+            username: String::new(),
+            password: String::new(),
+            pool_size_per_host: 2,
+            request_timeout_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// gRPC URI of the message role (a Kubernetes Service in front of its pods).
+    pub message_addr: String,
+    pub presence_addr: String,
+    pub conversation_addr: String,
+    /// Deadline of one call to another role.
+    pub call_timeout_ms: u64,
+    /// A process holds its id-generator node id under a lease this long and
+    /// renews it every third of it; one that cannot renew stops.
+    pub node_id_lease_secs: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            message_addr: "http://127.0.0.1:7201".into(),
+            presence_addr: "http://127.0.0.1:7301".into(),
+            conversation_addr: "http://127.0.0.1:7401".into(),
+            call_timeout_ms: 5_000,
+            node_id_lease_secs: 30,
+        }
     }
 }
 

@@ -42,6 +42,16 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         ttl: u64,
     },
+    /// Distributed mode: serve WebSocket clients and the backend API.
+    Gateway,
+    /// Distributed mode: sessions, presence subscriptions and webhooks.
+    Presence,
+    /// Distributed mode: the send pipeline and groups.
+    Message,
+    /// Distributed mode: the conversation store (health only for now).
+    Conversation,
+    /// Distributed mode: create or update the CQL schema, then exit.
+    Migrate,
 }
 
 fn init_tracing(config: &Config) {
@@ -99,13 +109,74 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve => {
             init_tracing(&config);
             let node = Node::start(&config).await?;
-            let cancel = node.cancel_token();
-            tokio::spawn(async move {
-                stop_signal().await;
-                tracing::info!("stop signal received, draining");
-                cancel.cancel();
-            });
+            stop_on_signal(node.cancel_token());
             node.run_until_stopped().await
         }
+        Command::Migrate => {
+            init_tracing(&config);
+            distributed::migrate(&config).await
+        }
+        Command::Gateway => distributed::run("gateway", &config).await,
+        Command::Presence => distributed::run("presence", &config).await,
+        Command::Message => distributed::run("message", &config).await,
+        Command::Conversation => distributed::run("conversation", &config).await,
+    }
+}
+
+fn stop_on_signal(cancel: tokio_util::sync::CancellationToken) {
+    tokio::spawn(async move {
+        stop_signal().await;
+        tracing::info!("stop signal received, draining");
+        cancel.cancel();
+    });
+}
+
+#[cfg(feature = "distributed")]
+mod distributed {
+    use natter_server::Config;
+    use natter_server::cluster::{Role, RoleProcess, run_migrate};
+
+    pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+        run_migrate(config).await
+    }
+
+    pub async fn run(role: &str, config: &Config) -> anyhow::Result<()> {
+        let role = match role {
+            "gateway" => Role::Gateway,
+            "presence" => Role::Presence,
+            "message" => Role::Message,
+            "conversation" => Role::Conversation,
+            other => anyhow::bail!("unknown role {other:?}"),
+        };
+        super::init_tracing(config);
+        let process = RoleProcess::start(role, config).await?;
+        // The one line on stdout: scripts and tests wait for it and learn the
+        // bound addresses (port 0 works).
+        match process.ws_addr {
+            Some(ws) => println!("natter ready role={role} ws={ws} grpc={}", process.grpc_addr),
+            None => println!("natter ready role={role} grpc={}", process.grpc_addr),
+        }
+        super::stop_on_signal(process.cancel_token());
+        process.run_until_stopped().await
+    }
+}
+
+#[cfg(not(feature = "distributed"))]
+mod distributed {
+    use natter_server::Config;
+
+    fn missing(what: &str) -> anyhow::Result<()> {
+        anyhow::bail!(
+            "`natter {what}` is part of the distributed mode, which this binary was built without; \
+             build with `cargo build --release --features distributed` (or use `natter serve`)"
+        )
+    }
+
+    pub async fn migrate(_config: &Config) -> anyhow::Result<()> {
+        missing("migrate")
+    }
+
+    pub async fn run(role: &str, _config: &Config) -> anyhow::Result<()> {
+        missing(role)
     }
 }

@@ -1,7 +1,6 @@
 //! The single-node mode: every service in one process over the embedded
 //! store and the in-process bus. Tests start it on port 0 with a temp dir.
 
-use std::io::Read;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -9,18 +8,17 @@ use std::time::Duration;
 
 use anyhow::Context;
 use natter_bus::local::LocalBus;
-use natter_gateway::{Gateway, GatewayDeps, GatewayHandle, GatewayOptions, Tokens};
+use natter_gateway::{Gateway, GatewayDeps, GatewayHandle, Tokens};
 use natter_message::{MessageOptions, MessageService};
 use natter_presence::PresenceService;
 use natter_presence::local::LocalSessionRegistry;
 use natter_proto::v1::backend_server::BackendServer;
 use natter_store::embedded::{EmbeddedOptions, EmbeddedStore};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::grpc::{ApiKeyCheck, BackendApi};
+use crate::process::{self, Tasks};
 
 /// A running single-node server; `shutdown` stops it in order.
 pub struct Node {
@@ -32,7 +30,7 @@ pub struct Node {
     cancel: CancellationToken,
     store: EmbeddedStore,
     grace: Duration,
-    tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
+    tasks: Tasks,
 }
 
 impl std::fmt::Debug for Node {
@@ -58,11 +56,7 @@ pub fn secret(configured: &str, data_dir: &Path, file: &str) -> anyhow::Result<S
         }
     }
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .context("reading /dev/urandom for a generated secret")?;
-    let value: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let value = process::random_hex(32)?;
     write_private(&path, &value).with_context(|| format!("writing {}", path.display()))?;
     tracing::info!(path = %path.display(), "generated secret");
     Ok(value)
@@ -105,6 +99,7 @@ impl Node {
         ));
 
         let cancel = CancellationToken::new();
+        let mut tasks = Tasks::new(cancel.clone());
         let presence = PresenceService::new(
             config.presence.clone(),
             config.limits.clone(),
@@ -116,16 +111,6 @@ impl Node {
         )
         .map_err(|e| anyhow::anyhow!("presence service: {e}"))?;
         presence.start().await.map_err(|e| anyhow::anyhow!("starting presence: {e}"))?;
-        let gateway_options = GatewayOptions {
-            gateway_id: format!("node-{}", config.server.node_id),
-            limits: config.limits.clone(),
-            ping_interval: Duration::from_secs(config.gateway.ping_interval_secs),
-            idle_timeout: Duration::from_secs(config.gateway.idle_timeout_secs),
-            replay_page: config.gateway.replay_page,
-            read_buffer_bytes: config.gateway.read_buffer_bytes,
-            write_buffer_bytes: config.gateway.write_buffer_bytes,
-            lease_renew_interval: presence.lease() / 3,
-        };
         let deps = GatewayDeps {
             messages: messages.clone(),
             log: stores.log.clone(),
@@ -133,58 +118,29 @@ impl Node {
             presence: presence.clone(),
             tokens: tokens.clone(),
         };
-        let gateway = Gateway::new(gateway_options, deps, cancel.child_token());
+        let gateway = Gateway::new(
+            process::gateway_options(config, format!("node-{}", config.server.node_id)),
+            deps,
+            cancel.child_token(),
+        );
         let gateway_handle = gateway.handle();
 
-        let ws_listener = TcpListener::bind(&config.server.listen)
-            .await
-            .with_context(|| format!("binding server.listen {}", config.server.listen))?;
-        let grpc_listener = TcpListener::bind(&config.server.grpc_listen)
-            .await
-            .with_context(|| format!("binding server.grpc_listen {}", config.server.grpc_listen))?;
-        let ws_addr = ws_listener.local_addr()?;
-        let grpc_addr = grpc_listener.local_addr()?;
-
-        let router = gateway.router().route("/healthz", axum::routing::get(|| async { "ok\n" }));
-        let http_cancel = cancel.clone();
-        let http = tokio::spawn(async move {
-            axum::serve(ws_listener, router.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(http_cancel.cancelled_owned())
-                .await
-                .context("http server")
-        });
-        let gateway_task = tokio::spawn(async move { gateway.run().await.map_err(anyhow::Error::from) });
-        let presence_task = tokio::spawn({
+        let ws_listener = process::bind(&config.server.listen, "server.listen").await?;
+        let grpc_listener = process::bind(&config.server.grpc_listen, "server.grpc_listen").await?;
+        let ws_addr = process::serve_http(&mut tasks, ws_listener, &gateway, cancel.clone())?;
+        tasks.spawn("gateway", async move { gateway.run().await.map_err(anyhow::Error::from) });
+        tasks.spawn("presence", {
             let presence = presence.clone();
             async move {
                 presence.stopped().await;
                 Ok(())
             }
         });
-
-        let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_service_status("natter.v1.Backend", tonic_health::ServingStatus::Serving).await;
-        health.set_service_status("", tonic_health::ServingStatus::Serving).await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(natter_proto::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .context("building grpc reflection")?;
         let api =
             BackendApi { messages, presence: presence.clone(), tokens: tokens.clone(), limits: config.limits.clone() };
-        let grpc_cancel = cancel.clone();
-        let api_key_check = ApiKeyCheck::new(&api_key);
-        let grpc = tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(health_service)
-                .add_service(reflection)
-                .add_service(BackendServer::with_interceptor(api, api_key_check))
-                .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(grpc_listener),
-                    grpc_cancel.cancelled_owned(),
-                )
-                .await
-                .context("grpc server")
-        });
+        let routes = tonic::service::Routes::new(BackendServer::with_interceptor(api, ApiKeyCheck::new(&api_key)));
+        let grpc_addr =
+            process::serve_grpc(&mut tasks, grpc_listener, routes, &["natter.v1.Backend"], cancel.clone()).await?;
         tracing::info!(ws = %ws_addr, grpc = %grpc_addr, data_dir = %data_dir.display(), "natter serving");
         Ok(Self {
             ws_addr,
@@ -195,7 +151,7 @@ impl Node {
             cancel,
             store,
             grace: Duration::from_secs(config.server.shutdown_grace_secs),
-            tasks: vec![("http", http), ("gateway", gateway_task), ("grpc", grpc), ("presence", presence_task)],
+            tasks,
         })
     }
 
@@ -217,23 +173,9 @@ impl Node {
     /// Ordered stop: stop accepting, tell every session to reconnect
     /// (goodbye), wait up to the grace period, then sync the store.
     pub async fn shutdown(self) -> anyhow::Result<()> {
-        self.cancel.cancel();
-        let mut first_error = None;
-        for (name, task) in self.tasks {
-            match tokio::time::timeout(self.grace, task).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => {
-                    tracing::error!(task = name, error = %e, "task failed");
-                    first_error.get_or_insert(e);
-                }
-                Ok(Err(join)) => {
-                    first_error.get_or_insert(anyhow::anyhow!("{name} task panicked: {join}"));
-                }
-                Err(_) => tracing::warn!(task = name, "did not stop within the grace period"),
-            }
-        }
+        let stopped = self.tasks.stop(self.grace).await;
         self.store.sync_all().await.map_err(|e| anyhow::anyhow!("final store sync: {e}"))?;
         tracing::info!("natter stopped");
-        first_error.map_or(Ok(()), Err)
+        stopped
     }
 }

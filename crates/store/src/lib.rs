@@ -13,6 +13,7 @@
 //!   clients drop such repeats by message id.
 
 pub mod embedded;
+mod leases;
 
 #[cfg(feature = "cql")]
 pub mod cql;
@@ -21,12 +22,15 @@ pub mod cql;
 pub mod conformance;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use natter_types::{
-    ConversationKey, Group, GroupId, GroupMember, GroupRole, LogEvent, Message, MessageId, Result, Subscription,
-    UserId, WebhookEvent,
+    ConversationKey, Group, GroupId, GroupMember, GroupRole, LogEvent, Message, MessageId, Result, SessionId,
+    SessionInfo, Subscription, UserId, WebhookEvent,
 };
+
+pub use leases::{LocalLeases, NODE_ID_LEASE_PREFIX, claim_node_id};
 
 /// Result of inserting a message under its idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,6 +226,50 @@ pub trait WebhookOutbox: Send + Sync + 'static {
 
     /// Drops queued events up to and including `up_to`.
     async fn remove(&self, receiver: &str, up_to: u64) -> Result<()>;
+}
+
+/// The live sessions of every user, with the per-user device limit, and the
+/// gateways' leases. In memory in the single-node mode (the process holds
+/// every socket); in the database in the distributed mode, where several
+/// presence processes share it, so every rule below holds across processes.
+#[async_trait]
+pub trait SessionRegistry: Send + Sync + 'static {
+    /// Records a new session. If the user then has more than `max_sessions`
+    /// (at least 1), the oldest ones are removed and returned: the caller
+    /// kicks them. Concurrent calls for one user are serialised, so the
+    /// limit holds and each displaced session is returned by one call only.
+    async fn register(&self, info: SessionInfo, max_sessions: usize) -> Result<Vec<SessionInfo>>;
+
+    /// Removes a session; `None` if it was not registered (already kicked,
+    /// expired with its gateway, or removed by a concurrent call).
+    async fn unregister(&self, user: &UserId, session: &SessionId) -> Result<Option<SessionInfo>>;
+
+    /// The user's sessions, oldest first.
+    async fn sessions(&self, user: &UserId) -> Result<Vec<SessionInfo>>;
+
+    /// Extends the gateway's lease to `until` (ms since the epoch).
+    async fn renew_lease(&self, gateway: &str, until: i64) -> Result<()>;
+
+    /// Removes every gateway whose lease ended before `now`, with its
+    /// sessions, and returns those sessions. When several callers run it at
+    /// once, each session is returned by exactly one of them.
+    async fn expire_leases(&self, now: i64) -> Result<Vec<SessionInfo>>;
+}
+
+/// Named, time-limited, exclusive leases (leadership, node ids): at most one
+/// owner holds a name at a time, until it releases it or its ttl runs out
+/// without a renewal.
+#[async_trait]
+pub trait Leases: Send + Sync + 'static {
+    /// Takes `name` for `owner` for `ttl` if it is free (never taken,
+    /// released or expired), or renews it if `owner` already holds it.
+    /// `false` if another owner holds it. After `Ok(true)` the lease is held
+    /// for at least `ttl` from the moment the call was made; after an error
+    /// it may or may not be held.
+    async fn acquire(&self, name: &str, owner: &str, ttl: Duration) -> Result<bool>;
+
+    /// Gives `name` up if `owner` holds it (otherwise does nothing).
+    async fn release(&self, name: &str, owner: &str) -> Result<()>;
 }
 
 /// The storage a Natter node uses, whichever backend.

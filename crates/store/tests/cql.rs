@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use natter_store::cql::{CqlOptions, CqlStore, LATEST_VERSION, Replication, migrate, open_session, schema_version};
-use natter_store::{Direction, Inserted};
+use natter_store::{Direction, Inserted, claim_node_id, conformance};
 use natter_types::{
     ChatType, ConversationKey, ErrorCode, Group, GroupChange, GroupChangeKind, GroupId, GroupMember, GroupRole,
     LogEvent, Message, MessageBody, MessageId, UserId,
@@ -608,4 +608,141 @@ async fn appends_and_sends_with_unconfirmed_outcomes_keep_the_invariants() {
             assert_eq!(Some(message), stored.first());
         }
     }
+}
+
+// ------------------------------------------------------- session registry
+
+/// The gateway-lease checks use lease times near 0 and expire everything
+/// below them in this run's keyspace, so they run one at a time.
+static GATEWAY_LEASES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_keeps_the_newest_sessions_and_unregisters_once() {
+    let store = shared_store(RETENTION).await;
+    conformance::registry_keeps_the_newest_sessions(store.sessions().as_ref()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_cap_holds_for_concurrent_registers_from_two_connections() {
+    // Two stores with their own sessions stand for two presence processes.
+    let stores = [shared_store(RETENTION).await, shared_store(RETENTION).await];
+    let started = Instant::now();
+    conformance::registry_cap_holds_under_concurrent_registers(&[stores[0].sessions(), stores[1].sessions()]).await;
+    eprintln!("20 concurrent registers of one user (cap 4) on 2 connections: {:?}", started.elapsed());
+    let started = Instant::now();
+    conformance::registry_concurrent_changes_lose_and_duplicate_nothing(&[stores[0].sessions(), stores[1].sessions()])
+        .await;
+    eprintln!("10 unregisters racing 10 registers of one user on 2 connections: {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_gateway_leases_take_their_sessions() {
+    let _one_at_a_time = GATEWAY_LEASES.lock().await;
+    let store = shared_store(RETENTION).await;
+    conformance::registry_expired_leases_take_their_gateways_sessions(store.sessions().as_ref()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_expirers_on_two_connections_return_each_session_once() {
+    let _one_at_a_time = GATEWAY_LEASES.lock().await;
+    let stores = [shared_store(RETENTION).await, shared_store(RETENTION).await];
+    let started = Instant::now();
+    conformance::registry_concurrent_expirers_return_each_session_once(&[stores[0].sessions(), stores[1].sessions()])
+        .await;
+    eprintln!("4 concurrent expirers of 3 gateways x 6 users on 2 connections: {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_done_expiry_is_finished_by_the_next_one() {
+    let _one_at_a_time = GATEWAY_LEASES.lock().await;
+    let store = shared_store(RETENTION).await;
+    let registry = store.sessions();
+    let ks = shared_keyspace();
+    let gateway = unique("halfdead");
+    let (a, b) = (user("a"), user("b"));
+    let info = |u: &UserId, id: &str| natter_types::SessionInfo {
+        user: u.clone(),
+        session: natter_types::SessionId(id.to_owned()),
+        device: id.to_owned(),
+        gateway: gateway.clone(),
+        platform: "PC".into(),
+        client_addr: "10.0.0.2:1".into(),
+        connected_at: 7,
+    };
+    registry.register(info(&a, "a1"), 4).await.unwrap();
+    registry.register(info(&b, "b1"), 4).await.unwrap();
+    registry.renew_lease(&gateway, 10).await.unwrap();
+    // An expirer that removed a1 and died before b1 and the lease row.
+    assert!(registry.unregister(&a, &natter_types::SessionId("a1".into())).await.unwrap().is_some());
+    let mut gone: Vec<String> = registry
+        .expire_leases(20)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.gateway == gateway)
+        .map(|s| s.session.0)
+        .collect();
+    gone.sort();
+    assert_eq!(gone, ["b1"], "only what was still registered");
+    let rows = |cql: String| {
+        let session = store.session().clone();
+        let gateway = gateway.clone();
+        async move { session.query_unpaged(cql, (gateway,)).await.unwrap().into_rows_result().unwrap().rows_num() }
+    };
+    let index = rows(format!("SELECT session_id FROM {ks}.gateway_sessions WHERE gateway = ?")).await;
+    assert_eq!(index, 0, "its index rows are gone");
+    let lease = rows(format!("SELECT until FROM {ks}.gateway_leases WHERE shard = 0 AND gateway = ?")).await;
+    assert_eq!(lease, 0, "and its lease row");
+}
+
+// ----------------------------------------------------------------- leases
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_are_exclusive_between_connections_and_renewable_by_the_holder() {
+    let stores = [shared_store(RETENTION).await, shared_store(RETENTION).await];
+    conformance::leases_are_exclusive_and_renewable(stores[0].leases().as_ref()).await;
+    let (one, two) = (stores[0].leases(), stores[1].leases());
+    let name = unique("lease");
+    let ttl = Duration::from_secs(30);
+    let results = join_all((0..8).map(|i| {
+        let leases = if i % 2 == 0 { one.clone() } else { two.clone() };
+        let name = name.clone();
+        async move { leases.acquire(&name, &format!("owner{i}"), ttl).await.unwrap() }
+    }))
+    .await;
+    assert_eq!(results.iter().filter(|won| **won).count(), 1, "one of 8 concurrent takers wins: {results:?}");
+    let winner = format!("owner{}", results.iter().position(|won| *won).unwrap());
+    assert!(two.acquire(&name, &winner, ttl).await.unwrap(), "the holder renews through any connection");
+    one.release(&name, &winner).await.unwrap();
+    assert!(two.acquire(&name, "late", ttl).await.unwrap(), "released, so free");
+    two.release(&name, "late").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_expires_after_its_ttl() {
+    let store = shared_store(RETENTION).await;
+    let leases = store.leases();
+    let name = unique("lease");
+    // The shortest lease there is: the database's TTL counts whole seconds.
+    assert!(leases.acquire(&name, "a", Duration::from_secs(1)).await.unwrap());
+    assert!(!leases.acquire(&name, "b", Duration::from_secs(1)).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    assert!(leases.acquire(&name, "b", Duration::from_secs(60)).await.unwrap(), "a's lease ran out");
+    assert!(!leases.acquire(&name, "a", Duration::from_secs(1)).await.unwrap());
+    leases.release(&name, "b").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claim_node_id_gives_distinct_ids_to_concurrent_claimers() {
+    let stores = [shared_store(RETENTION).await, shared_store(RETENTION).await];
+    let started = Instant::now();
+    conformance::claim_node_id_gives_distinct_ids(&[stores[0].leases(), stores[1].leases()]).await;
+    eprintln!("8 concurrent node id claims on 2 connections: {:?}", started.elapsed());
+    // A claimer that already holds an id may be given it again, never another's.
+    let leases = stores[0].leases();
+    let id = claim_node_id(leases.as_ref(), "solo", Duration::from_secs(30)).await.unwrap();
+    let other = claim_node_id(stores[1].leases().as_ref(), "other", Duration::from_secs(30)).await.unwrap();
+    assert_ne!(id, other);
+    leases.release(&format!("node-id/{id}"), "solo").await.unwrap();
+    leases.release(&format!("node-id/{other}"), "other").await.unwrap();
 }

@@ -14,7 +14,7 @@ pub use group::{Group, GroupChange, GroupChangeKind, GroupMember, GroupRole};
 pub use ids::{ConversationKey, GroupId, IdGenerator, MessageId, SessionId, UserId};
 pub use limits::Limits;
 pub use message::{Actor, ChatType, LogEvent, Message, MessageBody, NewMessage};
-pub use presence::{DeviceStatus, Presence, SessionStatus, Subscription, WebhookEvent};
+pub use presence::{DeviceStatus, Presence, SessionInfo, SessionStatus, Subscription, WebhookEvent};
 
 /// Milliseconds since the Unix epoch by the server's clock.
 pub fn now_ms() -> i64 {

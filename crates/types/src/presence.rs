@@ -1,4 +1,4 @@
-use crate::UserId;
+use crate::{SessionId, UserId};
 
 /// A session status change, as the presence webhook names it (seed 001).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -63,4 +63,21 @@ pub struct WebhookEvent {
     /// `ip:port` of the client.
     pub client_ip: String,
     pub session_id: String,
+}
+
+/// One connected device, as the session registry records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub user: UserId,
+    pub session: SessionId,
+    /// The client's stable device id; a reconnect of the same device within
+    /// the flap window is not announced. Defaults to the session id.
+    pub device: String,
+    /// Id of the gateway process holding the socket (where to send a kick).
+    pub gateway: String,
+    /// iOS, Android, Websocket, PC, MiniProgram (as the webhook names them).
+    pub platform: String,
+    /// `ip:port` of the client as the gateway saw it.
+    pub client_addr: String,
+    pub connected_at: i64,
 }

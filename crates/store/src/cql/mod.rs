@@ -4,7 +4,7 @@
 //! materialized views or SASI); every hot-path statement is prepared once at
 //! [`CqlStore::connect`], and scans page.
 //!
-//! # Data model (schema version 2, see [`migrate`])
+//! # Data model (schema version 3, see [`migrate`])
 //!
 //! Partition key in inner parentheses where it is not the first column.
 //!
@@ -27,13 +27,19 @@
 //! webhook_outbox_head  (receiver text) -> seq, oldest, event blob, writer  (as user_log_head)
 //! webhook_outbox       (receiver text, seq bigint ASC) -> event blob, writer  (as user_log)
 //! webhook_outbox_removed (receiver text, id bigint DESC)
+//! sessions             (user_id text, session_id text) -> device, gateway, platform, client_addr text,
+//!                                                          connected_at bigint, seq bigint
+//!                        static: version bigint, writer bigint
+//! gateway_sessions     (gateway text, user_id text, session_id text)
+//! gateway_leases       (shard int, gateway text) -> until bigint         [shard is always 0]
+//! leases               (name text) -> owner text                         [TTL = the lease's]
 //! schema_migrations    (version int) -> description, applied_at, applied_by
 //! ```
 //!
 //! Blobs are the protobuf records of `natter-proto` (`Message`, `LogEvent`,
 //! `WebhookEvent`), so both backends store the same bytes. Version 1 holds the
 //! message, group and user-log tables; version 2 the presence and webhook
-//! tables.
+//! tables; version 3 the session registry and the leases.
 //!
 //! **Messages** use the Discord layout: a conversation's history is split into
 //! partitions of [`BUCKET_MS`] (10 days) of message-id time, clustered by
@@ -109,6 +115,14 @@
 //! entry per push; `remove` raises a watermark (a max-register like
 //! `user_acks`) and deletes whole entries below it.
 //!
+//! **Sessions** (see `sessions.rs`): a user's sessions are one partition
+//! changed by conditional batches on its static `version`, so the device
+//! limit holds across presence processes and each session is removed by
+//! exactly one call; `gateway_sessions` finds an expired gateway's sessions,
+//! and `gateway_leases` is one small partition of lease ends. **Leases**
+//! (see `leases.rs`): `IF NOT EXISTS` / `IF owner = ?` on a row whose TTL is
+//! the lease's, so a dead holder's lease frees itself.
+//!
 //! `schema_migrations` records each applied migration; `version = 0` is the
 //! migration lease (an `IF NOT EXISTS … USING TTL` row), so concurrent
 //! `migrate` calls apply DDL one at a time.
@@ -138,11 +152,13 @@
 
 mod error;
 mod groups;
+mod leases;
 mod log;
 mod messages;
 mod outbox;
 mod presence;
 mod schema;
+mod sessions;
 mod statements;
 
 use std::collections::HashMap;
@@ -168,7 +184,7 @@ use scylla::value::{CqlValue, Row};
 
 pub use schema::{LATEST_VERSION, Migrated, migrate, schema_version};
 
-use crate::Stores;
+use crate::{Leases, SessionRegistry, Stores};
 use statements::Statements;
 
 /// Width of a message history partition, in milliseconds of message-id time.
@@ -561,6 +577,18 @@ impl CqlStore {
             presence: Arc::new(self.clone()),
             outbox: Arc::new(self.clone()),
         }
+    }
+
+    /// The session registry and gateway leases, shared by every process on
+    /// this keyspace.
+    pub fn sessions(&self) -> Arc<dyn SessionRegistry> {
+        Arc::new(self.clone())
+    }
+
+    /// Named leases (leadership, node ids), shared by every process on this
+    /// keyspace.
+    pub fn leases(&self) -> Arc<dyn Leases> {
+        Arc::new(self.clone())
     }
 
     pub fn session(&self) -> &Arc<Session> {

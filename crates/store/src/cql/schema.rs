@@ -20,7 +20,7 @@ use scylla::value::CqlTimestamp;
 use super::{Lwt, Replication, error, new_token, validate_keyspace};
 
 /// The schema version this build reads and writes.
-pub const LATEST_VERSION: i32 = 2;
+pub const LATEST_VERSION: i32 = 3;
 
 /// How long a migration lease lives without its holder.
 pub const LEASE_TTL_SECS: i32 = 120;
@@ -143,6 +143,41 @@ const MIGRATIONS: &[Migration] = &[
             id bigint,
             PRIMARY KEY (receiver, id)
         ) WITH CLUSTERING ORDER BY (id DESC)",
+        ],
+    },
+    Migration {
+        version: 3,
+        description: "session registry, gateway leases, named leases",
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS {ks}.sessions (
+            user_id text,
+            session_id text,
+            device text,
+            gateway text,
+            platform text,
+            client_addr text,
+            connected_at bigint,
+            seq bigint,
+            version bigint static,
+            writer bigint static,
+            PRIMARY KEY (user_id, session_id)
+        )",
+            "CREATE TABLE IF NOT EXISTS {ks}.gateway_sessions (
+            gateway text,
+            user_id text,
+            session_id text,
+            PRIMARY KEY (gateway, user_id, session_id)
+        )",
+            "CREATE TABLE IF NOT EXISTS {ks}.gateway_leases (
+            shard int,
+            gateway text,
+            until bigint,
+            PRIMARY KEY (shard, gateway)
+        )",
+            "CREATE TABLE IF NOT EXISTS {ks}.leases (
+            name text PRIMARY KEY,
+            owner text
+        )",
         ],
     },
 ];

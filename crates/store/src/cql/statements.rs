@@ -9,6 +9,8 @@ use super::log::{LogStatements, MaxRegister};
 use super::{CqlOptions, error};
 
 const SUBS_READ: &str = "SELECT target, expires_at, version FROM {ks}.presence_subs WHERE subscriber = ?";
+const SESSIONS_READ: &str = "SELECT session_id, device, gateway, platform, client_addr, connected_at, seq, version, \
+                             writer FROM {ks}.sessions WHERE user_id = ?";
 
 pub(crate) struct Statements {
     // messages
@@ -67,6 +69,25 @@ pub(crate) struct Statements {
     pub presence_set: PreparedStatement,
     pub presence_touch: PreparedStatement,
     pub presence_get: PreparedStatement,
+
+    // session registry and gateway leases
+    pub sessions_read: PreparedStatement,
+    pub sessions_read_serial: PreparedStatement,
+    pub sessions_version_init: PreparedStatement,
+    pub sessions_version_cas: PreparedStatement,
+    pub session_insert: PreparedStatement,
+    pub session_delete: PreparedStatement,
+    pub gateway_session_insert: PreparedStatement,
+    pub gateway_session_delete: PreparedStatement,
+    pub gateway_sessions_scan: PreparedStatement,
+    pub gateway_lease_put: PreparedStatement,
+    pub gateway_leases_scan: PreparedStatement,
+    pub gateway_lease_delete_cas: PreparedStatement,
+
+    // named leases
+    pub lease_take: PreparedStatement,
+    pub lease_renew: PreparedStatement,
+    pub lease_release: PreparedStatement,
 }
 
 pub(crate) struct Preparer<'a> {
@@ -294,6 +315,49 @@ impl Statements {
                 .await?,
             presence_touch: p.prepare("UPDATE {ks}.presence SET time = ? WHERE user_id = ?", true).await?,
             presence_get: p.prepare("SELECT description, time FROM {ks}.presence WHERE user_id = ?", true).await?,
+
+            sessions_read: p.prepare(SESSIONS_READ, true).await?,
+            sessions_read_serial: p.serial_read(SESSIONS_READ).await?,
+            sessions_version_init: p
+                .prepare("UPDATE {ks}.sessions SET version = ?, writer = ? WHERE user_id = ? IF version = null", false)
+                .await?,
+            sessions_version_cas: p
+                .prepare("UPDATE {ks}.sessions SET version = ?, writer = ? WHERE user_id = ? IF version = ?", false)
+                .await?,
+            session_insert: p
+                .prepare(
+                    "INSERT INTO {ks}.sessions (user_id, session_id, device, gateway, platform, client_addr, \
+                     connected_at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    false,
+                )
+                .await?,
+            session_delete: p.prepare("DELETE FROM {ks}.sessions WHERE user_id = ? AND session_id = ?", false).await?,
+            gateway_session_insert: p
+                .prepare("INSERT INTO {ks}.gateway_sessions (gateway, user_id, session_id) VALUES (?, ?, ?)", true)
+                .await?,
+            gateway_session_delete: p
+                .prepare("DELETE FROM {ks}.gateway_sessions WHERE gateway = ? AND user_id = ? AND session_id = ?", true)
+                .await?,
+            gateway_sessions_scan: p
+                .prepare("SELECT user_id, session_id FROM {ks}.gateway_sessions WHERE gateway = ?", true)
+                .await?,
+            gateway_lease_put: p
+                .prepare("INSERT INTO {ks}.gateway_leases (shard, gateway, until) VALUES (0, ?, ?)", true)
+                .await?,
+            gateway_leases_scan: p
+                .prepare("SELECT gateway, until FROM {ks}.gateway_leases WHERE shard = 0", true)
+                .await?,
+            gateway_lease_delete_cas: p
+                .prepare("DELETE FROM {ks}.gateway_leases WHERE shard = 0 AND gateway = ? IF until = ?", false)
+                .await?,
+
+            lease_take: p
+                .prepare("INSERT INTO {ks}.leases (name, owner) VALUES (?, ?) IF NOT EXISTS USING TTL ?", false)
+                .await?,
+            lease_renew: p
+                .prepare("UPDATE {ks}.leases USING TTL ? SET owner = ? WHERE name = ? IF owner = ?", false)
+                .await?,
+            lease_release: p.prepare("DELETE FROM {ks}.leases WHERE name = ? IF owner = ?", false).await?,
         })
     }
 }
