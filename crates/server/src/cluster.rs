@@ -375,7 +375,8 @@ mod tests {
         assert!(validate(&no_secret, Some(Role::Gateway)).unwrap_err().to_string().contains("auth.token_secret"));
         validate(&no_secret, Some(Role::Message)).unwrap();
 
-        let cases: [(&str, fn(&mut Config)); 5] = [
+        type Breaker = fn(&mut Config);
+        let cases: [(&str, Breaker); 5] = [
             ("cql.consistency", |c| c.cql.consistency = "MOST".into()),
             ("cql.replication", |c| c.cql.replication = "three".into()),
             ("cql.keyspace", |c| c.cql.keyspace = "Bad-Name".into()),
