@@ -13,13 +13,14 @@
 //! (so a client's messages are stored in the order it sent them), while the
 //! main loop keeps delivering events.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures::stream::{SplitSink, SplitStream};
-use futures::{SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt};
 use natter_bus::{Control, Live, LiveEvent, Transient};
 use natter_presence::SessionInfo;
 use natter_proto::v1::{self, server_frame::Body as Out};
@@ -34,6 +35,17 @@ use crate::{Command, Shared, dispatch};
 
 /// Requests queued per connection before new ones are refused.
 const MAX_QUEUED_REQUESTS: usize = 32;
+
+/// How long a live event that arrived ahead of a gap waits for the missing
+/// ones before the gap is read from the log. Concurrent senders' appends
+/// are published in a different order than they committed, a few
+/// milliseconds apart; waiting this long saves most log reads.
+const REORDER_WAIT: Duration = Duration::from_millis(20);
+/// Live events held back at most; past this the log is read at once.
+const REORDER_MAX: usize = 64;
+/// Frames written per socket before a flush, when more are ready: one
+/// syscall for many frames instead of one each.
+const WRITE_BATCH: usize = 64;
 
 static SESSION_NUMBER: AtomicU64 = AtomicU64::new(0);
 
@@ -72,6 +84,10 @@ struct Session {
     sink: SplitSink<WebSocket, Message>,
     /// Highest seq written to this socket.
     delivered: u64,
+    /// Live events that arrived before the events they follow, by `prev`.
+    ahead: BTreeMap<u64, LiveEvent>,
+    /// When to stop waiting for the gap before `ahead` and read the log.
+    gap_deadline: Option<Instant>,
 }
 
 pub(crate) async fn run(shared: Arc<Shared>, socket: WebSocket, conn: Connection) {
@@ -83,7 +99,8 @@ pub(crate) async fn run(shared: Arc<Shared>, socket: WebSocket, conn: Connection
     let id = conn.session.clone();
     tracing::debug!(user = %user, session = %id, "session opened");
 
-    let mut session = Session { shared: shared.clone(), conn, sink, delivered: 0 };
+    let mut session =
+        Session { shared: shared.clone(), conn, sink, delivered: 0, ahead: BTreeMap::new(), gap_deadline: None };
     let end = session.serve(stream, commands_rx).await;
     let status = if matches!(end, End::LoggedOut) { SessionStatus::LoggedOut } else { SessionStatus::Offline };
     session.close(end).await;
@@ -151,23 +168,53 @@ impl Session {
                     }
                 }
                 Some(response) = responses.recv() => self.send(response).await,
-                live_event = live.next() => match live_event {
-                    Some(Live::Event(event)) => self.deliver_live(event).await,
-                    Some(Live::Transient(frame)) => self.send_transient(&frame).await,
-                    Some(Live::Lagged) => self.catch_up().await,
-                    None => Err(Error::unavailable("live event stream ended")),
-                },
+                live_event = live.next() => self.on_live(live_event).await,
+                () = gap_timer(self.gap_deadline) => self.fill_gap().await,
                 _ = heartbeat.tick() => {
                     if last_heard.elapsed() >= idle_timeout {
                         return End::Idle;
                     }
-                    self.sink.send(Message::Ping(Default::default())).await.map_err(socket_error)
+                    self.sink.feed(Message::Ping(Default::default())).await.map_err(socket_error)
                 }
+            };
+            // Whatever else is ready goes out with it, in one write.
+            let step = match step {
+                Ok(()) => self.write_ready(&mut responses, &mut live).await,
+                Err(e) => Err(e),
             };
             if let Err(e) = step {
                 return End::Failed(e);
             }
         }
+    }
+
+    async fn on_live(&mut self, live: Option<Live>) -> Result<(), Error> {
+        match live {
+            Some(Live::Event(event)) => self.deliver_live(event).await,
+            Some(Live::Transient(frame)) => self.send_transient(&frame).await,
+            Some(Live::Lagged) => self.fill_gap().await,
+            None => Err(Error::unavailable("live event stream ended")),
+        }
+    }
+
+    /// Writes the responses and live events that are ready now (up to a
+    /// batch), then flushes once.
+    async fn write_ready(
+        &mut self,
+        responses: &mut mpsc::Receiver<Out>,
+        live: &mut futures::stream::BoxStream<'static, Live>,
+    ) -> Result<(), Error> {
+        for _ in 0..WRITE_BATCH {
+            if let Ok(response) = responses.try_recv() {
+                self.send(response).await?;
+                continue;
+            }
+            match live.next().now_or_never() {
+                Some(event) => self.on_live(event).await?,
+                None => break,
+            }
+        }
+        self.sink.flush().await.map_err(socket_error)
     }
 
     fn info(&self) -> SessionInfo {
@@ -217,7 +264,8 @@ impl Session {
         };
         self.send(Out::Hello(hello)).await?;
         self.catch_up().await?;
-        self.send(Out::CaughtUp(v1::CaughtUp { seq: self.delivered })).await
+        self.send(Out::CaughtUp(v1::CaughtUp { seq: self.delivered })).await?;
+        self.sink.flush().await.map_err(socket_error)
     }
 
     /// Writes every durable event after `delivered`, page by page.
@@ -253,11 +301,40 @@ impl Session {
             return Ok(());
         }
         if live.prev > self.delivered {
-            // Missed something: the log has it (and this event) durably.
-            return self.catch_up().await;
+            // Missed something, or it is still on its way. The log has it
+            // durably; wait a moment for the live copy before reading it.
+            if self.ahead.len() >= REORDER_MAX {
+                return self.fill_gap().await;
+            }
+            self.ahead.insert(live.prev, live);
+            self.gap_deadline.get_or_insert_with(|| Instant::now() + REORDER_WAIT);
+            return Ok(());
         }
         self.delivered = live.seq;
-        self.send(Out::Event(natter_proto::event_frame(live.seq, &live.event))).await
+        self.send(Out::Event(natter_proto::event_frame(live.seq, &live.event))).await?;
+        self.release_ahead().await
+    }
+
+    /// Reads what is missing from the log, then delivers what waited.
+    async fn fill_gap(&mut self) -> Result<(), Error> {
+        self.catch_up().await?;
+        self.release_ahead().await
+    }
+
+    /// Delivers held-back events that now follow on, and drops those the
+    /// log already delivered.
+    async fn release_ahead(&mut self) -> Result<(), Error> {
+        loop {
+            let delivered = self.delivered;
+            self.ahead.retain(|_, e| e.seq > delivered);
+            let Some(next) = self.ahead.remove(&delivered) else { break };
+            self.delivered = next.seq;
+            self.send(Out::Event(natter_proto::event_frame(next.seq, &next.event))).await?;
+        }
+        if self.ahead.is_empty() {
+            self.gap_deadline = None;
+        }
+        Ok(())
     }
 
     async fn on_frame(
@@ -323,11 +400,12 @@ impl Session {
                 Err(_) => Message::Binary(frame.proto.clone()),
             },
         };
-        self.sink.send(message).await.map_err(socket_error)
+        self.sink.feed(message).await.map_err(socket_error)
     }
 
+    /// Queues a frame; the serve loop flushes after each round.
     async fn send(&mut self, body: Out) -> Result<(), Error> {
-        self.sink.send(codec::encode(&wrap(body), self.conn.format)).await.map_err(socket_error)
+        self.sink.feed(codec::encode(&wrap(body), self.conn.format)).await.map_err(socket_error)
     }
 
     /// Says why, then closes. Errors here are moot: the socket is going.
@@ -376,6 +454,14 @@ async fn answer_requests(
         if responses.send(response).await.is_err() {
             return;
         }
+    }
+}
+
+/// Fires at the deadline; never without one.
+async fn gap_timer(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
