@@ -9,6 +9,7 @@ help:
 	@echo "make test   - every test: unit, store conformance, end-to-end over real WebSockets"
 	@echo "make test-cql - the CQL store against Apache Cassandra 5.0 (installed and started by deploy/cassandra.sh)"
 	@echo "make test-nats - the NATS bus against a real nats-server (installed and started by deploy/nats.sh)"
+	@echo "make test-distributed - the end-to-end suite against a distributed deployment (two gateways, NATS, Cassandra)"
 	@echo "make lint   - rustfmt check and clippy"
 	@echo "make bench  - the standard benchmark suite (a few minutes); writes bench/results/<date>.md"
 	@echo "make cluster - a local distributed deployment: NATS, Cassandra, 2 gateways, one of every other role"
@@ -20,7 +21,7 @@ run:
 build:
 	$(CARGO) build --release --locked --bin natter
 
-test: test-cql test-nats test-k8s
+test: test-cql test-nats test-distributed test-k8s
 	$(CARGO) test --workspace --locked
 	@# The benchmark's smoke run is crates/bench/tests/smoke.rs, part of the line above.
 
@@ -44,6 +45,24 @@ test-nats:
 	deploy/nats.sh start || exit 1; \
 	$(CARGO) test --locked -p natter-bus --features nats --test nats; rc=$$?; \
 	if [ $$started = 1 ]; then deploy/nats.sh stop; fi; \
+	exit $$rc
+
+# The end-to-end scenarios against the distributed mode: one natter process per
+# role (two gateways) on a real nats-server and Cassandra 5.0, plus the crash
+# tests (kill -9 of a gateway and of the message role, a NATS restart). Fails,
+# never skips; stops NATS/Cassandra again if this target started them.
+.PHONY: test-distributed
+test-distributed:
+	deploy/nats.sh install
+	deploy/cassandra.sh install
+	@nats=0; cql=0; \
+	deploy/nats.sh status >/dev/null 2>&1 || nats=1; \
+	deploy/cassandra.sh status >/dev/null 2>&1 || cql=1; \
+	{ deploy/nats.sh start && deploy/cassandra.sh start && \
+	  $(CARGO) build --locked -p natter-server --features distributed --bin natter && \
+	  NATTER_REQUIRE_DISTRIBUTED=1 $(CARGO) test --locked -p natter-e2e --features distributed --test distributed; }; rc=$$?; \
+	if [ $$nats = 1 ]; then deploy/nats.sh stop; fi; \
+	if [ $$cql = 1 ]; then deploy/cassandra.sh stop; fi; \
 	exit $$rc
 
 # The Kubernetes manifests (k8s/), deploy/Dockerfile and deploy/compose.yaml:

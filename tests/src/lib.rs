@@ -1,12 +1,66 @@
-//! Harness for end-to-end tests: a real single-node server on port 0 with a
-//! temp data dir, restartable on the same addresses and data.
+//! Harness for end-to-end tests. Two deployments run the same scenarios
+//! ([`scenarios`]): [`TestServer`], a real single-node server on port 0 with a
+//! temp data dir, restartable on the same addresses and data; and
+//! [`cluster::Cluster`], the distributed mode as separate `natter` processes
+//! per role over a real nats-server and Cassandra.
 
 use std::time::Duration;
 
 use natter_client::{Client, ClientEvent, ClientOptions, Events, v1};
 use natter_server::{Config, Node};
 
+pub mod cluster;
+pub mod scenarios;
+
 pub const WAIT: Duration = Duration::from_secs(10);
+
+/// What a scenario needs from a deployment, whatever its shape.
+///
+/// Users are named by the scenario (`"alice"`); a deployment may map the name
+/// to another id ([`Deployment::user`]) so that tests sharing a database do
+/// not see each other's users. Every method taking a user takes the name.
+// Only used through generics in tests (never `dyn`, never across threads),
+// so the futures need no `Send` bound.
+#[allow(async_fn_in_trait)]
+pub trait Deployment: Sized {
+    /// Starts with the test defaults, adjusted by `adjust` (applied to the
+    /// config of every process).
+    async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self;
+
+    async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// The settings every process runs with.
+    fn config(&self) -> &Config;
+
+    /// The user id this deployment uses for the scenario's `name`.
+    fn user(&self, name: &str) -> String;
+
+    /// A client token for `name`, signed with the deployment's secret.
+    fn token(&self, name: &str) -> String;
+
+    /// Options for a new connection of `name`. A deployment with several
+    /// gateways picks one per call (see [`cluster::Cluster`]).
+    fn options(&self, name: &str) -> ClientOptions;
+
+    /// The `ws://` base URL of every gateway.
+    fn ws_urls(&self) -> Vec<String>;
+
+    /// The backend gRPC API (`natter.v1.Backend`), `http://…`.
+    fn grpc_url(&self) -> String;
+
+    fn api_key(&self) -> String;
+
+    /// A connected client that has caught up, its backlog (if any) skipped.
+    async fn client(&self, name: &str) -> (Client, Events) {
+        connect_caught_up(self.options(name)).await
+    }
+
+    /// Stops everything gracefully and starts it again on the same data and
+    /// addresses.
+    async fn restart(&mut self);
+}
 
 pub struct TestServer {
     pub config: Config,
@@ -58,11 +112,7 @@ impl TestServer {
     }
 
     pub fn options(&self, user: &str) -> ClientOptions {
-        ClientOptions {
-            backoff_min: Duration::from_millis(20),
-            backoff_max: Duration::from_millis(200),
-            ..ClientOptions::new(self.ws_url(), self.token(user))
-        }
+        test_options(self.ws_url(), self.token(user))
     }
 
     /// A connected client that has caught up, its backlog (if any) skipped.
@@ -80,6 +130,55 @@ impl TestServer {
     pub async fn restart(&mut self) {
         self.stop().await;
         self.node = Some(Node::start(&self.config).await.expect("server restarts"));
+    }
+}
+
+impl Deployment for TestServer {
+    async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        TestServer::start_with(adjust).await
+    }
+
+    fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// One server per test: names need no disguise.
+    fn user(&self, name: &str) -> String {
+        name.to_owned()
+    }
+
+    fn token(&self, name: &str) -> String {
+        TestServer::token(self, name)
+    }
+
+    fn options(&self, name: &str) -> ClientOptions {
+        TestServer::options(self, name)
+    }
+
+    fn ws_urls(&self) -> Vec<String> {
+        vec![self.ws_url()]
+    }
+
+    fn grpc_url(&self) -> String {
+        TestServer::grpc_url(self)
+    }
+
+    fn api_key(&self) -> String {
+        TestServer::api_key(self)
+    }
+
+    async fn restart(&mut self) {
+        TestServer::restart(self).await
+    }
+}
+
+/// The SDK defaults with quick reconnects: tests restart servers under
+/// connected clients and should not wait out production backoffs.
+pub fn test_options(url: String, token: String) -> ClientOptions {
+    ClientOptions {
+        backoff_min: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(200),
+        ..ClientOptions::new(url, token)
     }
 }
 
@@ -118,6 +217,39 @@ pub async fn assert_quiet(events: &mut Events) {
             // Presence (including the user's own devices') is live chatter.
             ClientEvent::Connected(_) | ClientEvent::CaughtUp(_) | ClientEvent::OnPresenceStatusChange(_) => {}
             other => panic!("expected no more events, got {other:?}"),
+        }
+    }
+}
+
+/// The next presence change, skipping every other event.
+pub async fn next_presence(events: &mut Events) -> v1::PresenceStatus {
+    loop {
+        if let ClientEvent::OnPresenceStatusChange(p) = events.recv_timeout(WAIT).await.expect("presence change") {
+            return p;
+        }
+    }
+}
+
+/// The next presence change of `user_id`, skipping every other event. A
+/// user's own devices are told of the user's own changes too, live, so when
+/// that arrives depends on the deployment (in the single-node mode usually
+/// before `caught_up`, across processes often after it).
+pub async fn next_presence_of(events: &mut Events, user_id: &str) -> v1::PresenceStatus {
+    loop {
+        let presence = next_presence(events).await;
+        if presence.user_id == user_id {
+            return presence;
+        }
+    }
+}
+
+/// The next event other than a presence change (live chatter, see
+/// [`assert_quiet`] and [`next_presence_of`]).
+pub async fn next_event(events: &mut Events) -> ClientEvent {
+    loop {
+        match events.recv_timeout(WAIT).await.expect("an event in time") {
+            ClientEvent::OnPresenceStatusChange(_) => {}
+            event => return event,
         }
     }
 }

@@ -1,469 +1,85 @@
 //! End-to-end tests of the single-node server over real WebSockets and gRPC.
-#![allow(clippy::unwrap_used)]
+//! The scenarios live in `natter_e2e::scenarios`; `tests/distributed.rs` runs
+//! the same ones, under the same names, against the distributed mode.
 
-use std::time::Duration;
-
-use futures::{SinkExt, StreamExt};
-use natter_client::{ClientError, ClientEvent, ClientOptions, v1};
-use natter_e2e::{TestServer, WAIT, assert_quiet, connect_caught_up, messages, text_of};
-use tokio_tungstenite::tungstenite::Message as WsMessage;
-
-fn group_req(name: &str, members: &[&str]) -> v1::CreateGroup {
-    v1::CreateGroup {
-        name: name.into(),
-        members: members.iter().map(|m| m.to_string()).collect(),
-        ..Default::default()
-    }
-}
+use natter_e2e::{TestServer, scenarios};
 
 #[tokio::test]
 async fn r1_one_to_one_live_delivery_after_ack() {
-    let server = TestServer::start().await;
-    let (alice, _alice_events) = server.client("alice").await;
-    let (_bob, mut bob_events) = server.client("bob").await;
-
-    let ack = alice.send_text("bob", v1::ChatType::Single, "hello bob").await.expect("send");
-    assert!(ack.server_msg_id > 0 && ack.timestamp > 0 && !ack.duplicate);
-
-    let got = bob_events.next_message(WAIT).await.expect("bob receives");
-    assert_eq!(
-        (got.id, got.from.as_str(), got.to.as_str(), text_of(&got)),
-        (ack.server_msg_id, "alice", "bob", "hello bob")
-    );
-    assert_eq!(got.timestamp, ack.timestamp, "server time, the same in ack and delivery");
-    assert_eq!(got.chat_type, v1::ChatType::Single as i32);
+    scenarios::r1_one_to_one_live_delivery_after_ack::<TestServer>().await;
 }
 
 #[tokio::test]
 async fn group_message_reaches_every_member_live() {
-    let server = TestServer::start().await;
-    let (owner, mut owner_events) = server.client("owner").await;
-    let mut members = Vec::new();
-    for name in ["m1", "m2", "m3"] {
-        members.push(server.client(name).await);
-    }
-    let group = owner.create_group(group_req("team", &["m1", "m2", "m3"])).await.expect("create");
-    assert_eq!(group.member_count, 4);
-    for (_, events) in &mut members {
-        match events.recv_timeout(WAIT).await.expect("group change") {
-            ClientEvent::OnGroupChange(change) => {
-                assert_eq!(change.kind, v1::GroupChangeKind::Created as i32);
-                assert_eq!(change.group_id, group.id);
-            }
-            other => panic!("expected the created event, got {other:?}"),
-        }
-    }
-
-    let ack = owner.send_text(&group.id, v1::ChatType::Group, "hi team").await.expect("send");
-    for (_, events) in &mut members {
-        let got = events.next_message(WAIT).await.expect("member receives");
-        assert_eq!((got.id, got.to.as_str(), text_of(&got)), (ack.server_msg_id, group.id.as_str(), "hi team"));
-        assert_quiet(events).await;
-    }
-    // The sender's own device does not surface its echo.
-    assert!(matches!(owner_events.recv_timeout(WAIT).await, Ok(ClientEvent::OnGroupChange(_))));
-    assert_quiet(&mut owner_events).await;
+    scenarios::group_message_reaches_every_member_live::<TestServer>().await;
 }
 
 #[tokio::test]
 async fn multi_device_sender_other_device_gets_own_message() {
-    let server = TestServer::start().await;
-    let (phone, mut phone_events) = server.client("alice").await;
-    let (_laptop, mut laptop_events) = server.client("alice").await;
-    let (_bob, mut bob_events) = server.client("bob").await;
-
-    let ack = phone.send_text("bob", v1::ChatType::Single, "from my phone").await.expect("send");
-    let on_laptop = laptop_events.next_message(WAIT).await.expect("other device gets it");
-    assert_eq!((on_laptop.id, on_laptop.from.as_str()), (ack.server_msg_id, "alice"));
-    assert_eq!(bob_events.next_message(WAIT).await.expect("bob gets it").id, ack.server_msg_id);
-    assert_quiet(&mut phone_events).await;
+    scenarios::multi_device_sender_other_device_gets_own_message::<TestServer>().await;
 }
 
 #[tokio::test]
 async fn o1_offline_then_reconnect_receives_everything_in_order_once() {
-    let server = TestServer::start().await;
-    let (alice, _a) = server.client("alice").await;
-    let (bob, bob_events) = server.client("bob").await;
-    let cursor = bob.cursor();
-    bob.close().await;
-    drop(bob_events);
-
-    let mut sent = Vec::new();
-    for i in 0..30 {
-        sent.push(alice.send_text("bob", v1::ChatType::Single, format!("m{i}")).await.expect("send").server_msg_id);
-    }
-
-    // Resume with the cursor it had.
-    let options = ClientOptions { cursor: Some(cursor), ..server.options("bob") };
-    let (bob, mut bob_events) = natter_client::Client::connect(options).await.expect("connect");
-    let got: Vec<u64> = messages(&mut bob_events, 30).await.iter().map(|m| m.id).collect();
-    assert_eq!(got, sent, "all missed messages, in order");
-    assert_quiet(&mut bob_events).await;
-
-    // A device without a cursor starts where bob's devices acknowledged:
-    // nothing is replayed twice.
-    let last = bob_events.cursor();
-    assert!(last >= 30, "cursor follows consumption: {last}");
-    bob.close().await;
-    tokio::time::sleep(Duration::from_millis(100)).await; // let the final ack land
-    let (_again, mut again_events) = server.client("bob").await;
-    assert_quiet(&mut again_events).await;
+    scenarios::o1_offline_then_reconnect_receives_everything_in_order_once::<TestServer>().await;
 }
 
 #[tokio::test]
 async fn o1_server_restart_between_send_and_reconnect_loses_nothing() {
-    let mut server = TestServer::start().await;
-    let (alice, _a) = server.client("alice").await;
-    let (bob, _b) = server.client("bob").await;
-    let cursor = bob.cursor();
-    bob.close().await;
-    let mut sent = Vec::new();
-    for i in 0..10 {
-        sent.push(
-            alice.send_text("bob", v1::ChatType::Single, format!("before {i}")).await.expect("send").server_msg_id,
-        );
-    }
-    alice.close().await;
-
-    server.restart().await;
-
-    let options = ClientOptions { cursor: Some(cursor), ..server.options("bob") };
-    let (_bob, mut bob_events) = natter_client::Client::connect(options).await.expect("connect");
-    let got: Vec<u64> = messages(&mut bob_events, 10).await.iter().map(|m| m.id).collect();
-    assert_eq!(got, sent);
-    // The log continues after the restart: a new message comes next, once.
-    let (alice, _a) = server.client("alice").await;
-    let after = alice.send_text("bob", v1::ChatType::Single, "after").await.expect("send after restart");
-    assert!(after.server_msg_id > sent[9], "ids keep increasing across restarts");
-    assert_eq!(bob_events.next_message(WAIT).await.expect("live after restart").id, after.server_msg_id);
-    assert_quiet(&mut bob_events).await;
+    scenarios::o1_server_restart_between_send_and_reconnect_loses_nothing::<TestServer>().await;
 }
 
 #[tokio::test]
 async fn o1_connected_client_reconnects_and_resumes_across_a_restart() {
-    let mut server = TestServer::start().await;
-    let (_bob, mut bob_events) = server.client("bob").await;
-    server.restart().await;
-    let (alice, _a) = server.client("alice").await;
-    let ack = alice.send_text("bob", v1::ChatType::Single, "are you back?").await.expect("send");
-    let got = bob_events.next_message(WAIT).await.expect("bob reconnected by itself");
-    assert_eq!(got.id, ack.server_msg_id);
+    scenarios::o1_connected_client_reconnects_and_resumes_across_a_restart::<TestServer>().await;
 }
 
 #[tokio::test]
 async fn idempotent_retry_returns_same_id_and_is_stored_once() {
-    let server = TestServer::start().await;
-    let (alice, _a) = server.client("alice").await;
-    let (_bob, mut bob_events) = server.client("bob").await;
-    let message = v1::SendMessage {
-        client_msg_id: "retry-me".into(),
-        to: "bob".into(),
-        chat_type: v1::ChatType::Single as i32,
-        body: Some(v1::send_message::Body::Text(v1::TextBody { text: "once".into() })),
-        ..Default::default()
-    };
-    let first = alice.send(message.clone()).await.expect("first");
-    let retry = alice.send(message).await.expect("retry");
-    assert_eq!((retry.server_msg_id, retry.timestamp), (first.server_msg_id, first.timestamp));
-    assert!(!first.duplicate && retry.duplicate);
-    assert_eq!(bob_events.next_message(WAIT).await.expect("delivered").id, first.server_msg_id);
-    assert_quiet(&mut bob_events).await;
+    scenarios::idempotent_retry_returns_same_id_and_is_stored_once::<TestServer>().await;
 }
 
 #[tokio::test]
 async fn bad_missing_or_expired_token_gets_401_before_upgrade() {
-    let server = TestServer::start().await;
-    for token in ["not-a-jwt", ""] {
-        let err = natter_client::Client::connect(ClientOptions::new(server.ws_url(), token)).await.unwrap_err();
-        match err {
-            ClientError::Http { status, code, .. } => {
-                assert_eq!(status, 401);
-                assert_eq!(code, Some(v1::ErrorCode::Unauthenticated));
-            }
-            other => panic!("expected http 401, got {other:?}"),
-        }
-    }
-    // Signed with another secret.
-    let other = natter_server::node::tokens(&{
-        let mut c = server.config.clone();
-        c.auth.token_secret = "a-completely-different-secret".into();
-        c
-    })
-    .unwrap();
-    let alice = natter_types::UserId::parse("alice", "u").unwrap();
-    let forged = other.mint(&alice, 60).unwrap().0;
-    let err = natter_client::Client::connect(ClientOptions::new(server.ws_url(), forged)).await.unwrap_err();
-    assert!(matches!(err, ClientError::Http { status: 401, .. }), "{err:?}");
+    scenarios::bad_missing_or_expired_token_gets_401_before_upgrade::<TestServer>().await;
 }
 
 #[tokio::test]
 async fn non_member_can_neither_send_nor_read_a_group() {
-    let server = TestServer::start().await;
-    let (owner, _o) = server.client("owner").await;
-    let (outsider, _x) = server.client("outsider").await;
-    let group = owner.create_group(group_req("private", &[])).await.expect("create");
-
-    let err = outsider.send_text(&group.id, v1::ChatType::Group, "let me in").await.unwrap_err();
-    assert_eq!(err.code(), Some(v1::ErrorCode::Forbidden));
-    let err = outsider.list_members(&group.id, "", 10).await.unwrap_err();
-    assert_eq!(err.code(), Some(v1::ErrorCode::Forbidden));
-    let err = outsider.get_group(&group.id).await.unwrap_err();
-    assert_eq!(err.code(), Some(v1::ErrorCode::Forbidden));
-    let err = outsider.send_text("12345", v1::ChatType::Group, "nobody").await.unwrap_err();
-    assert_eq!(err.code(), Some(v1::ErrorCode::NotFound));
+    scenarios::non_member_can_neither_send_nor_read_a_group::<TestServer>().await;
 }
 
 #[tokio::test]
 async fn invalid_user_id_and_oversized_body_get_their_codes() {
-    let server = TestServer::start().await;
-    let (alice, _a) = server.client("alice").await;
-    match alice.send_text("Not Valid!", v1::ChatType::Single, "x").await.unwrap_err() {
-        ClientError::Server { code, field, message } => {
-            assert_eq!(code, v1::ErrorCode::BadRequest);
-            assert_eq!(field.as_deref(), Some("send.to"));
-            assert!(message.contains("allowed are a-z 0-9 _ - ."), "{message}");
-        }
-        other => panic!("{other:?}"),
-    }
-    let too_big = "x".repeat(64 * 1024 + 1);
-    match alice.send_text("bob", v1::ChatType::Single, too_big).await.unwrap_err() {
-        ClientError::Server { code, field, message } => {
-            assert_eq!(code, v1::ErrorCode::LimitExceeded);
-            assert_eq!(field.as_deref(), Some("send.body"));
-            assert!(message.contains("the limit is 65536"), "{message}");
-        }
-        other => panic!("{other:?}"),
-    }
-}
-
-/// A raw JSON WebSocket, as websocat or a browser would use it.
-async fn raw_json(
-    server: &TestServer,
-    user: &str,
-) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
-    let url = format!("{}/ws?token={}", server.ws_url(), server.token(user));
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.expect("connect");
-    for expected in ["hello", "caughtUp"] {
-        let frame = next_json(&mut ws).await;
-        assert!(frame.get(expected).is_some(), "expected {expected}, got {frame}");
-    }
-    ws
-}
-
-async fn next_json(
-    ws: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-) -> serde_json::Value {
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next()).await.expect("frame in time").expect("open").expect("ok");
-        if let WsMessage::Text(text) = msg {
-            return serde_json::from_str(text.as_str()).expect("server sends valid json");
-        }
-    }
+    scenarios::invalid_user_id_and_oversized_body_get_their_codes::<TestServer>().await;
 }
 
 #[tokio::test]
 async fn json_text_frames_and_oversized_or_garbled_frames_get_error_frames() {
-    let server = TestServer::start().await;
-    let mut ws = raw_json(&server, "alice").await;
-
-    ws.send(WsMessage::Text(
-        r#"{"reqId":"7","send":{"clientMsgId":"j1","to":"alice","chatType":"SINGLE","text":{"text":"note to self"}}}"#
-            .into(),
-    ))
-    .await
-    .unwrap();
-    let mut saw_response = false;
-    let mut saw_event = false;
-    while !(saw_response && saw_event) {
-        let frame = next_json(&mut ws).await;
-        if let Some(resp) = frame.get("response") {
-            assert_eq!(resp["reqId"], "7");
-            assert_eq!(resp["sent"]["clientMsgId"], "j1");
-            saw_response = true;
-        } else if let Some(event) = frame.get("event") {
-            assert_eq!(event["onTextMessage"]["text"]["text"], "note to self");
-            saw_event = true;
-        }
-    }
-
-    ws.send(WsMessage::Text("y".repeat(200 * 1024).into())).await.unwrap();
-    let frame = next_json(&mut ws).await;
-    assert_eq!(frame["response"]["error"]["code"], "LIMIT_EXCEEDED", "{frame}");
-    assert_eq!(frame["response"]["error"]["field"], "frame");
-
-    ws.send(WsMessage::Text(r#"{"reqId":9,"send":{"chatType":"NOT_A_TYPE"}}"#.into())).await.unwrap();
-    let frame = next_json(&mut ws).await;
-    assert_eq!(frame["response"]["reqId"], "9", "the req id is recovered: {frame}");
-    assert_eq!(frame["response"]["error"]["code"], "BAD_REQUEST");
-
-    // The connection survives all of it.
-    ws.send(WsMessage::Text(r#"{"reqId":10,"ping":{"clientTime":"5"}}"#.into())).await.unwrap();
-    let frame = next_json(&mut ws).await;
-    assert_eq!(frame["response"]["pong"]["clientTime"], "5", "{frame}");
+    scenarios::json_text_frames_and_oversized_or_garbled_frames_get_error_frames::<TestServer>().await;
 }
 
 #[tokio::test]
 async fn requests_past_the_rate_limit_are_answered_rate_limited() {
-    let server = TestServer::start_with(|c| {
-        c.limits.requests_per_second = 1;
-        c.limits.request_burst = 3;
-    })
-    .await;
-    let mut ws = raw_json(&server, "alice").await;
-    for i in 1..=6 {
-        ws.send(WsMessage::Text(format!(r#"{{"reqId":{i},"ping":{{}}}}"#).into())).await.unwrap();
-    }
-    let mut limited = 0;
-    for _ in 0..6 {
-        let frame = next_json(&mut ws).await;
-        if frame["response"]["error"]["code"] == "RATE_LIMITED" {
-            limited += 1;
-        }
-    }
-    assert!(limited >= 2, "burst of 3 at 1/s: at least 2 of 6 refused, got {limited}");
+    scenarios::requests_past_the_rate_limit_are_answered_rate_limited::<TestServer>().await;
 }
 
 #[tokio::test]
 async fn fifth_device_kicks_the_oldest_with_a_reason() {
-    let server = TestServer::start().await;
-    assert_eq!(server.config.limits.max_sessions_per_user, 4, "the default limit");
-    let (_oldest, mut oldest_events) = server.client("alice").await;
-    let mut others = Vec::new();
-    for _ in 0..3 {
-        others.push(server.client("alice").await);
-    }
-    let (_newest, mut newest_events) = server.client("alice").await;
-    loop {
-        match oldest_events.recv_timeout(WAIT).await.expect("kicked in time") {
-            ClientEvent::Kicked(goodbye) => {
-                assert_eq!(goodbye.reason, v1::GoodbyeReason::KickedByOtherDevice as i32);
-                break;
-            }
-            ClientEvent::Disconnected { .. } | ClientEvent::OnPresenceStatusChange(_) => {}
-            other => panic!("expected a kick, got {other:?}"),
-        }
-    }
-    // The kicked device does not come back; the others still receive.
-    let (bob, _b) = server.client("bob").await;
-    let ack = bob.send_text("alice", v1::ChatType::Single, "still there?").await.unwrap();
-    assert_eq!(newest_events.next_message(WAIT).await.unwrap().id, ack.server_msg_id);
+    scenarios::fifth_device_kicks_the_oldest_with_a_reason::<TestServer>().await;
 }
 
 #[tokio::test]
 async fn o1_cursor_older_than_retention_is_told_to_resync() {
-    let server = TestServer::start_with(|c| c.store.log_retention_events = 5).await;
-    let (alice, _a) = server.client("alice").await;
-    for i in 0..8 {
-        alice.send_text("bob", v1::ChatType::Single, format!("m{i}")).await.unwrap();
-    }
-    let options = ClientOptions { cursor: Some(1), ..server.options("bob") };
-    let (_bob, mut events) = natter_client::Client::connect(options).await.expect("connect");
-    let mut resync = None;
-    loop {
-        match events.recv_timeout(WAIT).await.expect("event") {
-            ClientEvent::ResyncRequired(r) => resync = Some(r),
-            ClientEvent::CaughtUp(_) => break,
-            ClientEvent::Connected(_) => {}
-            other => panic!("no event may be delivered across the gap: {other:?}"),
-        }
-    }
-    let resync = resync.expect("explicit resync signal, not a silent gap");
-    assert_eq!((resync.requested, resync.oldest, resync.head), (1, 4, 8));
-    let ack = alice.send_text("bob", v1::ChatType::Single, "after resync").await.unwrap();
-    assert_eq!(events.next_message(WAIT).await.unwrap().id, ack.server_msg_id, "live after the resync");
-}
-
-async fn grpc_channel(server: &TestServer) -> tonic::transport::Channel {
-    tonic::transport::Endpoint::from_shared(server.grpc_url()).unwrap().connect().await.expect("grpc connect")
-}
-
-fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
-    request
+    scenarios::o1_cursor_older_than_retention_is_told_to_resync::<TestServer>().await;
 }
 
 #[tokio::test]
 async fn backend_grpc_sends_as_system_and_as_user_behind_the_api_key() {
-    let server = TestServer::start().await;
-    let channel = grpc_channel(&server).await;
-    let mut backend = v1::backend_client::BackendClient::new(channel.clone());
-
-    let unauth = backend.mint_token(v1::MintTokenRequest { user_id: "bob".into(), ttl_seconds: 60 }).await.unwrap_err();
-    assert_eq!(unauth.code(), tonic::Code::Unauthenticated);
-    let wrong =
-        backend.mint_token(with_key(v1::MintTokenRequest { user_id: "bob".into(), ttl_seconds: 60 }, "wrong")).await;
-    assert_eq!(wrong.unwrap_err().code(), tonic::Code::Unauthenticated);
-
-    let key = server.api_key();
-    let token = backend
-        .mint_token(with_key(v1::MintTokenRequest { user_id: "Bob".into(), ttl_seconds: 60 }, &key))
-        .await
-        .unwrap();
-    let (_bob, mut bob_events) = connect_caught_up(ClientOptions::new(server.ws_url(), token.into_inner().token)).await;
-
-    let send = |from: &str, id: &str| v1::BackendSendRequest {
-        from: from.into(),
-        message: Some(v1::SendMessage {
-            client_msg_id: id.into(),
-            to: "bob".into(),
-            chat_type: v1::ChatType::Single as i32,
-            body: Some(v1::send_message::Body::Text(v1::TextBody { text: format!("from {from:?}") })),
-            ..Default::default()
-        }),
-    };
-    let system = backend.send_message(with_key(send("", "s1"), &key)).await.unwrap().into_inner();
-    let got = bob_events.next_message(WAIT).await.unwrap();
-    assert_eq!((got.id, got.from.as_str(), got.from_system), (system.server_msg_id, "system", true));
-    let as_alice = backend.send_message(with_key(send("alice", "a1"), &key)).await.unwrap().into_inner();
-    let got = bob_events.next_message(WAIT).await.unwrap();
-    assert_eq!((got.id, got.from.as_str(), got.from_system), (as_alice.server_msg_id, "alice", false));
-
-    let bad = backend.send_message(with_key(send("Not Valid", "x"), &key)).await.unwrap_err();
-    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
-    assert_eq!(bad.metadata().get("natter-error-code").and_then(|v| v.to_str().ok()), Some("BAD_REQUEST"));
-
-    let group = backend
-        .create_group(with_key(
-            v1::BackendCreateGroupRequest { owner: "alice".into(), group: Some(group_req("ops", &["bob"])) },
-            &key,
-        ))
-        .await
-        .unwrap()
-        .into_inner();
-    let groups =
-        backend.list_user_groups(with_key(v1::BackendUserRequest { user_id: "bob".into() }, &key)).await.unwrap();
-    assert_eq!(groups.into_inner().groups.iter().map(|g| g.id.clone()).collect::<Vec<_>>(), vec![group.id]);
-
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let status = health
-        .check(tonic_health::pb::HealthCheckRequest { service: "natter.v1.Backend".into() })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(status.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    scenarios::backend_grpc_sends_as_system_and_as_user_behind_the_api_key::<TestServer>().await;
 }
 
 #[tokio::test]
 async fn group_management_is_announced_to_members() {
-    let server = TestServer::start().await;
-    let (owner, _o) = server.client("owner").await;
-    let (admin, _a) = server.client("admin").await;
-    let (_m, mut member_events) = server.client("member").await;
-    let group = owner.create_group(group_req("club", &["admin", "member"])).await.unwrap();
-    owner.set_admin(&group.id, "admin", true).await.unwrap();
-    admin.add_members(&group.id, vec!["late"]).await.unwrap();
-    assert_eq!(admin.get_group(&group.id).await.unwrap().member_count, 4);
-    admin.remove_members(&group.id, vec!["late"]).await.unwrap();
-    owner.dissolve_group(&group.id).await.unwrap();
-
-    let mut kinds = Vec::new();
-    while kinds.len() < 5 {
-        if let ClientEvent::OnGroupChange(change) = member_events.recv_timeout(WAIT).await.unwrap() {
-            kinds.push(v1::GroupChangeKind::try_from(change.kind).unwrap());
-        }
-    }
-    use v1::GroupChangeKind as K;
-    assert_eq!(kinds, [K::Created, K::AdminAdded, K::MembersAdded, K::MembersRemoved, K::Destroyed]);
-    assert!(admin.list_my_groups().await.unwrap().is_empty());
+    scenarios::group_management_is_announced_to_members::<TestServer>().await;
 }

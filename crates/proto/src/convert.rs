@@ -97,8 +97,9 @@ pub fn status_from_error(e: &t::Error) -> tonic::Status {
 /// the caller of the remote client sees it. A status without the
 /// `natter-error-code` metadata did not come from a Natter service (it came
 /// from the transport, a proxy or the gRPC layer): a failure to reach the
-/// peer or a deadline becomes UNAVAILABLE (the caller may retry), anything
-/// else INTERNAL.
+/// peer, a connection lost mid-call (tonic reports it as UNKNOWN: the peer
+/// may or may not have applied the call) or a deadline becomes UNAVAILABLE
+/// (the caller may retry; sends are idempotent), anything else INTERNAL.
 pub fn error_from_status(status: &tonic::Status) -> t::Error {
     let code = status
         .metadata()
@@ -113,7 +114,8 @@ pub fn error_from_status(status: &tonic::Status) -> t::Error {
         },
         None => {
             let code = match status.code() {
-                tonic::Code::Unavailable
+                tonic::Code::Unknown
+                | tonic::Code::Unavailable
                 | tonic::Code::DeadlineExceeded
                 | tonic::Code::Cancelled
                 | tonic::Code::Aborted
@@ -557,14 +559,20 @@ mod tests {
     #[test]
     fn statuses_without_natter_metadata_become_unavailable_or_internal() {
         use tonic::Code;
-        for code in [Code::Unavailable, Code::DeadlineExceeded, Code::Cancelled, Code::Aborted, Code::ResourceExhausted]
-        {
+        for code in [
+            Code::Unknown,
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::Cancelled,
+            Code::Aborted,
+            Code::ResourceExhausted,
+        ] {
             let e = error_from_status(&tonic::Status::new(code, "connection refused"));
             assert_eq!(e.code, t::ErrorCode::Unavailable, "{code:?}");
             assert!(e.message.contains("connection refused"), "{}", e.message);
             assert_eq!(e.field, None);
         }
-        for code in [Code::Unknown, Code::Internal, Code::InvalidArgument, Code::Unimplemented, Code::NotFound] {
+        for code in [Code::Internal, Code::InvalidArgument, Code::Unimplemented, Code::NotFound] {
             assert_eq!(error_from_status(&tonic::Status::new(code, "x")).code, t::ErrorCode::Internal, "{code:?}");
         }
         // An unknown code name (a newer peer) is not trusted either.

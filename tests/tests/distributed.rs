@@ -1,0 +1,462 @@
+//! The end-to-end scenarios against the distributed mode: separate `natter`
+//! processes per role (two gateways) over a real nats-server and Cassandra,
+//! with clients spread over both gateways (see `natter_e2e::cluster`). The
+//! scenarios shared with `tests/single_node.rs` and `tests/presence.rs` keep
+//! their names; the crash and failover tests below exist only here.
+//!
+//! Needs `deploy/nats.sh start`, `deploy/cassandra.sh start` and the binary
+//! from `cargo build -p natter-server --features distributed`; run with
+//! `cargo test -p natter-e2e --features distributed --test distributed`.
+//! Fails, never skips, without them.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use natter_client::{Client, ClientError, ClientEvent, ClientOptions, v1};
+use natter_e2e::cluster::{Balancer, Cluster, NatsServer, Role};
+use natter_e2e::{Deployment, WAIT, assert_quiet, connect_caught_up, messages, next_presence_of, scenarios};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+// ------------------------------------------------------------------ the shared scenarios
+
+#[tokio::test]
+async fn r1_one_to_one_live_delivery_after_ack() {
+    scenarios::r1_one_to_one_live_delivery_after_ack::<Cluster>().await;
+}
+
+#[tokio::test]
+async fn group_message_reaches_every_member_live() {
+    scenarios::group_message_reaches_every_member_live::<Cluster>().await;
+}
+
+#[tokio::test]
+async fn multi_device_sender_other_device_gets_own_message() {
+    scenarios::multi_device_sender_other_device_gets_own_message::<Cluster>().await;
+}
+
+#[tokio::test]
+async fn o1_offline_then_reconnect_receives_everything_in_order_once() {
+    scenarios::o1_offline_then_reconnect_receives_everything_in_order_once::<Cluster>().await;
+}
+
+#[tokio::test]
+async fn o1_server_restart_between_send_and_reconnect_loses_nothing() {
+    scenarios::o1_server_restart_between_send_and_reconnect_loses_nothing::<Cluster>().await;
+}
+
+#[tokio::test]
+async fn o1_connected_client_reconnects_and_resumes_across_a_restart() {
+    scenarios::o1_connected_client_reconnects_and_resumes_across_a_restart::<Cluster>().await;
+}
+
+#[tokio::test]
+async fn idempotent_retry_returns_same_id_and_is_stored_once() {
+    scenarios::idempotent_retry_returns_same_id_and_is_stored_once::<Cluster>().await;
+}
+
+#[tokio::test]
+async fn bad_missing_or_expired_token_gets_401_before_upgrade() {
+    scenarios::bad_missing_or_expired_token_gets_401_before_upgrade::<Cluster>().await;
+}
+
+#[tokio::test]
+async fn non_member_can_neither_send_nor_read_a_group() {
+    scenarios::non_member_can_neither_send_nor_read_a_group::<Cluster>().await;
+}
+
+#[tokio::test]
+async fn invalid_user_id_and_oversized_body_get_their_codes() {
+    scenarios::invalid_user_id_and_oversized_body_get_their_codes::<Cluster>().await;
+}
+
+#[tokio::test]
+async fn json_text_frames_and_oversized_or_garbled_frames_get_error_frames() {
+    scenarios::json_text_frames_and_oversized_or_garbled_frames_get_error_frames::<Cluster>().await;
+}
+
+#[tokio::test]
+async fn requests_past_the_rate_limit_are_answered_rate_limited() {
+    scenarios::requests_past_the_rate_limit_are_answered_rate_limited::<Cluster>().await;
+}
+
+#[tokio::test]
+async fn fifth_device_kicks_the_oldest_with_a_reason() {
+    scenarios::fifth_device_kicks_the_oldest_with_a_reason::<Cluster>().await;
+}
+
+#[tokio::test]
+async fn o1_cursor_older_than_retention_is_told_to_resync() {
+    scenarios::o1_cursor_older_than_retention_is_told_to_resync::<Cluster>().await;
+}
+
+#[tokio::test]
+async fn backend_grpc_sends_as_system_and_as_user_behind_the_api_key() {
+    scenarios::backend_grpc_sends_as_system_and_as_user_behind_the_api_key::<Cluster>().await;
+}
+
+#[tokio::test]
+async fn group_management_is_announced_to_members() {
+    scenarios::group_management_is_announced_to_members::<Cluster>().await;
+}
+
+#[tokio::test]
+async fn p1_p3_p4_presence_over_websockets() {
+    scenarios::p1_p3_p4_presence_over_websockets::<Cluster>().await;
+}
+
+#[tokio::test]
+async fn backend_grpc_queries_presence_and_subscriptions() {
+    scenarios::backend_grpc_queries_presence_and_subscriptions::<Cluster>().await;
+}
+
+#[tokio::test]
+async fn w1_webhook_reports_connect_kick_and_logout() {
+    scenarios::w1_webhook_reports_connect_kick_and_logout::<Cluster>().await;
+}
+
+// ------------------------------------------------------------------ distributed only
+
+fn text(to: &str, client_msg_id: &str, text: &str) -> v1::SendMessage {
+    v1::SendMessage {
+        client_msg_id: client_msg_id.into(),
+        to: to.into(),
+        chat_type: v1::ChatType::Single as i32,
+        body: Some(v1::send_message::Body::Text(v1::TextBody { text: text.into() })),
+        ..Default::default()
+    }
+}
+
+/// What a client may retry with the same client message id: the server said
+/// it could not reach the service (UNAVAILABLE), or no answer came in time.
+/// Not INTERNAL: that is a bug's answer, which a client cannot tell from "the
+/// send may or may not have been applied".
+fn retryable(e: &ClientError) -> bool {
+    e.code() == Some(v1::ErrorCode::Unavailable) || matches!(e, ClientError::Timeout)
+}
+
+/// Sends until acknowledged, retrying retryable failures with the same client
+/// message id for up to `limit`; counts each failed attempt in `failures`.
+/// Returns the ack and the number of failed attempts before it.
+async fn send_retrying(
+    client: &Client,
+    message: &v1::SendMessage,
+    limit: Duration,
+    failures: &watch::Sender<u32>,
+) -> (v1::SendResult, u32) {
+    let deadline = Instant::now() + limit;
+    let mut failed = 0;
+    loop {
+        match client.send(message.clone()).await {
+            Ok(ack) => return (ack, failed),
+            Err(e) if retryable(&e) && Instant::now() < deadline => {
+                failed += 1;
+                failures.send_modify(|n| *n += 1);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("send {} failed for good after {failed} failed attempts: {e:?}", message.client_msg_id),
+        }
+    }
+}
+
+/// alice (gateway 0) streams messages to bob; bob's phone, behind a load
+/// balancer, is on gateway 1, which is killed with SIGKILL mid-stream. The
+/// phone reconnects by itself (the balancer sends it to gateway 0) and ends up
+/// with every acknowledged message exactly once, in order; bob's laptop on
+/// gateway 0 never notices.
+#[tokio::test]
+async fn kill9_gateway_while_messages_flow() {
+    const N: usize = 200;
+    let mut cluster = Cluster::start().await;
+    let bob = cluster.user("bob");
+    let (alice, _alice_events) = cluster.client_on("alice", 0).await;
+    let balancer = Balancer::start(vec![cluster.ws_addr(1), cluster.ws_addr(0)]).await;
+    let (_phone, mut phone_events) =
+        connect_caught_up(ClientOptions { url: balancer.url(), ..cluster.options_on("bob", 1) }).await;
+    let (_laptop, mut laptop_events) = cluster.client_on("bob", 0).await;
+
+    let (acked_tx, mut acked_rx) = watch::channel(0usize);
+    let (killed_tx, mut killed_rx) = watch::channel(false);
+    let sender = tokio::spawn(async move {
+        let mut ids = Vec::with_capacity(N);
+        for i in 0..N {
+            if i == 3 * N / 4 {
+                // The last quarter waits for the kill, so it is mid-stream
+                // however fast the first part went.
+                killed_rx.wait_for(|killed| *killed).await.unwrap();
+            }
+            let ack =
+                alice.send_text(&bob, v1::ChatType::Single, format!("m{i}")).await.expect("alice's gateway lives");
+            ids.push(ack.server_msg_id);
+            acked_tx.send_replace(ids.len());
+        }
+        ids
+    });
+
+    tokio::time::timeout(WAIT, acked_rx.wait_for(|n| *n >= N / 4)).await.expect("sends flow").unwrap();
+    cluster.kill(Role::Gateway(1)).await;
+    killed_tx.send_replace(true);
+
+    let mut got = Vec::with_capacity(N);
+    let (mut drops, mut connects) = (0, 0);
+    while got.len() < N {
+        match phone_events.recv_timeout(WAIT).await.expect("bob's phone keeps receiving") {
+            ClientEvent::OnTextMessage(m) => got.push(m.id),
+            ClientEvent::Disconnected { .. } => drops += 1,
+            ClientEvent::Connected(_) => connects += 1,
+            _ => {}
+        }
+    }
+    let sent = tokio::time::timeout(WAIT, sender).await.expect("alice finishes").unwrap();
+    assert_eq!(got, sent, "the phone: every acknowledged message, once, in order");
+    assert!(
+        drops >= 1 && connects >= 1,
+        "the phone lost gateway 1 and reconnected ({drops} drops, {connects} connects)"
+    );
+    let on_laptop: Vec<u64> = messages(&mut laptop_events, N).await.iter().map(|m| m.id).collect();
+    assert_eq!(on_laptop, sent, "the laptop on the surviving gateway");
+    assert_quiet(&mut phone_events).await;
+    assert_quiet(&mut laptop_events).await;
+    cluster.assert_running(&[Role::Message, Role::Presence, Role::Conversation, Role::Gateway(0)]);
+}
+
+/// The message role is killed with SIGKILL while alice sends, and started
+/// again on the same port. alice retries what failed with the same client
+/// message id. bob gets every acknowledged message exactly once, in order,
+/// and a retry of an applied send is a duplicate with the original id.
+#[tokio::test]
+async fn kill9_message_role_mid_stream_loses_no_acked_message() {
+    const N: usize = 200;
+    // The check at the end sends all N again as fast as duplicates are
+    // answered, past the default rate limit of a connection.
+    let mut cluster = Cluster::start_with(|c| {
+        c.limits.requests_per_second = 10_000;
+        c.limits.request_burst = 10_000;
+    })
+    .await;
+    let bob = cluster.user("bob");
+    let (alice, _alice_events) = cluster.client_on("alice", 0).await;
+    let (_bob, mut bob_events) = cluster.client_on("bob", 1).await;
+
+    let (acked_tx, mut acked_rx) = watch::channel(0usize);
+    let (failures_tx, mut failures_rx) = watch::channel(0u32);
+    let (restarted_tx, mut restarted_rx) = watch::channel(false);
+    let sender = tokio::spawn({
+        let alice = alice.clone();
+        let bob = bob.clone();
+        async move {
+            let mut acks = Vec::with_capacity(N);
+            for i in 0..N {
+                if i == 3 * N / 4 {
+                    // Keep a tail of sends for after the restart.
+                    restarted_rx.wait_for(|restarted| *restarted).await.unwrap();
+                }
+                let message = text(&bob, &format!("k{i}"), &format!("m{i}"));
+                // Long enough for a restart on a busy machine.
+                let (ack, failed) = send_retrying(&alice, &message, Duration::from_secs(120), &failures_tx).await;
+                acks.push((message.client_msg_id, ack, failed));
+                acked_tx.send_replace(acks.len());
+            }
+            acks
+        }
+    });
+
+    tokio::time::timeout(WAIT, acked_rx.wait_for(|n| *n >= N / 4)).await.expect("sends flow").unwrap();
+    cluster.kill(Role::Message).await;
+    // Down until a send has failed: a real outage, not a blink.
+    tokio::time::timeout(WAIT, failures_rx.wait_for(|n| *n >= 1))
+        .await
+        .expect("a send fails")
+        .expect("the sender stopped early (its panic is above)");
+    cluster.start_role(Role::Message).await;
+    restarted_tx.send_replace(true);
+    let acks = tokio::time::timeout(Duration::from_secs(180), sender).await.expect("alice finishes").unwrap();
+
+    let expected: Vec<(String, u64)> = acks.iter().map(|(id, ack, _)| (id.clone(), ack.server_msg_id)).collect();
+    let got: Vec<(String, u64)> =
+        messages(&mut bob_events, N).await.into_iter().map(|m| (m.client_msg_id, m.id)).collect();
+    assert_eq!(got, expected, "every acknowledged message, once, in order");
+    assert!(expected.windows(2).all(|w| w[0].1 < w[1].1), "ids increase across the restart");
+    assert_quiet(&mut bob_events).await;
+
+    let retried: Vec<_> = acks.iter().filter(|(_, _, failed)| *failed > 0).collect();
+    assert!(!retried.is_empty(), "the kill fell between sends: nothing was retried");
+    let applied_before_crash = retried.iter().filter(|(_, ack, _)| ack.duplicate).count();
+    eprintln!(
+        "{} sends failed at least once ({} failed attempts); {applied_before_crash} of them had been applied",
+        retried.len(),
+        *failures_rx.borrow()
+    );
+    // Every send again now: a duplicate, with the id and time of its ack.
+    for (id, ack, _) in &acks {
+        let again = alice.send(text(&bob, id, "again")).await.expect("retry");
+        assert!(again.duplicate, "{id} is known");
+        assert_eq!((again.server_msg_id, again.timestamp), (ack.server_msg_id, ack.timestamp), "{id}");
+    }
+    assert_quiet(&mut bob_events).await;
+    cluster.assert_running(&[Role::Presence, Role::Conversation, Role::Gateway(0), Role::Gateway(1)]);
+}
+
+/// The cluster runs on a nats-server of its own, which is killed and started
+/// again on the same port. Without restarting any natter process, messages
+/// flow live between the gateways again, and what was acknowledged during the
+/// outage is delivered too (gap fill from the durable log).
+#[tokio::test]
+async fn nats_restart_recovers_by_itself() {
+    // Bounds the wait for the bus to come back.
+    const RECOVERY: Duration = Duration::from_secs(60);
+    const OUTAGE: Duration = Duration::from_secs(2);
+    let mut nats = NatsServer::start().await;
+    let mut cluster = Cluster::start_on_nats(&nats.url(), |_| {}).await;
+    let bob = cluster.user("bob");
+    let (alice, _alice_events) = connect_caught_up(ClientOptions {
+        // Sends during the outage may hang; do not wait the default 10 s each.
+        request_timeout: Duration::from_secs(5),
+        ..cluster.options_on("alice", 0)
+    })
+    .await;
+    let (_bob, mut bob_events) = cluster.client_on("bob", 1).await;
+    let (failures, _) = watch::channel(0u32);
+
+    let mut acked = Vec::new();
+    let mut got = Vec::new();
+    let ack = alice.send_text(&bob, v1::ChatType::Single, "before").await.expect("send");
+    acked.push(ack.server_msg_id);
+    got.push(bob_events.next_message(WAIT).await.expect("live across gateways").id);
+
+    nats.kill().await;
+    let mut unanswered = Vec::new();
+    for i in 0..3 {
+        let message = text(&bob, &format!("outage{i}"), "during the outage");
+        match alice.send(message.clone()).await {
+            Ok(ack) => acked.push(ack.server_msg_id),
+            Err(e) if retryable(&e) => unanswered.push(message),
+            Err(e) => panic!("send during the outage: {e:?}"),
+        }
+    }
+    eprintln!("{} of 3 sends acknowledged while NATS was down", 3 - unanswered.len());
+    // A restart takes a while: long enough for the clients' reconnect
+    // attempts to fail and back off, which the wait below has to absorb.
+    tokio::time::sleep(OUTAGE).await;
+
+    nats.start_again().await;
+    let back = Instant::now();
+    // Whatever was not answered is sent again, the same ids: a duplicate if
+    // it had been applied.
+    for message in &unanswered {
+        acked.push(send_retrying(&alice, message, RECOVERY, &failures).await.0.server_msg_id);
+    }
+    // Probe until one arrives live: that takes the gateway's subscription
+    // working again.
+    let mut probe = 0;
+    loop {
+        let message = text(&bob, &format!("probe{probe}"), "are we live?");
+        let id = send_retrying(&alice, &message, RECOVERY, &failures).await.0.server_msg_id;
+        acked.push(id);
+        probe += 1;
+        let until = Instant::now() + Duration::from_secs(1);
+        let mut arrived = false;
+        while let Ok(Ok(m)) = tokio::time::timeout_at(until, bob_events.next_message(WAIT)).await {
+            got.push(m.id);
+            if m.id == id {
+                arrived = true;
+                break;
+            }
+        }
+        if arrived {
+            break;
+        }
+        assert!(back.elapsed() < RECOVERY, "no live delivery {RECOVERY:?} after NATS came back ({probe} probes)");
+    }
+    eprintln!("live again {:?} after NATS came back, {probe} probes", back.elapsed());
+    // The log's order is the order the message role assigned ids in (one
+    // sender, one request at a time); a retried send keeps its first id.
+    let mut expected = acked.clone();
+    expected.sort_unstable();
+    expected.dedup();
+    while got.len() < expected.len() {
+        got.push(bob_events.next_message(WAIT).await.expect("the rest arrives").id);
+    }
+    assert_eq!(got, expected, "every acknowledged message, once, in order");
+    assert_quiet(&mut bob_events).await;
+    cluster.assert_running(&[Role::Message, Role::Presence, Role::Conversation, Role::Gateway(0), Role::Gateway(1)]);
+}
+
+/// alice on gateway 0 follows bob, whose devices come and go on gateway 1
+/// and then gateway 0.
+#[tokio::test]
+async fn presence_follows_a_user_across_gateways() {
+    let cluster = Cluster::start_with(|c| c.presence.flap_window_ms = 0).await;
+    let bob = cluster.user("bob");
+    let (alice, mut alice_events) = cluster.client_on("alice", 0).await;
+    assert!(!alice.subscribe_presence([bob.clone()], 600).await.unwrap()[0].online);
+
+    let (phone, _phone_events) = cluster.client_on("bob", 1).await;
+    let online = next_presence_of(&mut alice_events, &bob).await;
+    assert_eq!((online.user_id.as_str(), online.online), (bob.as_str(), true), "connect on the other gateway");
+    phone.close().await;
+    let offline = next_presence_of(&mut alice_events, &bob).await;
+    assert_eq!((offline.user_id.as_str(), offline.online), (bob.as_str(), false), "disconnect on the other gateway");
+
+    let (laptop, _laptop_events) = cluster.client_on("bob", 0).await;
+    assert!(next_presence_of(&mut alice_events, &bob).await.online, "connect on alice's gateway");
+    laptop.publish_presence("back").await.unwrap();
+    assert_eq!(next_presence_of(&mut alice_events, &bob).await.description, "back");
+    let status = alice.get_presence_status([bob.clone()]).await.unwrap();
+    assert!(status[0].online && status[0].devices.len() == 1, "{status:?}");
+}
+
+/// The lease rule with a real process: bob's gateway dies with SIGKILL, so
+/// nobody reports his disconnect; the presence role takes him offline when
+/// the gateway's lease runs out.
+#[tokio::test]
+async fn kill9_gateway_takes_its_users_offline_within_the_lease() {
+    const LEASE_MS: u64 = 3_000;
+    let mut cluster = Cluster::start_with(|c| {
+        c.presence.lease_ms = LEASE_MS;
+        c.presence.flap_window_ms = 0;
+    })
+    .await;
+    let bob = cluster.user("bob");
+    let (alice, mut alice_events) = cluster.client_on("alice", 0).await;
+    alice.subscribe_presence([bob.clone()], 600).await.unwrap();
+    // No reconnect: a reconnect elsewhere would bring bob back online.
+    let (_bob, _bob_events) =
+        connect_caught_up(ClientOptions { reconnect: false, ..cluster.options_on("bob", 1) }).await;
+    assert!(next_presence_of(&mut alice_events, &bob).await.online);
+
+    let killed = Instant::now();
+    cluster.kill(Role::Gateway(1)).await;
+    let offline = next_presence_of(&mut alice_events, &bob).await;
+    let elapsed = killed.elapsed();
+    assert_eq!((offline.user_id.as_str(), offline.online), (bob.as_str(), false));
+    // The lease was renewed at most LEASE_MS before it ends, and the checker
+    // looks every third of it; a second for the rest.
+    let bound = Duration::from_millis(LEASE_MS + LEASE_MS / 3 + 1_000);
+    assert!(elapsed <= bound, "offline {elapsed:?} after the kill, more than {bound:?}");
+    eprintln!("bob offline {elapsed:?} after his gateway was killed (lease {LEASE_MS} ms)");
+}
+
+/// SIGTERM on a gateway: its clients are told SERVER_SHUTDOWN, the process
+/// exits 0 (checked by `stop_role`), and a client behind a load balancer
+/// carries on through the other gateway without losing anything.
+#[tokio::test]
+async fn sigterm_gateway_says_goodbye_and_clients_move_on() {
+    let mut cluster = Cluster::start().await;
+    let bob = cluster.user("bob");
+    let (alice, _alice_events) = cluster.client_on("alice", 0).await;
+    let balancer = Balancer::start(vec![cluster.ws_addr(1), cluster.ws_addr(0)]).await;
+    let (_phone, mut phone_events) =
+        connect_caught_up(ClientOptions { url: balancer.url(), ..cluster.options_on("bob", 1) }).await;
+    let first = alice.send_text(&bob, v1::ChatType::Single, "before").await.unwrap();
+    assert_eq!(phone_events.next_message(WAIT).await.unwrap().id, first.server_msg_id);
+
+    cluster.stop_role(Role::Gateway(1)).await;
+    match phone_events.recv_timeout(WAIT).await.expect("told") {
+        ClientEvent::Disconnected { reason } => assert!(reason.contains("SERVER_SHUTDOWN"), "{reason}"),
+        other => panic!("expected a disconnect with a goodbye, got {other:?}"),
+    }
+    let second = alice.send_text(&bob, v1::ChatType::Single, "after").await.unwrap();
+    assert_eq!(phone_events.next_message(WAIT).await.unwrap().id, second.server_msg_id, "on gateway 0 now");
+    assert_quiet(&mut phone_events).await;
+}
