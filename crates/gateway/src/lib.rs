@@ -67,7 +67,7 @@ impl Default for GatewayOptions {
             ping_interval: Duration::from_secs(25),
             idle_timeout: Duration::from_secs(60),
             replay_page: 256,
-            read_buffer_bytes: 4 * 1024,
+            read_buffer_bytes: 1024,
             write_buffer_bytes: 4 * 1024,
             lease_renew_interval: Duration::from_secs(10),
         }

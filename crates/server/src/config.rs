@@ -80,7 +80,11 @@ pub struct GatewayConfig {
     pub ping_interval_secs: u64,
     pub idle_timeout_secs: u64,
     pub replay_page: usize,
+    /// Bytes read from a socket per call. Every idle connection holds this
+    /// much; a larger frame is still read whole, over several calls.
     pub read_buffer_bytes: usize,
+    /// Frames are written out once this many bytes are queued (or at the
+    /// end of a batch).
     pub write_buffer_bytes: usize,
 }
 
@@ -90,7 +94,7 @@ impl Default for GatewayConfig {
             ping_interval_secs: 25,
             idle_timeout_secs: 60,
             replay_page: 256,
-            read_buffer_bytes: 4096,
+            read_buffer_bytes: 1024,
             write_buffer_bytes: 4096,
         }
     }
