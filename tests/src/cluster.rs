@@ -17,17 +17,26 @@
 //!   (`natter_e2e_<secs>_<pid>_<n>`, made with `natter migrate`) are kept in
 //!   a pool and reused by later clusters: a cluster stops its presence and
 //!   message roles with SIGTERM at the end, which gives their leases back.
+//!   A cluster with webhook receivers gets a new keyspace: one of the pool
+//!   may still hold an earlier cluster's sessions, which its presence leader
+//!   would report offline (to the receivers) when their gateway's lease ends.
 //!   User ids are still unique per cluster ([`Cluster::user`]) since the data
 //!   stays, and each cluster has its own NATS subject prefix. Keyspaces of
 //!   runs that are over (their process is gone) or older than an hour are
 //!   dropped at the start of a run.
-//! - **Processes** bind port 0 at first start and are pinned to the bound
-//!   addresses for restarts. They die with the test (kill on drop). Each
+//! - **Processes** listen on ports from below the ephemeral range (see
+//!   `listen_port`), the same ones again after a restart. They die with the test (kill on drop). Each
 //!   keeps its stderr in a file; a role that fails to start panics with its
 //!   tail, and a failing test prints every role's tail and keeps the files.
 //! - **Parallelism:** at most `NATTER_E2E_CLUSTERS` (default 2) clusters run
-//!   at once, whatever `--test-threads` says: each is five processes and the
-//!   database is shared, which a 2-core machine cannot run many of.
+//!   at once, whatever `--test-threads` says: each is five (scaled: seven)
+//!   processes and the database is shared, which a 2-core machine cannot run
+//!   many of.
+//! - **Scaled:** [`Cluster::start_scaled`] runs [`SCALED`] message and
+//!   [`SCALED`] presence processes instead of one each. The gateways reach
+//!   each pair through one address, a round-robin TCP [`Balancer`] (gRPC
+//!   connections are balanced per connection, as by a Kubernetes Service);
+//!   that address is `[cluster] message_addr` / `presence_addr`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -52,6 +61,10 @@ use crate::{Deployment, connect_caught_up, test_options};
 /// processes that only share NATS and the database.
 pub const GATEWAYS: usize = 2;
 
+/// Message and presence processes each of a [scaled](Cluster::start_scaled)
+/// cluster (one each otherwise).
+pub const SCALED: usize = 2;
+
 /// From spawn to the ready line. Generous: a role connects to NATS and
 /// Cassandra and prepares its statements, on a machine that may be running
 /// several clusters and the database at once.
@@ -70,8 +83,10 @@ const API_KEY: &str = "e2e-distributed-api-key";
 /// One process of the cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
-    Message,
-    Presence,
+    /// Message process `0..n`: `Message(0)` only, unless [scaled](Cluster::start_scaled).
+    Message(usize),
+    /// Presence process `0..n`: `Presence(0)` only, unless [scaled](Cluster::start_scaled).
+    Presence(usize),
     Conversation,
     /// Gateway `0..GATEWAYS`.
     Gateway(usize),
@@ -80,8 +95,8 @@ pub enum Role {
 impl Role {
     fn subcommand(self) -> &'static str {
         match self {
-            Self::Message => "message",
-            Self::Presence => "presence",
+            Self::Message(_) => "message",
+            Self::Presence(_) => "presence",
             Self::Conversation => "conversation",
             Self::Gateway(_) => "gateway",
         }
@@ -89,10 +104,17 @@ impl Role {
 
     fn name(self) -> String {
         match self {
-            Self::Gateway(i) => format!("gateway-{i}"),
-            other => other.subcommand().to_owned(),
+            Self::Message(i) | Self::Presence(i) | Self::Gateway(i) => format!("{}-{i}", self.subcommand()),
+            Self::Conversation => self.subcommand().to_owned(),
         }
     }
+}
+
+/// The node id in a message id: 41 bits of milliseconds, 10 bits of node
+/// id, 12 bits of sequence (`natter_types::IdGenerator`). Tells which
+/// message process minted an id (see [`Cluster::node_id`]).
+pub fn node_of(message_id: u64) -> u16 {
+    ((message_id >> 12) & 0x3ff) as u16
 }
 
 // ------------------------------------------------------------------ environment
@@ -213,11 +235,11 @@ async fn run() -> &'static Run {
     .await
 }
 
-/// A migrated keyspace for one cluster, from the pool or new.
-async fn take_keyspace(run: &Run) -> String {
+/// A migrated keyspace for one cluster, from the pool or new (`fresh`).
+async fn take_keyspace(run: &Run, fresh: bool) -> String {
     let name = {
         let mut pool = KEYSPACES.lock();
-        if let Some(free) = pool.0.pop() {
+        if !fresh && let Some(free) = pool.0.pop() {
             return free;
         }
         pool.1 += 1;
@@ -299,6 +321,43 @@ fn without_natter_env(command: &mut Command) {
     }
 }
 
+/// The lowest port the kernel hands out for outgoing connections and port-0
+/// binds (`net.ipv4.ip_local_port_range`).
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32768)
+}
+
+/// A free port for a process to listen on, and to listen on again after a
+/// restart. Not one of port 0's: those are from the ephemeral range, so
+/// while the process is down, an outgoing connection or a port-0 bind (of
+/// any program on the machine, e.g. another test run) may take it. These
+/// come from below that range (20000 up), at random, never twice in this
+/// run, and free when picked.
+fn listen_port() -> u16 {
+    use std::hash::BuildHasher;
+    static TAKEN: LazyLock<Mutex<std::collections::HashSet<u16>>> = LazyLock::new(Mutex::default);
+    static RANDOM: LazyLock<std::collections::hash_map::RandomState> = LazyLock::new(Default::default);
+    static DRAWS: AtomicU64 = AtomicU64::new(0);
+    const LOW: u16 = 20_000;
+    let high = ephemeral_low();
+    if high <= LOW + 1_000 {
+        // An unusual port range: take what the kernel gives.
+        return std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+    }
+    for _ in 0..1_000 {
+        let draw = RANDOM.hash_one(DRAWS.fetch_add(1, Ordering::Relaxed));
+        let port = LOW + (draw % u64::from(high - LOW)) as u16;
+        // Marked first: one in use now is no good later either.
+        if TAKEN.lock().insert(port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{high}")
+}
+
 fn slots() -> Arc<Semaphore> {
     static SLOTS: LazyLock<Arc<Semaphore>> = LazyLock::new(|| {
         let n = std::env::var("NATTER_E2E_CLUSTERS").ok().and_then(|v| v.parse().ok()).unwrap_or(2usize);
@@ -341,11 +400,28 @@ impl Process {
         std::fs::create_dir_all(&dir).expect("process dir");
         let mut config = config.clone();
         config.server.data_dir = dir.join("data");
+        config.server.grpc_listen = format!("127.0.0.1:{}", listen_port());
+        // Only gateways serve WebSockets.
+        config.server.listen = if matches!(role, Role::Gateway(_)) {
+            format!("127.0.0.1:{}", listen_port())
+        } else {
+            "127.0.0.1:0".into()
+        };
         Self { role, config, dir, child: None, ws: None, grpc: None, starts: 0 }
     }
 
     fn stderr_path(&self) -> PathBuf {
         self.dir.join("stderr.log")
+    }
+
+    /// What it wrote to stderr (its log) since its last start.
+    fn log(&self) -> String {
+        let text = std::fs::read_to_string(self.stderr_path()).unwrap_or_default();
+        let marker = format!("=== harness: start #{} of {} ===", self.starts, self.role.name());
+        match text.rfind(&marker) {
+            Some(at) => text[at + marker.len()..].to_owned(),
+            None => text,
+        }
     }
 
     fn failure(&self, why: &str) -> String {
@@ -549,7 +625,19 @@ pub struct Cluster {
     bin: PathBuf,
     /// Back to the pool at the end (before the slot is given up).
     keyspace: Option<String>,
+    /// Message and presence processes each.
+    instances: usize,
+    /// In front of the message and the presence processes when there are
+    /// several of each; made at the first start, kept across restarts (the
+    /// processes keep their addresses).
+    fronts: Option<Fronts>,
     _slot: OwnedSemaphorePermit,
+}
+
+/// The balancers a scaled cluster's gateways reach the roles through.
+struct Fronts {
+    message: Balancer,
+    presence: Balancer,
 }
 
 impl Cluster {
@@ -560,16 +648,28 @@ impl Cluster {
 
     /// Starts on the given NATS (e.g. a [`NatsServer`] the test owns).
     pub async fn start_on_nats(nats: &str, adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::launch(nats, 1, adjust).await
+    }
+
+    /// Starts with [`SCALED`] message processes (`Role::Message(0..)`) and
+    /// [`SCALED`] presence processes (`Role::Presence(0..)`), each pair behind
+    /// a round-robin [`Balancer`] whose address the gateways are configured
+    /// with: the first gateway to connect to a role gets its process 0, the
+    /// second its process 1; a connection to a process that is down goes to
+    /// the other one.
+    pub async fn start_scaled(adjust: impl FnOnce(&mut Config)) -> Self {
+        Self::launch(&nats_url(), SCALED, adjust).await
+    }
+
+    async fn launch(nats: &str, instances: usize, adjust: impl FnOnce(&mut Config)) -> Self {
         let run = run().await;
         let slot = slots().acquire_owned().await.expect("the semaphore is never closed");
-        let keyspace = take_keyspace(run).await;
         static CLUSTERS: AtomicU64 = AtomicU64::new(0);
         let n = CLUSTERS.fetch_add(1, Ordering::Relaxed);
         let dir = tempfile::Builder::new().prefix(&format!("natter-e2e-c{n}-")).tempdir().expect("temp dir");
 
         let mut config = Config::default();
-        config.server.listen = "127.0.0.1:0".into();
-        config.server.grpc_listen = "127.0.0.1:0".into();
+        // Each process gets its own ports (`Process::new`).
         config.server.shutdown_grace_secs = 5;
         config.auth.token_secret = TOKEN_SECRET.into();
         config.auth.api_key = API_KEY.into();
@@ -577,15 +677,22 @@ impl Cluster {
         // Clusters of one run share NATS: each keeps to its own subjects.
         config.nats.subject_prefix = format!("e2e{}c{n}", std::process::id());
         config.cql.contact_points = vec![cql_address()];
-        config.cql.keyspace = keyspace.clone();
         // A one-node test cluster: LOCAL_QUORUM would mean the same, ONE says so.
         config.cql.consistency = "ONE".into();
         adjust(&mut config);
+        // A used keyspace may hold sessions of an earlier cluster's gateways
+        // (killed at its end, before they could report every close): its
+        // presence leader takes them offline once their lease runs out, and
+        // reports that to the webhook receivers of whoever leads then.
+        let keyspace = take_keyspace(run, !config.presence.webhook.urls.is_empty()).await;
+        config.cql.keyspace = keyspace.clone();
         config.validate().expect("valid test config");
         let tokens = natter_server::node::tokens(&config).expect("token signer");
 
-        let processes = [Role::Message, Role::Presence, Role::Conversation]
-            .into_iter()
+        let processes = (0..instances)
+            .map(Role::Message)
+            .chain((0..instances).map(Role::Presence))
+            .chain([Role::Conversation])
             .chain((0..GATEWAYS).map(Role::Gateway))
             .map(|role| Process::new(role, &config, dir.path()))
             .collect();
@@ -598,6 +705,8 @@ impl Cluster {
             dir: Some(dir),
             bin: run.bin.clone(),
             keyspace: Some(keyspace),
+            instances,
+            fronts: None,
             _slot: slot,
         };
         cluster.start_all().await;
@@ -612,8 +721,23 @@ impl Cluster {
             self.processes.iter_mut().filter(|p| !matches!(p.role, Role::Gateway(_))).map(|p| p.start(&bin)),
         )
         .await;
-        let message = format!("http://{}", self.process(Role::Message).grpc.expect("message role started"));
-        let presence = format!("http://{}", self.process(Role::Presence).grpc.expect("presence role started"));
+        if self.instances > 1 && self.fronts.is_none() {
+            let addrs = |role: fn(usize) -> Role| -> Vec<SocketAddr> {
+                (0..self.instances).map(|i| self.process(role(i)).grpc.expect("role started")).collect()
+            };
+            let (message, presence) = (addrs(Role::Message), addrs(Role::Presence));
+            self.fronts = Some(Fronts {
+                message: Balancer::round_robin(message).await,
+                presence: Balancer::round_robin(presence).await,
+            });
+        }
+        let (message, presence) = match &self.fronts {
+            Some(fronts) => (fronts.message.grpc_url(), fronts.presence.grpc_url()),
+            None => (
+                format!("http://{}", self.process(Role::Message(0)).grpc.expect("message role started")),
+                format!("http://{}", self.process(Role::Presence(0)).grpc.expect("presence role started")),
+            ),
+        };
         let conversation =
             format!("http://{}", self.process(Role::Conversation).grpc.expect("conversation role started"));
         for p in &mut self.processes {
@@ -651,6 +775,60 @@ impl Cluster {
 
     pub async fn client_on(&self, name: &str, gateway: usize) -> (Client, Events) {
         connect_caught_up(self.options_on(name, gateway)).await
+    }
+
+    /// What `role` wrote to stderr (its log) since its last start.
+    pub fn log(&self, role: Role) -> String {
+        self.process(role).log()
+    }
+
+    /// The node id message process `role` leased at its last start, from its
+    /// log line `node id leased node_id=<n>` (logged at INFO: a `RUST_LOG`
+    /// that hides it makes this `None`).
+    pub fn node_id(&self, role: Role) -> Option<u16> {
+        assert!(matches!(role, Role::Message(_)), "only message processes lease a node id, not {role:?}");
+        self.log(role).lines().filter(|line| line.contains("node id leased")).find_map(|line| {
+            let rest = line.split_once("node_id=").or_else(|| line.split_once("\"node_id\":"))?.1;
+            rest.chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok()
+        })
+    }
+
+    /// The running presence processes whose log says they hold the leader
+    /// lease now: their last leadership line since their last start is
+    /// `presence leadership taken`, not `presence background jobs stopped`
+    /// (INFO lines, like [`node_id`](Self::node_id)'s).
+    pub fn presence_leaders(&self) -> Vec<Role> {
+        self.processes
+            .iter()
+            .filter(|p| matches!(p.role, Role::Presence(_)) && p.child.is_some())
+            .filter(|p| {
+                p.log()
+                    .lines()
+                    .rev()
+                    .find_map(|line| {
+                        if line.contains("presence leadership taken") {
+                            Some(true)
+                        } else if line.contains("presence background jobs stopped") {
+                            Some(false)
+                        } else {
+                            None
+                        }
+                    })
+                    .unwrap_or(false)
+            })
+            .map(|p| p.role)
+            .collect()
+    }
+
+    /// How many connections the balancer in front of `role` has passed to
+    /// it; `None` when the gateways reach it directly (not scaled).
+    pub fn connections_to(&self, role: Role) -> Option<u64> {
+        let fronts = self.fronts.as_ref()?;
+        match role {
+            Role::Message(i) => Some(fronts.message.connections(i)),
+            Role::Presence(i) => Some(fronts.presence.connections(i)),
+            _ => None,
+        }
     }
 
     /// SIGKILL one process.
@@ -805,9 +983,9 @@ impl NatsServer {
         if !bin.is_file() {
             infra_missing(format!("no nats-server binary at {} (`deploy/nats.sh install`)", bin.display()));
         }
-        // A free port now; the server binds it right after. Fixed from here
-        // on, as clients reconnect to the same address after a restart.
-        let port = TcpListener::bind("127.0.0.1:0").await.and_then(|l| l.local_addr()).expect("a free port").port();
+        // Fixed from here on, as clients reconnect to the same address after
+        // a restart.
+        let port = listen_port();
         let dir = tempfile::Builder::new().prefix("natter-e2e-nats-").tempdir().expect("temp dir");
         let mut server = Self { port, bin, dir, child: None };
         server.start_again().await;
@@ -867,25 +1045,56 @@ impl NatsServer {
 
 // ------------------------------------------------------------------ a load balancer
 
-/// A TCP load balancer in front of gateways: each new connection goes to the
-/// first upstream that accepts it. Lets an SDK client keep one URL while the
-/// gateway behind it dies, as a client behind a real load balancer would.
+/// A TCP load balancer. [`start`](Self::start): each new connection goes to
+/// the first upstream that accepts it, so an SDK client keeps one URL while
+/// the gateway behind it dies, as a client behind a real load balancer
+/// would. [`round_robin`](Self::round_robin): connection `n` goes to upstream
+/// `n mod len`, or the next one that accepts, like a Kubernetes Service in
+/// front of a role's pods (which balances per connection, not per gRPC call,
+/// and stops sending to a pod that is gone).
+///
+/// It runs on a thread of its own: it keeps passing on data and closes
+/// while the test's thread is blocked (a [`Cluster`] stopping its roles in
+/// `Drop` waits for them to see their callers' connections close). Dropping
+/// it closes every connection it holds.
 pub struct Balancer {
     addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
+    /// Connections passed to each upstream.
+    passed: Arc<Vec<AtomicU64>>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Balancer {
     pub async fn start(upstreams: Vec<SocketAddr>) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the balancer");
+        Self::spawn(upstreams, false)
+    }
+
+    pub async fn round_robin(upstreams: Vec<SocketAddr>) -> Self {
+        Self::spawn(upstreams, true)
+    }
+
+    fn spawn(upstreams: Vec<SocketAddr>, rotate: bool) -> Self {
+        assert!(!upstreams.is_empty(), "a balancer needs an upstream");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the balancer");
+        listener.set_nonblocking(true).expect("a non-blocking listener");
         let addr = listener.local_addr().expect("balancer address");
-        let upstreams = Arc::new(upstreams);
-        let task = tokio::spawn(async move {
+        let passed: Arc<Vec<AtomicU64>> = Arc::new(upstreams.iter().map(|_| AtomicU64::new(0)).collect());
+        let counters = passed.clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let balance = async move {
+            let listener = TcpListener::from_std(listener).expect("a tokio listener");
+            let upstreams = Arc::new(upstreams);
+            let mut accepted = 0usize;
             while let Ok((mut inbound, _)) = listener.accept().await {
+                let first = if rotate { accepted % upstreams.len() } else { 0 };
+                accepted += 1;
                 let upstreams = upstreams.clone();
+                let counters = counters.clone();
                 tokio::spawn(async move {
-                    for upstream in upstreams.iter() {
-                        if let Ok(mut outbound) = TcpStream::connect(upstream).await {
+                    for i in (0..upstreams.len()).map(|k| (first + k) % upstreams.len()) {
+                        if let Ok(mut outbound) = TcpStream::connect(upstreams[i]).await {
+                            counters[i].fetch_add(1, Ordering::Relaxed);
                             // Ends when either side closes; dropping both
                             // passes the close on to the other.
                             let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
@@ -895,17 +1104,47 @@ impl Balancer {
                     // No upstream: the client sees the connection close and retries.
                 });
             }
-        });
-        Self { addr, task }
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("balancer-{}", addr.port()))
+            .spawn(move || {
+                let runtime =
+                    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("the balancer's runtime");
+                runtime.block_on(async move {
+                    tokio::select! {
+                        _ = stopped => {}
+                        () = balance => {}
+                    }
+                });
+                // Dropping the runtime drops every connection's task.
+            })
+            .expect("the balancer's thread");
+        Self { addr, passed, stop: Some(stop), thread: Some(thread) }
     }
 
+    /// As a WebSocket URL (gateways).
     pub fn url(&self) -> String {
         format!("ws://{}", self.addr)
+    }
+
+    /// As a gRPC URL (roles).
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// How many connections went to upstream `i` so far.
+    pub fn connections(&self, upstream: usize) -> u64 {
+        self.passed[upstream].load(Ordering::Relaxed)
     }
 }
 
 impl Drop for Balancer {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }

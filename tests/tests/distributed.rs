@@ -13,7 +13,7 @@
 use std::time::Duration;
 
 use natter_client::{Client, ClientError, ClientEvent, ClientOptions, v1};
-use natter_e2e::cluster::{Balancer, Cluster, NatsServer, Role};
+use natter_e2e::cluster::{Balancer, Cluster, NatsServer, Role, SCALED, node_of};
 use natter_e2e::{Deployment, WAIT, assert_quiet, connect_caught_up, messages, next_presence_of, scenarios};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -217,7 +217,7 @@ async fn kill9_gateway_while_messages_flow() {
     assert_eq!(on_laptop, sent, "the laptop on the surviving gateway");
     assert_quiet(&mut phone_events).await;
     assert_quiet(&mut laptop_events).await;
-    cluster.assert_running(&[Role::Message, Role::Presence, Role::Conversation, Role::Gateway(0)]);
+    cluster.assert_running(&[Role::Message(0), Role::Presence(0), Role::Conversation, Role::Gateway(0)]);
 }
 
 /// The message role is killed with SIGKILL while alice sends, and started
@@ -262,13 +262,13 @@ async fn kill9_message_role_mid_stream_loses_no_acked_message() {
     });
 
     tokio::time::timeout(WAIT, acked_rx.wait_for(|n| *n >= N / 4)).await.expect("sends flow").unwrap();
-    cluster.kill(Role::Message).await;
+    cluster.kill(Role::Message(0)).await;
     // Down until a send has failed: a real outage, not a blink.
     tokio::time::timeout(WAIT, failures_rx.wait_for(|n| *n >= 1))
         .await
         .expect("a send fails")
         .expect("the sender stopped early (its panic is above)");
-    cluster.start_role(Role::Message).await;
+    cluster.start_role(Role::Message(0)).await;
     restarted_tx.send_replace(true);
     let acks = tokio::time::timeout(Duration::from_secs(180), sender).await.expect("alice finishes").unwrap();
 
@@ -294,7 +294,7 @@ async fn kill9_message_role_mid_stream_loses_no_acked_message() {
         assert_eq!((again.server_msg_id, again.timestamp), (ack.server_msg_id, ack.timestamp), "{id}");
     }
     assert_quiet(&mut bob_events).await;
-    cluster.assert_running(&[Role::Presence, Role::Conversation, Role::Gateway(0), Role::Gateway(1)]);
+    cluster.assert_running(&[Role::Presence(0), Role::Conversation, Role::Gateway(0), Role::Gateway(1)]);
 }
 
 /// The cluster runs on a nats-server of its own, which is killed and started
@@ -379,7 +379,13 @@ async fn nats_restart_recovers_by_itself() {
     }
     assert_eq!(got, expected, "every acknowledged message, once, in order");
     assert_quiet(&mut bob_events).await;
-    cluster.assert_running(&[Role::Message, Role::Presence, Role::Conversation, Role::Gateway(0), Role::Gateway(1)]);
+    cluster.assert_running(&[
+        Role::Message(0),
+        Role::Presence(0),
+        Role::Conversation,
+        Role::Gateway(0),
+        Role::Gateway(1),
+    ]);
 }
 
 /// alice on gateway 0 follows bob, whose devices come and go on gateway 1
@@ -459,4 +465,268 @@ async fn sigterm_gateway_says_goodbye_and_clients_move_on() {
     let second = alice.send_text(&bob, v1::ChatType::Single, "after").await.unwrap();
     assert_eq!(phone_events.next_message(WAIT).await.unwrap().id, second.server_msg_id, "on gateway 0 now");
     assert_quiet(&mut phone_events).await;
+}
+
+// ------------------------------------------------------------------ several processes of every role
+
+/// The node ids the message processes of a scaled cluster leased, by index.
+fn leased_node_ids(cluster: &Cluster) -> Vec<u16> {
+    (0..SCALED)
+        .map(|i| {
+            cluster.node_id(Role::Message(i)).unwrap_or_else(|| {
+                panic!(
+                    "message-{i} logged no `node id leased node_id=<n>` line (does RUST_LOG hide INFO?):\n{}",
+                    cluster.log(Role::Message(i))
+                )
+            })
+        })
+        .collect()
+}
+
+/// Two message and two presence processes, each pair behind one address
+/// (a round-robin balancer, as a Kubernetes Service), and two gateways:
+/// alice (gateway 0) and bob and carol (gateway 1). Each gateway holds one
+/// connection per role, so the two gateways work through different
+/// processes of each role, and everything still meets: messages both ways,
+/// a group, presence subscriptions and changes. Every id is unique and
+/// each sender's ids increase, although two processes mint them under
+/// different node ids.
+#[tokio::test]
+async fn two_of_every_role_serve_together() {
+    const ROUNDS: usize = 10;
+    let cluster = Cluster::start_scaled(|c| c.presence.flap_window_ms = 0).await;
+    let leased = leased_node_ids(&cluster);
+    assert_ne!(leased[0], leased[1], "two live message processes never share a node id");
+    let (alice_id, bob_id, carol_id) = (cluster.user("alice"), cluster.user("bob"), cluster.user("carol"));
+
+    let (alice, mut alice_events) = cluster.client_on("alice", 0).await;
+    assert!(!alice.subscribe_presence([bob_id.clone()], 600).await.unwrap()[0].online);
+    let (bob, mut bob_events) = cluster.client_on("bob", 1).await;
+    assert!(next_presence_of(&mut alice_events, &bob_id).await.online, "bob's connect, told to alice");
+    let status = bob.subscribe_presence([alice_id.clone()], 600).await.unwrap();
+    assert!(status[0].online, "alice's session, as seen through bob's gateway: {status:?}");
+    let (_carol, mut carol_events) = cluster.client_on("carol", 1).await;
+
+    // 1:1 both ways, alternating, then a group where both write.
+    let (mut from_alice, mut from_bob) = (Vec::new(), Vec::new());
+    for i in 0..ROUNDS {
+        from_alice.push(alice.send_text(&bob_id, v1::ChatType::Single, format!("a{i}")).await.unwrap().server_msg_id);
+        from_bob.push(bob.send_text(&alice_id, v1::ChatType::Single, format!("b{i}")).await.unwrap().server_msg_id);
+    }
+    let group = alice
+        .create_group(v1::CreateGroup {
+            name: "both roles twice".into(),
+            members: vec![bob_id.clone(), carol_id.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut in_group = Vec::new();
+    for i in 0..ROUNDS / 2 {
+        let ack = alice.send_text(&group.id, v1::ChatType::Group, format!("ga{i}")).await.unwrap();
+        from_alice.push(ack.server_msg_id);
+        in_group.push(ack.server_msg_id);
+        let ack = bob.send_text(&group.id, v1::ChatType::Group, format!("gb{i}")).await.unwrap();
+        from_bob.push(ack.server_msg_id);
+        in_group.push(ack.server_msg_id);
+    }
+
+    // Each device gets the other's messages (not its own), once, in order.
+    let ids = |got: Vec<v1::Message>| got.into_iter().map(|m| m.id).collect::<Vec<u64>>();
+    assert_eq!(ids(messages(&mut bob_events, from_alice.len()).await), from_alice, "bob gets alice's");
+    assert_eq!(ids(messages(&mut alice_events, from_bob.len()).await), from_bob, "alice gets bob's");
+    assert_eq!(ids(messages(&mut carol_events, in_group.len()).await), in_group, "carol gets the group's");
+
+    for (who, sent) in [("alice", &from_alice), ("bob", &from_bob)] {
+        assert!(sent.windows(2).all(|w| w[0] < w[1]), "{who}'s ids increase: {sent:?}");
+    }
+    let all: Vec<u64> = from_alice.iter().chain(&from_bob).copied().collect();
+    let unique: std::collections::HashSet<u64> = all.iter().copied().collect();
+    assert_eq!(unique.len(), all.len(), "every id is unique");
+    let nodes = |sent: &[u64]| sent.iter().map(|id| node_of(*id)).collect::<std::collections::BTreeSet<u16>>();
+    let minted = nodes(&all);
+    eprintln!(
+        "node ids leased {leased:?}; alice's ids from {:?}, bob's from {:?}",
+        nodes(&from_alice),
+        nodes(&from_bob)
+    );
+    assert_eq!(minted, leased.iter().copied().collect(), "both message processes minted ids");
+    for i in 0..SCALED {
+        for role in [Role::Message(i), Role::Presence(i)] {
+            let connections = cluster.connections_to(role).expect("behind a balancer");
+            assert!(connections >= 1, "{role:?} served a gateway ({connections} connections)");
+        }
+    }
+
+    // Presence changes made through one presence process reach a subscriber
+    // whose subscription went through the other.
+    bob.publish_presence("two of everything").await.unwrap();
+    assert_eq!(next_presence_of(&mut alice_events, &bob_id).await.description, "two of everything");
+    bob.close().await;
+    let offline = next_presence_of(&mut alice_events, &bob_id).await;
+    assert!(!offline.online, "bob's disconnect, told to alice: {offline:?}");
+    assert_quiet(&mut alice_events).await;
+    assert_quiet(&mut carol_events).await;
+}
+
+/// One of two message processes — the one alice's gateway sends through —
+/// dies with SIGKILL while she streams messages to bob, and stays dead. The
+/// gateway's next connection goes to the other process (the balancer skips
+/// a process that is gone, as a Service does); alice retries what failed
+/// with the same client message id. Every send completes, bob gets every
+/// acknowledged message exactly once, in order, and a send applied just
+/// before the crash is a duplicate with its first id when retried.
+#[tokio::test]
+async fn kill9_one_message_role_of_two_sends_go_on() {
+    const N: usize = 100;
+    let mut cluster = Cluster::start_scaled(|_| {}).await;
+    let leased = leased_node_ids(&cluster);
+    let bob = cluster.user("bob");
+    let (alice, _alice_events) = cluster.client_on("alice", 0).await;
+    let (_bob, mut bob_events) = cluster.client_on("bob", 1).await;
+
+    // (acknowledged so far, the last id)
+    let (acked_tx, mut acked_rx) = watch::channel((0usize, 0u64));
+    let (failures_tx, failures_rx) = watch::channel(0u32);
+    let (killed_tx, mut killed_rx) = watch::channel(false);
+    let sender = tokio::spawn({
+        let alice = alice.clone();
+        let bob = bob.clone();
+        async move {
+            let mut acks = Vec::with_capacity(N);
+            for i in 0..N {
+                if i == 3 * N / 4 {
+                    // The last quarter waits for the kill, so it is
+                    // mid-stream however fast the first part went.
+                    killed_rx.wait_for(|killed| *killed).await.unwrap();
+                }
+                let message = text(&bob, &format!("k{i}"), &format!("m{i}"));
+                let (ack, failed) = send_retrying(&alice, &message, Duration::from_secs(60), &failures_tx).await;
+                acked_tx.send_replace((acks.len() + 1, ack.server_msg_id));
+                acks.push((message.client_msg_id, ack, failed));
+            }
+            acks
+        }
+    });
+
+    let (_, last) = *tokio::time::timeout(WAIT, acked_rx.wait_for(|(n, _)| *n >= N / 4))
+        .await
+        .expect("sends flow")
+        .expect("the sender stopped early (its panic is above)");
+    let victim = leased.iter().position(|node| *node == node_of(last)).expect("alice's ids carry a leased node id");
+    let survivor = (victim + 1) % SCALED;
+    cluster.kill(Role::Message(victim)).await;
+    killed_tx.send_replace(true);
+    let acks = tokio::time::timeout(Duration::from_secs(120), sender).await.expect("alice finishes").unwrap();
+
+    let expected: Vec<(String, u64)> = acks.iter().map(|(id, ack, _)| (id.clone(), ack.server_msg_id)).collect();
+    let got: Vec<(String, u64)> =
+        messages(&mut bob_events, N).await.into_iter().map(|m| (m.client_msg_id, m.id)).collect();
+    assert_eq!(got, expected, "every acknowledged message, once, in order");
+    assert!(expected.windows(2).all(|w| w[0].1 < w[1].1), "ids increase across the failover");
+    let node_ids = |range: std::ops::Range<usize>| -> Vec<u16> {
+        let mut nodes: Vec<u16> = acks[range].iter().map(|(_, ack, _)| node_of(ack.server_msg_id)).collect();
+        nodes.dedup();
+        nodes
+    };
+    assert_eq!(node_ids(0..N / 4), [leased[victim]], "before the kill: all through the killed process");
+    assert_eq!(node_ids(3 * N / 4..N), [leased[survivor]], "after the kill: all through the survivor");
+    assert_quiet(&mut bob_events).await;
+
+    let retried: Vec<_> = acks.iter().filter(|(_, _, failed)| *failed > 0).collect();
+    eprintln!(
+        "killed message-{victim} (node {}); {} sends failed at least once ({} failed attempts), {} of them had \
+         been applied before the crash; message-{survivor} had {:?} connections",
+        leased[victim],
+        retried.len(),
+        *failures_rx.borrow(),
+        retried.iter().filter(|(_, ack, _)| ack.duplicate).count(),
+        cluster.connections_to(Role::Message(survivor)),
+    );
+    for (id, ack, _) in &retried {
+        let again = alice.send(text(&bob, id, "again")).await.expect("retry");
+        assert!(again.duplicate, "{id} is known");
+        assert_eq!((again.server_msg_id, again.timestamp), (ack.server_msg_id, ack.timestamp), "{id}");
+    }
+    assert_quiet(&mut bob_events).await;
+    cluster.assert_running(&[
+        Role::Message(survivor),
+        Role::Presence(0),
+        Role::Presence(1),
+        Role::Conversation,
+        Role::Gateway(0),
+        Role::Gateway(1),
+    ]);
+}
+
+/// Two presence processes; the one holding the `presence-leader` lease (its
+/// log says so) dies with SIGKILL, and right after it the gateway holding
+/// bob. Nobody reports bob's disconnect, and only the leader's background
+/// job, the gateway lease checker, can take him offline: alice, subscribed
+/// to bob, seeing him go offline shows that the other process took the
+/// lease over and runs the jobs (its log says so too).
+#[tokio::test]
+async fn kill9_presence_leader_another_takes_over() {
+    const LEASE_MS: u64 = 3_000;
+    let mut cluster = Cluster::start_scaled(|c| {
+        c.presence.lease_ms = LEASE_MS;
+        c.presence.flap_window_ms = 0;
+    })
+    .await;
+    // At once on a fresh or cleanly left keyspace; a lease a killed process
+    // left behind has to run out first (at most 31 s, the default lease).
+    let leader_wait = Instant::now() + Duration::from_secs(40);
+    let leader = loop {
+        match cluster.presence_leaders().as_slice() {
+            [leader] => break *leader,
+            leaders => assert!(Instant::now() < leader_wait, "no single presence leader: {leaders:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let survivor = match leader {
+        Role::Presence(i) => Role::Presence((i + 1) % SCALED),
+        other => unreachable!("{other:?} is no presence process"),
+    };
+    let (alice_id, bob) = (cluster.user("alice"), cluster.user("bob"));
+    let (alice, mut alice_events) = cluster.client_on("alice", 0).await;
+    alice.subscribe_presence([bob.clone()], 600).await.unwrap();
+    // No reconnect: a reconnect elsewhere would bring bob back online.
+    let (_bob, _bob_events) =
+        connect_caught_up(ClientOptions { reconnect: false, ..cluster.options_on("bob", 1) }).await;
+    assert!(next_presence_of(&mut alice_events, &bob).await.online);
+
+    let killed = Instant::now();
+    cluster.kill(leader).await;
+    cluster.kill(Role::Gateway(1)).await;
+    // Bob's gateway's lease runs out LEASE_MS after its last renewal, before
+    // anyone may take the leader lease: the dead leader's lease row lives
+    // LEASE_MS rounded up to whole seconds plus one (its CQL TTL), counted
+    // from its last renewal (every LEASE_MS / 3, so before the kill); the
+    // survivor tries every LEASE_MS / 3, and its lease checker looks at once
+    // when it takes over. That makes about LEASE_MS + 2 s; a 2-core machine
+    // that is also running Cassandra, other clusters or a build may take a few
+    // seconds more for the Paxos rounds and the wake-ups, hence 5 s on top.
+    let bound = Duration::from_millis(LEASE_MS + 2_000 + 5_000);
+    let offline = loop {
+        match alice_events.recv_timeout(bound + WAIT).await.expect("bob goes offline") {
+            ClientEvent::OnPresenceStatusChange(p) if p.user_id == bob => break p,
+            _ => {}
+        }
+    };
+    let elapsed = killed.elapsed();
+    assert!(!offline.online, "{offline:?}");
+    eprintln!("bob offline {elapsed:?} after the presence leader and his gateway were killed (lease {LEASE_MS} ms)");
+    assert!(elapsed <= bound, "offline {elapsed:?} after the kills, more than {bound:?}");
+
+    assert_eq!(cluster.presence_leaders(), [survivor], "the survivor leads");
+    let log = cluster.log(survivor);
+    assert!(
+        log.lines().any(|line| line.contains("gateway lease expired, session offline") && line.contains(&bob)),
+        "the survivor's lease checker took bob offline:\n{log}"
+    );
+    // alice's gateway kept renewing its lease through the takeover (on the
+    // survivor, whichever process it had been talking to).
+    let status = alice.get_presence_status([alice_id.clone()]).await.unwrap();
+    assert!(status[0].online, "alice is still online: {status:?}");
+    cluster.assert_running(&[Role::Message(0), Role::Message(1), survivor, Role::Conversation, Role::Gateway(0)]);
 }

@@ -72,10 +72,27 @@ impl NatsBus {
 
     /// Subscribes and waits until the server has the subscription, so that
     /// a publish after this returns is seen.
+    /// Subscribes and returns once the server has registered the
+    /// subscription, so a publish that follows from any connection reaches
+    /// it (callers read the durable log right after and rely on that).
     async fn subscribe(&self, subject: String) -> Result<async_nats::Subscriber> {
         let subscriber = self.client.subscribe(subject).await.map_err(|e| unavailable("subscribe", e))?;
-        self.client.flush().await.map_err(|e| unavailable("flush", e))?;
+        self.round_trip().await?;
         Ok(subscriber)
+    }
+
+    /// Waits until the server has processed everything this connection sent
+    /// before: NATS handles one connection's operations in order, and
+    /// `flush` only writes the socket (a SUB still in flight would miss a
+    /// publish another gateway makes meanwhile). A request nobody answers
+    /// comes back from the server itself as "no responders".
+    async fn round_trip(&self) -> Result<()> {
+        let subject = format!("{}.sync", self.prefix);
+        match self.client.request(subject, bytes::Bytes::new()).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+            Err(e) => Err(unavailable("subscribe round trip", e)),
+        }
     }
 }
 

@@ -180,7 +180,10 @@ impl Session {
                     if last_heard.elapsed() >= idle_timeout {
                         return End::Idle;
                     }
-                    self.sink.feed(Message::Ping(Default::default())).await.map_err(socket_error)
+                    match self.check_head().await {
+                        Ok(()) => self.sink.feed(Message::Ping(Default::default())).await.map_err(socket_error),
+                        Err(e) => Err(e),
+                    }
                 }
             };
             // Whatever else is ready goes out with it, in one write.
@@ -319,6 +322,22 @@ impl Session {
         self.delivered = live.seq;
         self.send(Out::Event(natter_proto::event_frame(live.seq, &live.event))).await?;
         self.release_ahead().await
+    }
+
+    /// A live event whose publish was lost shows up at the next event's
+    /// `prev`; one with no successor would wait for a reconnect. Comparing
+    /// the log's head with what was delivered at every heartbeat bounds that
+    /// wait by the ping interval.
+    async fn check_head(&mut self) -> Result<(), Error> {
+        if self.gap_deadline.is_some() {
+            return Ok(()); // a gap read is due anyway
+        }
+        let (head, _) = self.shared.deps.log.bounds(&self.conn.user).await?;
+        if head > self.delivered {
+            tracing::debug!(user = %self.conn.user, head, delivered = self.delivered, "live event missed, reading the log");
+            self.fill_gap().await?;
+        }
+        Ok(())
     }
 
     /// Reads what is missing from the log, then delivers what waited.

@@ -33,6 +33,10 @@ struct Harness {
 
 impl Harness {
     async fn start() -> Self {
+        Self::start_with(GatewayOptions::default()).await
+    }
+
+    async fn start_with(options: GatewayOptions) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let stores = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap().stores();
         let bus = Arc::new(LocalBus::new());
@@ -57,7 +61,7 @@ impl Harness {
         let tokens = Tokens::new(b"delivery-test-secret", 3600);
         let deps =
             GatewayDeps { messages, log: stores.log.clone(), bus: bus.clone(), presence, tokens: tokens.clone() };
-        let gateway = Gateway::new(GatewayOptions { limits, ..GatewayOptions::default() }, deps, cancel.child_token());
+        let gateway = Gateway::new(GatewayOptions { limits, ..options }, deps, cancel.child_token());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("ws://{}", listener.local_addr().unwrap());
         let router = gateway.router();
@@ -154,5 +158,20 @@ async fn an_event_never_published_is_read_from_the_log() {
     // Live delivery goes on normally after the gap.
     let more = h.append(&bob, 1).await;
     h.bus.publish_user(&bob, more[0].clone()).await.unwrap();
+    assert_eq!(texts(&mut events, 1).await, ["m0"]);
+}
+
+#[tokio::test]
+async fn a_lost_publish_with_nothing_after_it_arrives_by_the_next_heartbeat() {
+    let options = GatewayOptions {
+        ping_interval: Duration::from_millis(200),
+        idle_timeout: Duration::from_secs(5),
+        ..GatewayOptions::default()
+    };
+    let h = Harness::start_with(options).await;
+    let bob = UserId::parse("bob", "user").unwrap();
+    let (_client, mut events) = h.connect(&bob).await;
+    // Durable but never published, and no later event reveals the gap.
+    h.append(&bob, 1).await;
     assert_eq!(texts(&mut events, 1).await, ["m0"]);
 }
