@@ -62,14 +62,21 @@ pub fn ws_config(read_buffer: usize) -> WebSocketConfig {
     WebSocketConfig::default().read_buffer_size(read_buffer).write_buffer_size(0).max_write_buffer_size(1 << 20)
 }
 
-/// Opens one WebSocket from `source` to the target.
-pub async fn connect(target: &Target, source: Ipv4Addr, path: &str, options: &ClientOptions) -> anyhow::Result<Ws> {
+/// Opens WebSocket number `i` (which picks the target's address) from `source`.
+pub async fn connect(
+    target: &Target,
+    i: usize,
+    source: Ipv4Addr,
+    path: &str,
+    options: &ClientOptions,
+) -> anyhow::Result<Ws> {
+    let addr = target.addr_for(i)?;
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::from((source, 0))).with_context(|| format!("binding a source port on {source}"))?;
     let connect = async {
-        let stream = socket.connect(target.addr).await?;
+        let stream = socket.connect(addr).await?;
         stream.set_nodelay(true)?;
-        let url = format!("ws://{}{}", target.addr, path);
+        let url = format!("ws://{addr}{path}");
         let (ws, _) =
             tokio_tungstenite::client_async_with_config(url, stream, Some(ws_config(options.read_buffer))).await?;
         anyhow::Ok(ws)
@@ -97,7 +104,7 @@ pub async fn connect_all(
             let source = source_ip(first_index + i, options.per_source_ip);
             let result = async {
                 let path = target.ws_path(user, room.as_deref())?;
-                let mut ws = connect(target, source, &path, options).await?;
+                let mut ws = connect(target, first_index + i, source, &path, options).await?;
                 Counters::add(&counters.connected, 1);
                 wait_caught_up(&mut ws).await?;
                 anyhow::Ok(ws)

@@ -1,16 +1,18 @@
 //! `natter-bench`: drives real WebSocket clients against a running Natter
 //! (or one it starts) and measures what users of an IM backend care about:
 //! idle connections per gateway and their memory, 1:1 persisted latency and
-//! throughput, and group fan-out, next to a bare broadcast server measured
-//! in the same run. See docs/PERFORMANCE.md.
+//! throughput, and group fan-out, next to a bare broadcast server and raw
+//! NATS publish/subscribe measured in the same run. See docs/PERFORMANCE.md.
 //!
 //! Modules: `client` (load clients and connecting), `wire` (frames),
-//! `scenarios` (idle, direct, fanout), `bare` (the baseline server),
+//! `scenarios` (idle, direct, fanout, nats, presence), `bare` (the baseline
+//! server), `nats_server` (the NATS baseline's nats-server),
 //! `stats` / `procfs` (measurement), `progress` (the live line), `suite`
 //! (what runs, checks against the targets) and `report` (JSON, Markdown).
 
 pub mod bare;
 pub mod client;
+pub mod nats_server;
 pub mod procfs;
 pub mod progress;
 pub mod report;

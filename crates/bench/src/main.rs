@@ -7,12 +7,13 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use natter_bench::bare::{self, BareOptions};
 use natter_bench::client::{ClientOptions, raise_fd_limit};
+use natter_bench::nats_server::{self, NatsSource};
 use natter_bench::report;
 use natter_bench::scenarios::direct::DirectConfig;
 use natter_bench::scenarios::fanout::FanoutConfig;
 use natter_bench::scenarios::idle::IdleConfig;
 use natter_bench::suite::{self, BareSource, NatterSource, SuiteConfig};
-use natter_bench::target::{ServerKind, Target};
+use natter_bench::target::{self, ServerKind, Target};
 use tokio_util::sync::CancellationToken;
 
 /// Load generator and benchmark suite for Natter.
@@ -25,8 +26,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// The standard suite (or `--smoke`): every scenario and baseline, a
-    /// report in <out>/<date>.md and .json.
+    /// The standard suite (or `--smoke`): every scenario and baseline (the
+    /// NATS one with the fan-out), a report in <out>/<date>.md and .json.
     Suite {
         /// The tiny smoke run instead of the standard suite.
         #[arg(long)]
@@ -66,7 +67,7 @@ enum Command {
         #[command(flatten)]
         common: Common,
     },
-    /// Group fan-out only.
+    /// Group fan-out only (with the bare and NATS baselines).
     Fanout {
         #[arg(long, default_value_t = 1000)]
         group_size: usize,
@@ -99,19 +100,37 @@ struct Common {
     /// The natter binary to start (default: next to this one).
     #[arg(long)]
     natter_bin: Option<PathBuf>,
-    /// Use a running Natter at this address (host:port or ws://host:port)
-    /// instead of starting one; needs --secret.
-    #[arg(long, requires = "secret")]
-    url: Option<String>,
+    /// Use a running Natter at this address (host:port, ws://host:port or
+    /// ws://host:port/ws) instead of starting one; needs --secret. Several
+    /// (comma separated or repeated) for a distributed deployment: clients
+    /// are spread over them round robin, so group members sit on every
+    /// gateway.
+    #[arg(long, requires = "secret", value_delimiter = ',')]
+    url: Vec<String>,
     /// The running server's token secret (auth.token_secret).
     #[arg(long, env = "NATTER_BENCH_SECRET")]
     secret: Option<String>,
-    /// The running server's pid, to report its RSS and CPU.
-    #[arg(long)]
-    server_pid: Option<u32>,
-    /// Skip the bare baselines.
+    /// The running server's pid, to report its RSS and CPU; for a cluster,
+    /// every role's (comma separated or repeated: reported summed).
+    #[arg(long, value_delimiter = ',')]
+    server_pid: Vec<u32>,
+    /// Skip the baselines (bare WebSocket and NATS).
     #[arg(long)]
     no_baselines: bool,
+    /// Skip the raw NATS baseline (the report says so).
+    #[arg(long, conflicts_with = "nats_url")]
+    no_nats: bool,
+    /// Use the nats-server running at nats://host:port for the NATS baseline
+    /// instead of starting one with deploy/nats.sh.
+    #[arg(long)]
+    nats_url: Option<String>,
+    /// That nats-server's pid, to report its CPU and RSS.
+    #[arg(long, requires = "nats_url")]
+    nats_pid: Option<u32>,
+    /// The deploy/nats.sh that starts the NATS baseline's server (default:
+    /// ./deploy/nats.sh, else the one of the source tree this was built from).
+    #[arg(long)]
+    nats_script: Option<PathBuf>,
     /// Extra environment for the spawned natter (KEY=VALUE, repeatable),
     /// e.g. NATTER_GATEWAY__READ_BUFFER_BYTES=1024.
     #[arg(long = "server-env")]
@@ -128,7 +147,9 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // async-nats logs every connect and close at info: a thousand
+                // lines per NATS baseline row.
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,async_nats=warn")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -200,19 +221,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let fds = raise_fd_limit(1 << 20);
     tracing::info!(fd_limit = fds, "raised the open-file limit (inherited by spawned servers)");
 
-    let natter = match &common.url {
-        Some(url) => {
-            let addr = url.trim_start_matches("ws://").trim_end_matches('/');
-            let addr: SocketAddr =
-                tokio::net::lookup_host(addr).await?.next().with_context(|| format!("--url {url} does not resolve"))?;
-            NatterSource::Given(Target {
-                kind: ServerKind::Natter,
-                addr,
-                secret: common.secret.clone().unwrap_or_default(),
-                pid: common.server_pid,
-                label: "natter".into(),
-            })
+    let natter = if common.url.is_empty() {
+        anyhow::ensure!(common.server_pid.is_empty(), "--server-pid is for a running server (--url)");
+        None
+    } else {
+        let mut addrs = Vec::with_capacity(common.url.len());
+        for url in &common.url {
+            addrs.push(target::resolve_ws(url).await?);
         }
+        Some(NatterSource::Given(Target {
+            kind: ServerKind::Natter,
+            addrs,
+            secret: common.secret.clone().unwrap_or_default(),
+            pids: common.server_pid.clone(),
+            label: "natter".into(),
+        }))
+    };
+    let natter = match natter {
+        Some(given) => given,
         None => {
             let binary = match &common.natter_bin {
                 Some(b) => b.clone(),
@@ -235,7 +261,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             NatterSource::Spawn { binary, env }
         }
     };
-    let report = suite::run_suite(&config, &natter, &BareSource::Spawn, command_line).await?;
+    let nats = if common.no_baselines {
+        NatsSource::Skip { reason: "--no-baselines was given".into() }
+    } else if common.no_nats {
+        NatsSource::Skip { reason: "--no-nats was given".into() }
+    } else if let Some(url) = &common.nats_url {
+        NatsSource::Given { url: url.clone(), pid: common.nats_pid }
+    } else {
+        NatsSource::Spawn { script: common.nats_script.clone().unwrap_or_else(nats_server::default_script) }
+    };
+    let report = suite::run_suite(&config, &natter, &BareSource::Spawn, &nats, command_line).await?;
     let (json, md) = report::write(&report, &common.out)?;
     println!("{}", report::markdown(&report));
     tracing::info!(json = %json.display(), markdown = %md.display(), "report written");

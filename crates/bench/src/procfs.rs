@@ -41,6 +41,19 @@ pub fn sample(pid: Option<u32>) -> std::io::Result<ProcSample> {
     Ok(ProcSample { rss_bytes: rss_kib * 1024, cpu_ticks: field(14) + field(15), at: Instant::now() })
 }
 
+/// The sum over several processes (a cluster's roles): RSS and CPU time
+/// add up. `None` if there are none or one cannot be read (it died): a
+/// partial sum would pass for the whole.
+pub fn sample_all(pids: &[u32]) -> Option<ProcSample> {
+    let mut total = ProcSample { rss_bytes: 0, cpu_ticks: 0, at: Instant::now() };
+    for &pid in pids {
+        let s = sample(Some(pid)).ok()?;
+        total.rss_bytes += s.rss_bytes;
+        total.cpu_ticks += s.cpu_ticks;
+    }
+    (!pids.is_empty()).then_some(total)
+}
+
 /// Busy CPU time of the whole machine so far, in clock ticks (everything
 /// but idle and iowait, all cores).
 pub fn machine_busy_ticks() -> u64 {

@@ -22,10 +22,10 @@ pub struct Progress {
 }
 
 impl Progress {
-    pub fn start(scenario: String, counters: Arc<Counters>, server_pid: Option<u32>) -> Self {
+    pub fn start(scenario: String, counters: Arc<Counters>, server_pids: Vec<u32>) -> Self {
         let cancel = CancellationToken::new();
         let phase = Arc::new(Mutex::new(String::new()));
-        let task = tokio::spawn(run(scenario, counters, server_pid, cancel.clone(), phase.clone()));
+        let task = tokio::spawn(run(scenario, counters, server_pids, cancel.clone(), phase.clone()));
         Self { cancel, task, phase }
     }
 
@@ -43,7 +43,7 @@ impl Progress {
 async fn run(
     scenario: String,
     counters: Arc<Counters>,
-    server_pid: Option<u32>,
+    server_pids: Vec<u32>,
     cancel: CancellationToken,
     phase: Arc<Mutex<String>>,
 ) {
@@ -51,7 +51,7 @@ async fn run(
     let every = if tty { 1 } else { 5 };
     let start = Instant::now();
     let mut last = counters.snapshot();
-    let mut last_server = server_pid.and_then(|p| procfs::sample(Some(p)).ok());
+    let mut last_server = procfs::sample_all(&server_pids);
     let mut last_self = procfs::sample(None).ok();
     let mut tick = tokio::time::interval(Duration::from_secs(every));
     tick.tick().await;
@@ -63,7 +63,7 @@ async fn run(
         let now = counters.snapshot();
         let d = now.since(&last);
         let secs = every as f64;
-        let server = server_pid.and_then(|p| procfs::sample(Some(p)).ok());
+        let server = procfs::sample_all(&server_pids);
         let me = procfs::sample(None).ok();
         let usage = |a: &Option<procfs::ProcSample>, b: &Option<procfs::ProcSample>| match (a, b) {
             (Some(a), Some(b)) => {

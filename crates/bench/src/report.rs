@@ -47,11 +47,14 @@ pub fn markdown(r: &SuiteReport) -> String {
     );
     let _ = writeln!(
         md,
-        "Natter {} (commit {}), single-node mode; {:.0} s in all.  ",
+        "Natter {} (commit {}); {:.0} s in all.  ",
         r.natter,
         r.git_rev.as_deref().unwrap_or("unknown"),
         r.duration_secs
     );
+    if let Some(nats) = &r.nats {
+        let _ = writeln!(md, "NATS baseline: nats-server {} at {}.  ", nats.version, nats.url);
+    }
     let _ = writeln!(md, "Command: `{}`\n", r.command);
 
     if !r.checks.is_empty() {
@@ -164,7 +167,8 @@ pub fn markdown(r: &SuiteReport) -> String {
                 thousands(f.deliveries_per_sec),
                 vs,
                 lat(&f.time_to_last),
-                ms(f.ack_latency.p99_ms),
+                // No acks from a baseline that has none (NATS).
+                if f.ack_latency.count == 0 { "–".to_owned() } else { ms(f.ack_latency.p99_ms) },
                 opt(f.usage.server_cpu_percent, "%"),
                 f.usage.bench_cpu_percent,
                 f.usage.other_cpu_percent,

@@ -1,7 +1,8 @@
 //! The suites: which scenarios run, at what size, against which servers, and
 //! the targets the results are checked against. Natter and the baselines
-//! run in the same invocation with the same client code, so results can be
-//! read as ratios that hold on a noisy machine.
+//! (bare WebSocket servers, raw NATS) run in the same invocation with the
+//! same client code and flow control, so results can be read as ratios that
+//! hold on a noisy machine.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -10,12 +11,14 @@ use serde::Serialize;
 
 use crate::bare::BareOptions;
 use crate::client::ClientOptions;
+use crate::nats_server::{NatsInfo, NatsServer, NatsSource};
 use crate::procfs::{self, Machine};
 use crate::scenarios::direct::{DirectConfig, DirectResult};
 use crate::scenarios::fanout::{FanoutConfig, FanoutResult};
 use crate::scenarios::idle::{IdleConfig, IdleResult};
+use crate::scenarios::nats::Layout;
 use crate::scenarios::presence::{PresenceFanoutConfig, PresenceFanoutResult, SweeperResult};
-use crate::scenarios::{Run, direct, fanout, idle, presence};
+use crate::scenarios::{Run, direct, fanout, idle, nats, presence};
 use crate::target::{Spawned, Target};
 
 #[derive(Debug, Clone, Serialize)]
@@ -28,8 +31,12 @@ pub struct SuiteConfig {
     pub presence: Option<PresenceFanoutConfig>,
     /// Subscriptions for the sweeper-cost run (in-process).
     pub sweeper_subscriptions: Option<usize>,
-    /// Run the bare baselines too (fan-out, and 1:1 saturation).
+    /// Run the bare baselines too (fan-out, and 1:1 saturation). The NATS
+    /// baseline runs with every fan-out unless its source is `Skip`.
     pub baselines: bool,
+    /// Connections that hold the members' subscriptions in the NATS
+    /// baseline's gateway layout (`make cluster` runs two gateways).
+    pub nats_gateways: usize,
     #[serde(skip)]
     pub client: ClientOptions,
 }
@@ -78,6 +85,7 @@ impl SuiteConfig {
             presence: Some(PresenceFanoutConfig { subscribers: 3000, rounds: 20, timeout_secs: 30.0 }),
             sweeper_subscriptions: Some(1_000_000),
             baselines: true,
+            nats_gateways: 2,
             client: ClientOptions::default(),
         }
     }
@@ -113,6 +121,7 @@ impl SuiteConfig {
             presence: Some(PresenceFanoutConfig { subscribers: 5, rounds: 2, timeout_secs: 20.0 }),
             sweeper_subscriptions: Some(2_000),
             baselines: true,
+            nats_gateways: 2,
             client: ClientOptions {
                 // Exercise the source-address spread even in a tiny run.
                 per_source_ip: 4,
@@ -137,7 +146,7 @@ pub enum BareSource {
     /// Children of this binary (`natter-bench bare-server`).
     Spawn,
     /// Running servers: one-frame-per-write and batched-writes.
-    Given { plain: Target, batched: Target },
+    Given { plain: Box<Target>, batched: Box<Target> },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -150,6 +159,8 @@ pub struct SuiteReport {
     pub git_rev: Option<String>,
     pub command: String,
     pub natter: String,
+    /// The NATS baseline's server; `None` when it was skipped (see notes).
+    pub nats: Option<NatsInfo>,
     pub config: SuiteConfig,
     pub idle: Vec<IdleResult>,
     pub direct: Vec<DirectResult>,
@@ -203,7 +214,7 @@ async fn bare(source: &BareSource, options: BareOptions) -> anyhow::Result<Serve
     Ok(match source {
         BareSource::Spawn => Server::Spawned(Box::new(Spawned::bare(label, options.batch_writes).await?)),
         BareSource::Given { plain, batched } => {
-            Server::Given(if options.batch_writes { batched.clone() } else { plain.clone() })
+            Server::Given(if options.batch_writes { (**batched).clone() } else { (**plain).clone() })
         }
     })
 }
@@ -224,15 +235,18 @@ where
     Ok(value)
 }
 
+/// Runs the suite. `nats_source` is where the NATS baseline's server comes
+/// from (started here and stopped before this returns, when the bench starts
+/// it); it is only needed when the suite has a fan-out.
 pub async fn run_suite(
     config: &SuiteConfig,
     natter_source: &NatterSource,
     bare_source: &BareSource,
+    nats_source: &NatsSource,
     command: String,
 ) -> anyhow::Result<SuiteReport> {
     let started = Instant::now();
     let started_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs();
-    let client = &config.client;
     let mut report = SuiteReport {
         suite: config.name.clone(),
         date: date_of(started_unix),
@@ -242,9 +256,13 @@ pub async fn run_suite(
         git_rev: git_rev(),
         command,
         natter: match natter_source {
-            NatterSource::Spawn { binary, .. } => format!("spawned {}", binary.display()),
-            NatterSource::Given(t) => format!("running at {}", t.addr),
+            NatterSource::Spawn { binary, .. } => format!("spawned {} (single-node mode)", binary.display()),
+            NatterSource::Given(t) if t.addrs.len() > 1 => {
+                format!("running at {} ({} gateways: distributed mode)", t.addrs_text(), t.addrs.len())
+            }
+            NatterSource::Given(t) => format!("running at {}", t.addrs_text()),
         },
+        nats: None,
         config: config.clone(),
         idle: Vec::new(),
         direct: Vec::new(),
@@ -254,6 +272,43 @@ pub async fn run_suite(
         checks: Vec::new(),
         notes: Vec::new(),
     };
+    // Started first, so that a missing nats-server fails the run at once
+    // rather than after minutes of other scenarios; idle, it costs nothing.
+    let nats_server = if config.fanout.is_empty() { None } else { NatsServer::open(nats_source).await? };
+    report.nats = nats_server.as_ref().map(|n| n.info.clone());
+    let ran = run_scenarios(config, natter_source, bare_source, nats_server.as_ref(), &mut report).await;
+    let stopped = match nats_server {
+        Some(server) => server.stop().await,
+        None => Ok(()),
+    };
+    // The scenario's own error first: it is the one worth reading.
+    ran?;
+    stopped?;
+
+    report.checks = checks(&report);
+    report.notes = notes(&report, config, nats_source);
+    for idle in &report.idle {
+        if let Some(limit) = idle.capped_by_fd_limit {
+            report.notes.push(format!(
+                "Idle connections to {} were capped at {} (of {} requested) by the open-file limit of {limit}: \
+                 one socket is one descriptor in the server and one in the generator, and this process could \
+                 not raise its hard RLIMIT_NOFILE (no CAP_SYS_RESOURCE).",
+                idle.target, idle.ready, idle.requested
+            ));
+        }
+    }
+    report.duration_secs = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+async fn run_scenarios(
+    config: &SuiteConfig,
+    natter_source: &NatterSource,
+    bare_source: &BareSource,
+    nats_server: Option<&NatsServer>,
+    report: &mut SuiteReport,
+) -> anyhow::Result<()> {
+    let client = &config.client;
     let plain = BareOptions { batch_writes: false };
     let batched = BareOptions { batch_writes: true };
 
@@ -315,6 +370,17 @@ pub async fn run_suite(
                 }
             }
         }
+        if let Some(nats_server) = nats_server {
+            for layout in [Layout::PerMember, Layout::Gateways(config.nats_gateways), Layout::Shared] {
+                let server = Server::Given(nats_server.target(&layout.label()));
+                let result = on(server, client, "n", |run| async move {
+                    let r = nats::run(&run, fanout_config, layout).await;
+                    (run, r)
+                })
+                .await?;
+                report.fanout.push(result);
+            }
+        }
     }
 
     if let Some(presence_config) = &config.presence {
@@ -332,20 +398,7 @@ pub async fn run_suite(
         report.sweeper = Some(presence::sweeper(subscriptions).await?);
     }
 
-    report.checks = checks(&report);
-    report.notes = notes();
-    for idle in &report.idle {
-        if let Some(limit) = idle.capped_by_fd_limit {
-            report.notes.push(format!(
-                "Idle connections to {} were capped at {} (of {} requested) by the open-file limit of {limit}: \
-                 one socket is one descriptor in the server and one in the generator, and this process could \
-                 not raise its hard RLIMIT_NOFILE (no CAP_SYS_RESOURCE).",
-                idle.target, idle.ready, idle.requested
-            ));
-        }
-    }
-    report.duration_secs = started.elapsed().as_secs_f64();
-    Ok(report)
+    Ok(())
 }
 
 /// The issue's targets for a 2-core box, single-node mode.
@@ -402,10 +455,11 @@ fn checks(report: &SuiteReport) -> Vec<Check> {
             measured: format!("{:.0} deliveries/s", n.deliveries_per_sec),
             met: n.deliveries_per_sec >= 300_000.0 && n.complete,
         });
-        // Against the higher of the two baselines: the true ceiling.
+        // Against the higher of the two bare baselines: the true ceiling of
+        // a WebSocket server (the NATS rows measure a different layer).
         if let Some(best) = thousand
             .iter()
-            .filter(|r| r.target != "natter")
+            .filter(|r| r.target.starts_with("bare"))
             .max_by(|a, b| a.deliveries_per_sec.total_cmp(&b.deliveries_per_sec))
         {
             let ratio = n.deliveries_per_sec / best.deliveries_per_sec.max(1.0);
@@ -420,11 +474,56 @@ fn checks(report: &SuiteReport) -> Vec<Check> {
     checks
 }
 
-fn notes() -> Vec<String> {
-    vec![
-        "The NATS publish/subscribe baseline for the distributed mode is not measured: the distributed mode does not exist yet.".into(),
-        "The load generator runs on the same machine and shares its two cores; its own CPU is reported next to the server's. CPU is in percent of one core (200% = both cores); \"Other CPU\" is everything else on the machine in the same window (other builds and tests, kernel time charged to neither process).".into(),
-    ]
+fn notes(report: &SuiteReport, config: &SuiteConfig, nats_source: &NatsSource) -> Vec<String> {
+    let mut notes = vec![
+        "The load generator runs on the same machine and shares its two cores; its own CPU is reported next to the server's. CPU is in percent of one core (200% = both cores); \"Other CPU\" is everything else on the machine in the same window (other builds and tests, kernel time charged to neither process).".to_owned(),
+    ];
+    match (&report.nats, nats_source) {
+        (Some(nats), _) => notes.push(format!(
+            "The nats-* fan-out rows are raw core-NATS publish/subscribe through nats-server {} ({} {}), with no \
+             WebSocket, store or log: `nats-per-member` publishes each group message once per member on \
+             `bench.user.<member>` (as the distributed mode's message role does), each member a connection with \
+             its own subscription; `nats-{}-gateways` is the same traffic with the subscriptions held by {} \
+             connections, as that many gateways hold one subscription per online user; `nats-shared` is one \
+             publish per message on one subject of the group, one connection per member (NATS's own fan-out, for \
+             reference: Natter does not use it). One publishing connection, the live-event payload Natter puts on \
+             the bus at the same text size, and the same groups, senders, pace and window as the WebSocket rows. \
+             NATS has no ack (Ack –); Server CPU is nats-server's, and the generator's Bench CPU includes the \
+             publisher and every subscriber.",
+            nats.version,
+            if nats.started_by_bench { "started by the bench with deploy/nats.sh at" } else { "running at" },
+            nats.url,
+            config.nats_gateways,
+            config.nats_gateways,
+        )),
+        (None, NatsSource::Skip { reason }) if !config.fanout.is_empty() => {
+            notes.push(format!("The raw NATS publish/subscribe baseline was not measured: {reason}."));
+        }
+        _ => {}
+    }
+    // Senders keep Natter's per-connection pace, so a baseline fast enough
+    // can hit that ceiling instead of its own.
+    for f in &report.fanout {
+        let Some(c) = config.fanout.iter().find(|c| c.group_size == f.group_size && c.groups == f.groups) else {
+            continue;
+        };
+        let ceiling = f.senders as f64 * c.per_conn_rate * f.group_size as f64;
+        if f.deliveries_per_sec >= 0.8 * ceiling {
+            notes.push(format!(
+                "{} ({} × {}) reached {:.0}% of the senders' pace ceiling ({} senders × {} msg/s × {} members = \
+                 {:.0} deliveries/s): that row is bounded by the generator's pace, not by the server.",
+                f.target,
+                f.group_size,
+                f.groups,
+                100.0 * f.deliveries_per_sec / ceiling,
+                f.senders,
+                c.per_conn_rate,
+                f.group_size,
+                ceiling
+            ));
+        }
+    }
+    notes
 }
 
 fn git_rev() -> Option<String> {

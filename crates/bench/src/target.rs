@@ -1,6 +1,7 @@
 //! The server under test: a Natter the bench starts itself (a child process,
 //! so its RSS and CPU are its own in `/proc/<pid>`), one already running
-//! (`--url` + `--secret`), or the bare baseline.
+//! (`--url` + `--secret`; several gateway URLs for the distributed mode), the
+//! bare baseline, or the nats-server of the NATS baseline.
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
@@ -19,22 +20,43 @@ pub enum ServerKind {
     Natter,
     /// The bare tokio + tungstenite broadcast server (no persistence).
     Bare,
+    /// A nats-server (the raw NATS baseline; not a WebSocket server).
+    Nats,
 }
 
 /// Where and how to reach a server.
 #[derive(Debug, Clone)]
 pub struct Target {
     pub kind: ServerKind,
-    pub addr: SocketAddr,
+    /// Where clients connect. Several for a distributed deployment (one per
+    /// gateway): connection `i` goes to `addrs[i % len]`, so the members of
+    /// a group are spread over every gateway and their messages cross NATS.
+    pub addrs: Vec<SocketAddr>,
     /// HS256 secret for client tokens (Natter only).
     pub secret: String,
-    /// Process to read RSS and CPU from, when known.
-    pub pid: Option<u32>,
+    /// Processes whose RSS and CPU are reported (summed) as the server's:
+    /// one for a single node, every role's for a cluster; none if unknown.
+    pub pids: Vec<u32>,
     /// Name in reports, e.g. "natter" or "bare".
     pub label: String,
 }
 
 impl Target {
+    /// A target with one address and at most one known process.
+    pub fn single(kind: ServerKind, addr: SocketAddr, secret: String, pid: Option<u32>, label: &str) -> Self {
+        Self { kind, addrs: vec![addr], secret, pids: pid.into_iter().collect(), label: label.to_owned() }
+    }
+
+    /// The address connection number `i` uses.
+    pub fn addr_for(&self, i: usize) -> anyhow::Result<SocketAddr> {
+        self.addrs.get(i % self.addrs.len().max(1)).copied().with_context(|| format!("{} has no address", self.label))
+    }
+
+    /// The addresses as `a, b, …` (for reports).
+    pub fn addrs_text(&self) -> String {
+        self.addrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    }
+
     /// The request path and query a user connects with.
     pub fn ws_path(&self, user: &str, room: Option<&str>) -> anyhow::Result<String> {
         Ok(match self.kind {
@@ -43,8 +65,29 @@ impl Target {
                 Some(room) => format!("/ws?format=proto&user={user}&room={room}"),
                 None => format!("/ws?format=proto&user={user}"),
             },
+            ServerKind::Nats => bail!("{} is a nats-server, not a WebSocket server", self.label),
         })
     }
+}
+
+/// Parses a WebSocket server address as the bench accepts it: `host:port`,
+/// `ws://host:port` or `ws://host:port/ws` (what `make cluster` prints).
+/// Clients always connect to `/ws`, so any other path is refused rather than
+/// silently ignored.
+pub async fn resolve_ws(url: &str) -> anyhow::Result<SocketAddr> {
+    let rest = url.strip_prefix("ws://").unwrap_or(url);
+    if rest.contains("://") {
+        bail!("--url {url}: only ws:// (plain WebSocket) is supported");
+    }
+    let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+    if !(path.is_empty() || path == "ws" || path == "ws/") {
+        bail!("--url {url}: the bench connects to /ws; give host:port or ws://host:port/ws");
+    }
+    tokio::net::lookup_host(authority)
+        .await
+        .with_context(|| format!("--url {url}: cannot resolve {authority}"))?
+        .next()
+        .with_context(|| format!("--url {url} does not resolve"))
 }
 
 #[derive(serde::Serialize)]
@@ -74,7 +117,7 @@ pub fn random_secret() -> anyhow::Result<String> {
 }
 
 /// A loopback port free right now (the child binds it a moment later).
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
@@ -167,12 +210,7 @@ impl Spawned {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         tracing::info!(%addr, label, pid = child.id(), "server started");
-        Ok(Self {
-            target: Target { kind, addr, secret, pid: child.id(), label: label.to_owned() },
-            child,
-            log,
-            _dir: dir,
-        })
+        Ok(Self { target: Target::single(kind, addr, secret, child.id(), label), child, log, _dir: dir })
     }
 
     /// Stops the server (SIGKILL: nothing in its temp dir is kept) and
@@ -186,10 +224,10 @@ impl Spawned {
     }
 }
 
-async fn retry<F, Fut>(start: F) -> anyhow::Result<Spawned>
+pub(crate) async fn retry<T, F, Fut>(start: F) -> anyhow::Result<T>
 where
     F: Fn() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Spawned>>,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
 {
     let mut attempt = 1;
     loop {
@@ -208,7 +246,7 @@ async fn ready(addr: SocketAddr, kind: ServerKind) -> bool {
     let Ok(Ok(mut stream)) = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr)).await else {
         return false;
     };
-    if kind == ServerKind::Bare {
+    if kind != ServerKind::Natter {
         return true;
     }
     let request = b"GET /healthz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n";
@@ -224,4 +262,40 @@ fn tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn gateway_urls_parse_as_make_cluster_prints_them() {
+        let expected: SocketAddr = ([127, 0, 0, 1], 7100).into();
+        for url in ["ws://127.0.0.1:7100/ws", "ws://127.0.0.1:7100", "127.0.0.1:7100", "ws://127.0.0.1:7100/ws/"] {
+            assert_eq!(resolve_ws(url).await.unwrap(), expected, "{url}");
+        }
+        for url in ["ws://127.0.0.1:7100/api", "wss://127.0.0.1:7100/ws", "http://127.0.0.1:7100"] {
+            assert!(resolve_ws(url).await.is_err(), "{url}");
+        }
+    }
+
+    #[test]
+    fn connections_go_round_robin_over_the_gateways() {
+        let a: SocketAddr = ([127, 0, 0, 1], 7100).into();
+        let b: SocketAddr = ([127, 0, 0, 1], 7110).into();
+        let target = Target {
+            kind: ServerKind::Natter,
+            addrs: vec![a, b],
+            secret: "s".into(),
+            pids: vec![1, 2],
+            label: "natter".into(),
+        };
+        let picked: Vec<SocketAddr> = (0..4).map(|i| target.addr_for(i).unwrap()).collect();
+        assert_eq!(picked, [a, b, a, b]);
+        assert_eq!(target.addrs_text(), "127.0.0.1:7100, 127.0.0.1:7110");
+        let none = Target { addrs: Vec::new(), ..target };
+        assert!(none.addr_for(0).is_err());
+    }
 }

@@ -164,6 +164,44 @@ fn skip(buf: &mut &[u8], wire: WireType) -> Option<()> {
     Some(())
 }
 
+/// What Natter's message role publishes on NATS for one recipient: a
+/// `BusMessage` carrying the live event (`seq`, `prev`, the message), so the
+/// NATS baseline moves payloads of the same size as the distributed mode.
+pub fn bus_live_message(seq: u64, prev: u64, message: v1::Message) -> Vec<u8> {
+    v1::BusMessage {
+        body: Some(v1::bus_message::Body::Live(v1::LiveEventWire {
+            seq,
+            prev,
+            event: Some(v1::LogEvent { kind: Some(v1::log_event::Kind::Message(message)) }),
+        })),
+    }
+    .encode_to_vec()
+}
+
+/// The message text of a `BusMessage` live event, if it carries a text
+/// message; `None` if the bytes are not valid protobuf. Allocation-free, for
+/// the same reason as [`read_server_frame`]: the NATS baseline's subscribers
+/// read up to a million of them per second on the machine under test.
+pub fn read_bus_text(bytes: &[u8]) -> Option<Option<&[u8]>> {
+    // BusMessage.live = 1 → LiveEventWire.event = 3 → LogEvent.message = 1.
+    let Some(live) = field(bytes, 1)? else { return Some(None) };
+    let Some(event) = field(live, 3)? else { return Some(None) };
+    let Some(message) = field(event, 1)? else { return Some(None) };
+    message_text(message)
+}
+
+/// The first length-delimited field `tag` of a protobuf message.
+fn field(mut buf: &[u8], tag: u32) -> Option<Option<&[u8]>> {
+    while buf.has_remaining() {
+        let (t, wire) = decode_key(&mut buf).ok()?;
+        if t == tag && wire == WireType::LengthDelimited {
+            return Some(Some(length_delimited(&mut buf)?));
+        }
+        skip(&mut buf, wire)?;
+    }
+    Some(None)
+}
+
 /// The server frame the bare baseline broadcasts: the same `Event` with the
 /// same `Message` fields Natter sends, so frame sizes match.
 pub fn event_frame(seq: u64, message: v1::Message) -> Vec<u8> {
@@ -193,6 +231,29 @@ mod tests {
         assert_eq!(text.len(), 100);
         assert_eq!(parse_payload(text.as_bytes()), Some(p));
         assert_eq!(parse_payload(b"hello"), None);
+    }
+
+    #[test]
+    fn the_bus_reader_finds_the_text_prost_encoded() {
+        let text = payload_text(&Payload { phase: 1, sender: 2, msg: 3, sent_ns: 4 }, 100);
+        let message = v1::Message {
+            id: 382_754_410_561_798_144,
+            client_msg_id: "m3".into(),
+            from: "f1-g0-2".into(),
+            to: "f1-g0".into(),
+            chat_type: v1::ChatType::Group as i32,
+            timestamp: 1_795_322_962_711,
+            body: Some(v1::message::Body::Text(v1::TextBody { text: text.clone() })),
+            ext: Default::default(),
+            from_system: false,
+        };
+        let bytes = bus_live_message(7, 6, message);
+        let decoded = v1::BusMessage::decode(bytes.as_slice()).unwrap();
+        assert!(matches!(decoded.body, Some(v1::bus_message::Body::Live(ref l)) if l.seq == 7 && l.prev == 6));
+        assert_eq!(read_bus_text(&bytes), Some(Some(text.as_bytes())));
+        let kick = v1::BusMessage { body: Some(v1::bus_message::Body::Kick(v1::KickSessions::default())) };
+        assert_eq!(read_bus_text(&kick.encode_to_vec()), Some(None), "not a live event");
+        assert_eq!(read_bus_text(&[0x0a, 0x09, 0x01]), None, "truncated");
     }
 
     #[test]

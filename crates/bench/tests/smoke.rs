@@ -1,9 +1,11 @@
 //! The smoke run: the whole suite, tiny, against a real Natter started in
 //! this process (port 0, temp dir) and bare baselines on port 0. Runs under
 //! `cargo test --workspace` (so `make test`), so the tool never rots: every
-//! scenario must connect, send, and account for every message.
+//! scenario must connect, send, and account for every message. The NATS
+//! baseline needs a nats-server and has its own test (`tests/nats.rs`).
 
 use natter_bench::bare::{self, BareOptions};
+use natter_bench::nats_server::NatsSource;
 use natter_bench::report;
 use natter_bench::suite::{BareSource, NatterSource, SuiteConfig, run_suite};
 use natter_bench::target::{ServerKind, Target};
@@ -15,7 +17,7 @@ async fn bare_server(cancel: &CancellationToken, batch_writes: bool, label: &str
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(bare::serve(listener, BareOptions { batch_writes }, cancel.clone()));
-    Target { kind: ServerKind::Bare, addr, secret: String::new(), pid: None, label: label.into() }
+    Target::single(ServerKind::Bare, addr, String::new(), None, label)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -29,20 +31,15 @@ async fn smoke_suite_measures_every_scenario_against_a_real_server() {
     config.auth.token_secret = SECRET.into();
     config.validate().expect("valid config");
     let node = natter_server::Node::start(&config).await.expect("server starts");
-    let natter = Target {
-        kind: ServerKind::Natter,
-        addr: node.ws_addr,
-        secret: SECRET.into(),
-        pid: None,
-        label: "natter".into(),
-    };
+    let natter = Target::single(ServerKind::Natter, node.ws_addr, SECRET.into(), None, "natter");
     let cancel = CancellationToken::new();
     let bare = BareSource::Given {
-        plain: bare_server(&cancel, false, "bare").await,
-        batched: bare_server(&cancel, true, "bare-batched").await,
+        plain: Box::new(bare_server(&cancel, false, "bare").await),
+        batched: Box::new(bare_server(&cancel, true, "bare-batched").await),
     };
 
-    let report = run_suite(&SuiteConfig::smoke(), &NatterSource::Given(natter), &bare, "smoke test".into())
+    let nats = NatsSource::Skip { reason: "the smoke test runs without it (tests/nats.rs runs it)".into() };
+    let report = run_suite(&SuiteConfig::smoke(), &NatterSource::Given(natter), &bare, &nats, "smoke test".into())
         .await
         .expect("the smoke suite runs");
 
@@ -77,6 +74,8 @@ async fn smoke_suite_measures_every_scenario_against_a_real_server() {
     for section in ["## Idle connections", "## 1:1 persisted messages", "## Group fan-out"] {
         assert!(md.contains(section), "{section} missing from\n{md}");
     }
+    assert!(report.nats.is_none());
+    assert!(md.contains("NATS publish/subscribe baseline was not measured"), "the skip is reported:\n{md}");
     let json = serde_json::to_value(&report).expect("report serializes");
     assert!(json["fanout"].as_array().is_some_and(|a| a.len() == 3));
 

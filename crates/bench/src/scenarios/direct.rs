@@ -143,7 +143,10 @@ pub async fn run(run: &Run, config: &DirectConfig) -> anyhow::Result<DirectResul
         );
     }
     let target = &run.target;
-    let progress = Progress::start(format!("1:1 {}", target.label), run.counters.clone(), target.pid);
+    if target.kind == ServerKind::Nats {
+        bail!("direct: {} is a nats-server; the 1:1 scenario needs a WebSocket server", target.label);
+    }
+    let progress = Progress::start(format!("1:1 {}", target.label), run.counters.clone(), target.pids.clone());
     progress.set_phase("connecting");
     let names: Vec<String> = (0..config.users).map(|i| format!("{}-{i}", run.prefix)).collect();
     let users: Vec<(String, Option<String>)> = names
@@ -159,7 +162,7 @@ pub async fn run(run: &Run, config: &DirectConfig) -> anyhow::Result<DirectResul
         // Natter routes by the peer's user id, the bare server by a room per pair.
         let to = match target.kind {
             ServerKind::Natter => names[i ^ 1].clone(),
-            ServerKind::Bare => users[i].1.clone().unwrap_or_default(),
+            ServerKind::Bare | ServerKind::Nats => users[i].1.clone().unwrap_or_default(),
         };
         let conn = Conn {
             index: i,
@@ -183,13 +186,13 @@ pub async fn run(run: &Run, config: &DirectConfig) -> anyhow::Result<DirectResul
     if config.warmup_secs > 0.0 {
         id += 1;
         progress.set_phase("warm-up");
-        run_step(&phase_tx, id, open(config.warmup_load), config.warmup_secs, drain, target.pid).await;
+        run_step(&phase_tx, id, open(config.warmup_load), config.warmup_secs, drain, &target.pids).await;
     }
     let mut steps = Vec::new();
     for &load in &config.loads {
         id += 1;
         progress.set_phase(format!("{load:.0} msg/s"));
-        let mut result = run_step(&phase_tx, id, open(load), config.step_secs, drain, target.pid).await;
+        let mut result = run_step(&phase_tx, id, open(load), config.step_secs, drain, &target.pids).await;
         result.offered_per_sec = Some(load);
         steps.push(result);
     }
@@ -200,7 +203,7 @@ pub async fn run(run: &Run, config: &DirectConfig) -> anyhow::Result<DirectResul
             window: config.window.clamp(1, SERVER_QUEUE_LIMIT),
             min_interval: Duration::from_secs_f64(1.0 / config.per_conn_rate),
         };
-        Some(run_step(&phase_tx, id, mode, config.saturation_secs, drain, target.pid).await)
+        Some(run_step(&phase_tx, id, mode, config.saturation_secs, drain, &target.pids).await)
     } else {
         None
     };
@@ -221,13 +224,13 @@ async fn run_step(
     mode: Mode,
     secs: f64,
     drain_secs: f64,
-    pid: Option<u32>,
+    pids: &[u32],
 ) -> StepResult {
     // A short lead so that every task has switched before the first send.
     let phase = Arc::new(Phase::new(id, mode, Duration::from_millis(100), secs));
     phases.send_replace(phase.clone());
     tokio::time::sleep_until(phase.start.into()).await;
-    let window = Window::open(pid);
+    let window = Window::open(pids);
     tokio::time::sleep_until(phase.send_until.into()).await;
     let usage = window.close();
     let drain_end = Instant::now() + Duration::from_secs_f64(drain_secs);

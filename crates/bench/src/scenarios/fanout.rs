@@ -32,7 +32,8 @@ use crate::wire::{self, Incoming, Payload};
 const SERVER_QUEUE_LIMIT: usize = 32;
 /// User ids per createGroup / addMembers request (PROTOCOL.md §6).
 const MEMBERS_PER_REQUEST: usize = 500;
-const PHASE: u32 = 1;
+/// The payload's phase (one measurement per run).
+pub(crate) const PHASE: u32 = 1;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct FanoutConfig {
@@ -83,28 +84,169 @@ struct GroupFlow {
 }
 
 /// Shared by every member task: who has what, and the flow-control permits.
-struct Tracker {
+/// The NATS baseline (`scenarios::nats`) keeps its books with the same
+/// tracker, so both report exactly the same quantities.
+pub(crate) struct Tracker {
     slots: Vec<Slot>,
     groups: Vec<GroupFlow>,
     per_group: u64,
+    group_size: usize,
     first_send_ns: AtomicU64,
     last_delivery_ns: AtomicU64,
     delivered: AtomicU64,
     completed: AtomicU64,
     to_last: Latency,
     ack: Latency,
-    counters: Counters,
+    pub(crate) counters: Counters,
+}
+
+impl Tracker {
+    pub(crate) fn new(config: &FanoutConfig) -> Arc<Self> {
+        let total = (config.groups * config.messages_per_group) as u64;
+        Arc::new(Self {
+            slots: (0..total)
+                .map(|_| Slot { remaining: AtomicU32::new(config.group_size as u32), last_ns: AtomicU64::new(0) })
+                .collect(),
+            groups: (0..config.groups)
+                .map(|_| GroupFlow { permits: Semaphore::new(config.window_per_group.max(1)), next: AtomicU64::new(0) })
+                .collect(),
+            per_group: config.messages_per_group as u64,
+            group_size: config.group_size,
+            first_send_ns: AtomicU64::new(u64::MAX),
+            last_delivery_ns: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            to_last: Latency::new(),
+            ack: Latency::new(),
+            counters: Counters::default(),
+        })
+    }
+
+    fn total(&self) -> u64 {
+        self.slots.len() as u64
+    }
+
+    /// Waits for the pace, then for a permit of `group`; `None` if the group
+    /// does not exist.
+    pub(crate) async fn acquire(&self, group: usize, at: Instant) -> Option<SemaphorePermit<'_>> {
+        tokio::time::sleep_until(at.into()).await;
+        self.groups.get(group)?.permits.acquire().await.ok()
+    }
+
+    /// Numbers the next message of `group` for a sender holding one of its
+    /// permits, and keeps the permit until the message's last recipient
+    /// returns it. `None` once the group's quota is sent (the permit goes
+    /// back, so the group's other senders find out too).
+    pub(crate) fn claim(&self, group: usize, permit: SemaphorePermit<'_>) -> Option<u64> {
+        let n = self.groups.get(group)?.next.fetch_add(1, Ordering::Relaxed);
+        if n >= self.per_group {
+            return None;
+        }
+        permit.forget();
+        Some(group as u64 * self.per_group + n)
+    }
+
+    /// A message is about to go out at `sent_ns`.
+    pub(crate) fn sending(&self, sent_ns: u64) {
+        self.first_send_ns.fetch_min(sent_ns, Ordering::Relaxed);
+    }
+
+    /// One member received a benchmark message.
+    pub(crate) fn on_delivery(&self, p: &Payload, global: &Counters) {
+        let Some(slot) = usize::try_from(p.msg).ok().and_then(|i| self.slots.get(i)) else {
+            Counters::add(&global.stale, 1);
+            return;
+        };
+        if p.phase != PHASE {
+            Counters::add(&global.stale, 1);
+            return;
+        }
+        let now = stats::now_ns();
+        slot.last_ns.fetch_max(now, Ordering::AcqRel);
+        self.last_delivery_ns.fetch_max(now, Ordering::Relaxed);
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        Counters::add(&global.delivered, 1);
+        if slot.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // This member was the last one: the message is done.
+            let last = slot.last_ns.load(Ordering::Acquire);
+            self.to_last.record_ns(last.saturating_sub(p.sent_ns));
+            self.completed.fetch_add(1, Ordering::Relaxed);
+            self.release(p.msg);
+        }
+    }
+
+    /// A message that will never be delivered (its send failed): finished
+    /// here, so that the run ends and its group gets the permit back.
+    pub(crate) fn abandon(&self, msg: u64) {
+        self.completed.fetch_add(1, Ordering::Relaxed);
+        self.release(msg);
+    }
+
+    fn release(&self, msg: u64) {
+        if let Some(flow) = self.groups.get((msg / self.per_group.max(1)) as usize) {
+            flow.permits.add_permits(1);
+        }
+    }
+
+    /// Waits until every message reached every member or the timeout passed;
+    /// whether they all did.
+    pub(crate) async fn wait_complete(&self, timeout_secs: f64) -> bool {
+        let total = self.total();
+        let deadline = Instant::now() + Duration::from_secs_f64(timeout_secs);
+        while self.completed.load(Ordering::Relaxed) < total && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let completed = self.completed.load(Ordering::Relaxed);
+        if completed < total {
+            tracing::warn!(completed, total, "fan-out timed out before every member had every message");
+        }
+        completed >= total
+    }
+
+    /// The result row; `messages` is how many went out (acknowledged ones
+    /// for Natter, published ones for NATS).
+    pub(crate) fn result(
+        &self,
+        target: &str,
+        senders: usize,
+        messages: u64,
+        usage: Usage,
+        complete: bool,
+    ) -> FanoutResult {
+        let first = self.first_send_ns.load(Ordering::Relaxed);
+        let last = self.last_delivery_ns.load(Ordering::Relaxed);
+        let span = last.saturating_sub(first) as f64 / 1e9;
+        let deliveries = self.delivered.load(Ordering::Relaxed);
+        FanoutResult {
+            target: target.to_owned(),
+            group_size: self.group_size,
+            groups: self.groups.len(),
+            senders,
+            messages,
+            expected_deliveries: self.total() * self.group_size as u64,
+            deliveries,
+            errors: Counters::get(&self.counters.errors),
+            duration_secs: span,
+            deliveries_per_sec: if span > 0.0 { deliveries as f64 / span } else { 0.0 },
+            messages_per_sec: if span > 0.0 { messages as f64 / span } else { 0.0 },
+            time_to_last: self.to_last.summary(),
+            ack_latency: self.ack.summary(),
+            usage,
+            complete,
+        }
+    }
 }
 
 pub async fn run(run: &Run, config: &FanoutConfig) -> anyhow::Result<FanoutResult> {
-    if config.group_size < 2 || config.groups == 0 || config.senders_per_group == 0 {
-        bail!("fanout: need groups of at least 2 members and at least one sender");
-    }
+    validate(config)?;
     let target = &run.target;
+    if target.kind == ServerKind::Nats {
+        bail!("fanout: {} is a nats-server; its baseline is scenarios::nats", target.label);
+    }
     let progress = Progress::start(
         format!("fan-out {} x{} {}", config.group_size, config.groups, target.label),
         run.counters.clone(),
-        target.pid,
+        target.pids.clone(),
     );
     let names =
         |g: usize| -> Vec<String> { (0..config.group_size).map(|m| format!("{}-g{g}-{m}", run.prefix)).collect() };
@@ -116,28 +258,12 @@ pub async fn run(run: &Run, config: &FanoutConfig) -> anyhow::Result<FanoutResul
     for g in 0..config.groups {
         destinations.push(match target.kind {
             ServerKind::Natter => create_group(run, &names(g)).await?,
-            ServerKind::Bare => format!("{}-g{g}", run.prefix),
+            ServerKind::Bare | ServerKind::Nats => format!("{}-g{g}", run.prefix),
         });
     }
 
     let senders = config.senders_per_group.min(config.group_size);
-    let total = (config.groups * config.messages_per_group) as u64;
-    let tracker = Arc::new(Tracker {
-        slots: (0..total)
-            .map(|_| Slot { remaining: AtomicU32::new(config.group_size as u32), last_ns: AtomicU64::new(0) })
-            .collect(),
-        groups: (0..config.groups)
-            .map(|_| GroupFlow { permits: Semaphore::new(config.window_per_group.max(1)), next: AtomicU64::new(0) })
-            .collect(),
-        per_group: config.messages_per_group as u64,
-        first_send_ns: AtomicU64::new(u64::MAX),
-        last_delivery_ns: AtomicU64::new(0),
-        delivered: AtomicU64::new(0),
-        completed: AtomicU64::new(0),
-        to_last: Latency::new(),
-        ack: Latency::new(),
-        counters: Counters::default(),
-    });
+    let tracker = Tracker::new(config);
 
     progress.set_phase("connecting");
     let mut users = Vec::with_capacity(config.groups * config.group_size);
@@ -168,46 +294,26 @@ pub async fn run(run: &Run, config: &FanoutConfig) -> anyhow::Result<FanoutResul
     }
 
     progress.set_phase("sending");
-    let window = Window::open(target.pid);
+    let window = Window::open(&target.pids);
     let _ = start_tx.send(true);
-    let deadline = Instant::now() + Duration::from_secs_f64(config.timeout_secs);
-    while tracker.completed.load(Ordering::Relaxed) < total && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let complete = tracker.wait_complete(config.timeout_secs).await;
     let usage = window.close();
-    let complete = tracker.completed.load(Ordering::Relaxed) >= total;
-    if !complete {
-        tracing::warn!(
-            completed = tracker.completed.load(Ordering::Relaxed),
-            total,
-            "fan-out timed out before every member had every message"
-        );
-    }
     run.finish().await;
     progress.stop().await;
-
-    let first = tracker.first_send_ns.load(Ordering::Relaxed);
-    let last = tracker.last_delivery_ns.load(Ordering::Relaxed);
-    let span = last.saturating_sub(first) as f64 / 1e9;
-    let deliveries = tracker.delivered.load(Ordering::Relaxed);
     let messages = tracker.counters.acked.load(Ordering::Relaxed);
-    Ok(FanoutResult {
-        target: target.label.clone(),
-        group_size: config.group_size,
-        groups: config.groups,
-        senders: senders * config.groups,
-        messages,
-        expected_deliveries: total * config.group_size as u64,
-        deliveries,
-        errors: Counters::get(&tracker.counters.errors),
-        duration_secs: span,
-        deliveries_per_sec: if span > 0.0 { deliveries as f64 / span } else { 0.0 },
-        messages_per_sec: if span > 0.0 { messages as f64 / span } else { 0.0 },
-        time_to_last: tracker.to_last.summary(),
-        ack_latency: tracker.ack.summary(),
-        usage,
-        complete,
-    })
+    Ok(tracker.result(&target.label, senders * config.groups, messages, usage, complete))
+}
+
+/// What both fan-out scenarios need of a configuration.
+pub(crate) fn validate(config: &FanoutConfig) -> anyhow::Result<()> {
+    if config.group_size < 2 || config.groups == 0 || config.senders_per_group == 0 {
+        bail!("fanout: need groups of at least 2 members and at least one sender");
+    }
+    // Its inverse is the senders' pace (a zero rate would never send).
+    if config.per_conn_rate.is_nan() || config.per_conn_rate <= 0.0 {
+        bail!("fanout: the per-connection rate must be positive");
+    }
+    Ok(())
 }
 
 /// Creates a group owned by `members[0]` with everyone in it, over a setup
@@ -215,7 +321,7 @@ pub async fn run(run: &Run, config: &FanoutConfig) -> anyhow::Result<FanoutResul
 async fn create_group(run: &Run, members: &[String]) -> anyhow::Result<String> {
     let owner = &members[0];
     let path = run.target.ws_path(owner, None)?;
-    let mut ws = client::connect(&run.target, client::source_ip(0, 1), &path, &run.client).await?;
+    let mut ws = client::connect(&run.target, 0, client::source_ip(0, 1), &path, &run.client).await?;
     client::wait_caught_up(&mut ws).await?;
     let mut chunks = members[1..].chunks(MEMBERS_PER_REQUEST);
     let create = v1::CreateGroup {
@@ -257,7 +363,6 @@ struct Member {
 
 impl Member {
     async fn run(self, mut ws: Ws, mut start: watch::Receiver<bool>, cancel: CancellationToken) {
-        let flow = &self.tracker.groups[self.group];
         let mut started = *start.borrow_and_update();
         let mut done = !self.sender;
         let mut next_allowed = Instant::now();
@@ -283,21 +388,16 @@ impl Member {
                     }
                     Some(Ok(_)) => {}
                 },
-                permit = acquire(&flow.permits, next_allowed), if may_send => {
+                permit = self.tracker.acquire(self.group, next_allowed), if may_send => {
                     let Some(permit) = permit else { break };
-                    let n = flow.next.fetch_add(1, Ordering::Relaxed);
-                    if n >= self.tracker.per_group {
-                        // The group's quota is sent; the permit goes back.
+                    // The last recipient returns the permit (see `on_frame`).
+                    let Some(msg) = self.tracker.claim(self.group, permit) else {
                         done = true;
                         continue;
-                    }
-                    // The last recipient returns it (see `on_frame`).
-                    permit.forget();
-                    let now = Instant::now();
-                    next_allowed = now + self.min_interval;
-                    let msg = self.group as u64 * self.tracker.per_group + n;
+                    };
+                    next_allowed = Instant::now() + self.min_interval;
                     let sent_ns = stats::now_ns();
-                    self.tracker.first_send_ns.fetch_min(sent_ns, Ordering::Relaxed);
+                    self.tracker.sending(sent_ns);
                     let text = wire::payload_text(
                         &Payload { phase: PHASE, sender: self.index, msg, sent_ns },
                         self.payload_bytes,
@@ -320,29 +420,8 @@ impl Member {
         let tracker = &*self.tracker;
         match wire::read_server_frame(bytes) {
             Some(Incoming::Event { text: Some(text), .. }) => {
-                let Some(p) = wire::parse_payload(text) else { return };
-                let Some(slot) = usize::try_from(p.msg).ok().and_then(|i| tracker.slots.get(i)) else {
-                    Counters::add(&self.global.stale, 1);
-                    return;
-                };
-                if p.phase != PHASE {
-                    Counters::add(&self.global.stale, 1);
-                    return;
-                }
-                let now = stats::now_ns();
-                slot.last_ns.fetch_max(now, Ordering::AcqRel);
-                tracker.last_delivery_ns.fetch_max(now, Ordering::Relaxed);
-                tracker.delivered.fetch_add(1, Ordering::Relaxed);
-                Counters::add(&self.global.delivered, 1);
-                if slot.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-                    // This member was the last one: the message is done.
-                    let last = slot.last_ns.load(Ordering::Acquire);
-                    tracker.to_last.record_ns(last.saturating_sub(p.sent_ns));
-                    tracker.completed.fetch_add(1, Ordering::Relaxed);
-                    let group = (p.msg / tracker.per_group) as usize;
-                    if let Some(flow) = tracker.groups.get(group) {
-                        flow.permits.add_permits(1);
-                    }
+                if let Some(p) = wire::parse_payload(text) {
+                    tracker.on_delivery(&p, &self.global);
                 }
             }
             Some(Incoming::Event { .. }) => {}
@@ -361,12 +440,7 @@ impl Member {
                         Some(v1::response::Result::Error(error)) => {
                             log_error(&self.global, &error);
                             Counters::add(&tracker.counters.errors, 1);
-                            // Never delivered: finish it here so that the
-                            // run ends and the group keeps its permit.
-                            tracker.completed.fetch_add(1, Ordering::Relaxed);
-                            if let Some(flow) = tracker.groups.get((msg / tracker.per_group) as usize) {
-                                flow.permits.add_permits(1);
-                            }
+                            tracker.abandon(msg);
                         }
                         _ => {}
                     }
@@ -379,10 +453,4 @@ impl Member {
             None => Counters::add(&self.global.errors, 1),
         }
     }
-}
-
-/// Waits for the pace, then for a permit of the group.
-async fn acquire(permits: &Semaphore, at: Instant) -> Option<SemaphorePermit<'_>> {
-    tokio::time::sleep_until(at.into()).await;
-    permits.acquire().await.ok()
 }

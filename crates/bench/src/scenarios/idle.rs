@@ -55,12 +55,13 @@ pub struct IdleResult {
 }
 
 pub async fn run(run: &Run, config: &IdleConfig) -> anyhow::Result<IdleResult> {
-    let pid = run.target.pid;
-    let progress = Progress::start(format!("idle {}", run.target.label), run.counters.clone(), pid);
+    let pids = &run.target.pids;
+    let progress = Progress::start(format!("idle {}", run.target.label), run.counters.clone(), pids.clone());
     progress.set_phase("connecting");
     // Every connection is a descriptor on both sides: more than the lower
     // limit cannot be held, so run at that size and say so.
-    let limit = [procfs::fd_limit(None), pid.and_then(|p| procfs::fd_limit(Some(p)))].into_iter().flatten().min();
+    let limit =
+        std::iter::once(procfs::fd_limit(None)).chain(pids.iter().map(|&p| procfs::fd_limit(Some(p)))).flatten().min();
     let connections = match limit {
         Some(limit) if config.connections as u64 + FD_RESERVE > limit => {
             let capped = limit.saturating_sub(FD_RESERVE) as usize;
@@ -72,10 +73,10 @@ pub async fn run(run: &Run, config: &IdleConfig) -> anyhow::Result<IdleResult> {
     let users: Vec<(String, Option<String>)> =
         (0..connections).map(|i| (format!("{}-{i}", run.prefix), None)).collect();
 
-    let server_before = pid.and_then(|p| procfs::sample(Some(p)).ok());
+    let server_before = procfs::sample_all(pids);
     let bench_before = procfs::sample(None)?;
     let kernel_before = procfs::kernel_socket_bytes();
-    let window = Window::open(pid);
+    let window = Window::open(pids);
     let start = Instant::now();
     let ready = client::connect_all(&run.target, &users, 0, &run.client, &run.counters, |_, ws| {
         let counters = run.counters.clone();
@@ -87,13 +88,13 @@ pub async fn run(run: &Run, config: &IdleConfig) -> anyhow::Result<IdleResult> {
     let connect_usage = window.close();
     // Let the server finish what the last handshakes started.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let server_after = pid.and_then(|p| procfs::sample(Some(p)).ok());
+    let server_after = procfs::sample_all(pids);
     let bench_after = procfs::sample(None)?;
     let kernel_after = procfs::kernel_socket_bytes();
 
     progress.set_phase("holding");
     tokio::time::sleep(Duration::from_secs_f64(config.hold_secs)).await;
-    let server_held = pid.and_then(|p| procfs::sample(Some(p)).ok());
+    let server_held = procfs::sample_all(pids);
     let alive = (ready as u64).saturating_sub(Counters::get(&run.counters.dropped));
     progress.set_phase("closing");
     run.finish().await;

@@ -6,6 +6,7 @@
 pub mod direct;
 pub mod fanout;
 pub mod idle;
+pub mod nats;
 pub mod presence;
 
 use std::sync::Arc;
@@ -75,24 +76,24 @@ pub struct Usage {
 pub struct Window {
     server: Option<ProcSample>,
     bench: Option<ProcSample>,
-    pid: Option<u32>,
+    pids: Vec<u32>,
     machine_ticks: u64,
     at: std::time::Instant,
 }
 
 impl Window {
-    pub fn open(server_pid: Option<u32>) -> Self {
+    pub fn open(server_pids: &[u32]) -> Self {
         Self {
-            server: server_pid.and_then(|p| procfs::sample(Some(p)).ok()),
+            server: procfs::sample_all(server_pids),
             bench: procfs::sample(None).ok(),
-            pid: server_pid,
+            pids: server_pids.to_vec(),
             machine_ticks: procfs::machine_busy_ticks(),
             at: std::time::Instant::now(),
         }
     }
 
     pub fn close(&self) -> Usage {
-        let server = self.pid.and_then(|p| procfs::sample(Some(p)).ok());
+        let server = procfs::sample_all(&self.pids);
         let bench = procfs::sample(None).ok();
         let mib = |s: &ProcSample| s.rss_bytes as f64 / 1048576.0;
         let cpu = |a: &Option<ProcSample>, b: &Option<ProcSample>| match (a, b) {

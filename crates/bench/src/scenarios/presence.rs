@@ -82,7 +82,8 @@ pub async fn fanout(run: &Run, config: &PresenceFanoutConfig) -> anyhow::Result<
     }
 
     let path = run.target.ws_path(&target_user, None)?;
-    let mut publisher = client::connect(&run.target, client::source_ip(ready + 1, 1), &path, &run.client).await?;
+    let mut publisher =
+        client::connect(&run.target, ready + 1, client::source_ip(ready + 1, 1), &path, &run.client).await?;
     client::wait_caught_up(&mut publisher).await?;
     // The publisher's own online change reached everyone; let it settle.
     tokio::time::sleep(Duration::from_millis(500)).await;
