@@ -148,20 +148,6 @@ impl EmbeddedStore {
         Ok(Self { inner: Arc::new(inner) })
     }
 
-    /// Runs a write's critical section off the async workers. fjall's
-    /// journal write can wait for disk writeback while a per-aggregate mutex
-    /// is held; inline, that stalled every connection on the worker and let
-    /// the group commit run only a few times a second (see PERFORMANCE.md).
-    async fn off_runtime<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&EmbeddedStore) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .map_err(|e| Error::internal(format!("store write task failed: {e}")))?
-    }
-
     pub fn stores(&self) -> Stores {
         Stores {
             messages: Arc::new(self.clone()),
@@ -259,68 +245,59 @@ impl Syncer {
 #[async_trait]
 impl MessageStore for EmbeddedStore {
     async fn insert_message(&self, message: &Message) -> Result<Inserted> {
-        let message = message.clone();
-        let (ticket, outcome) = self
-            .off_runtime(move |store| {
-                let inner = &store.inner;
-                let dedup_key = key2(message.from.as_str(), message.client_msg_id.as_bytes());
-                let conversation = message.conversation();
-                let _guard = inner.message_lock.lock();
-                match inner.dedup.get(&dedup_key).map_err(storage_err)? {
-                    Some(existing) => {
-                        let record: v1::DedupRecord = decode(&existing)?;
-                        let conv = ConversationKey::from_stored(record.conversation);
-                        let stored = inner
-                            .messages
-                            .get(key2(conv.as_str(), &record.msg_id.to_be_bytes()))
-                            .map_err(storage_err)?
-                            .ok_or_else(|| Error::internal("dedup record without its message"))?;
-                        let stored: Message = decode::<v1::Message>(&stored)?.try_into()?;
-                        // The original may still be waiting for its fsync.
-                        Ok((
-                            inner.syncer.written(),
-                            Inserted::Duplicate { message: stored, fanned_out: record.fanned_out },
-                        ))
-                    }
-                    None => {
-                        let record = v1::DedupRecord {
-                            msg_id: message.id.0,
-                            conversation: conversation.as_str().to_owned(),
-                            timestamp: message.timestamp,
-                            fanned_out: false,
-                        };
-                        let mut batch = inner.db.batch();
-                        batch.insert(
-                            &inner.messages,
-                            key2(conversation.as_str(), &message.id.0.to_be_bytes()),
-                            v1::Message::from(&message).encode_to_vec(),
-                        );
-                        batch.insert(&inner.dedup, dedup_key, record.encode_to_vec());
-                        batch.commit().map_err(storage_err)?;
-                        Ok((inner.syncer.ticket(), Inserted::New))
-                    }
+        let inner = &self.inner;
+        let dedup_key = key2(message.from.as_str(), message.client_msg_id.as_bytes());
+        let conversation = message.conversation();
+        let (ticket, outcome) = {
+            let _guard = inner.message_lock.lock();
+            match inner.dedup.get(&dedup_key).map_err(storage_err)? {
+                Some(existing) => {
+                    let record: v1::DedupRecord = decode(&existing)?;
+                    let conv = ConversationKey::from_stored(record.conversation);
+                    let stored = inner
+                        .messages
+                        .get(key2(conv.as_str(), &record.msg_id.to_be_bytes()))
+                        .map_err(storage_err)?
+                        .ok_or_else(|| Error::internal("dedup record without its message"))?;
+                    let stored: Message = decode::<v1::Message>(&stored)?.try_into()?;
+                    // The original may still be waiting for its fsync.
+                    (inner.syncer.written(), Inserted::Duplicate { message: stored, fanned_out: record.fanned_out })
                 }
-            })
-            .await?;
-        self.inner.syncer.sync(ticket).await?;
+                None => {
+                    let record = v1::DedupRecord {
+                        msg_id: message.id.0,
+                        conversation: conversation.as_str().to_owned(),
+                        timestamp: message.timestamp,
+                        fanned_out: false,
+                    };
+                    let mut batch = inner.db.batch();
+                    batch.insert(
+                        &inner.messages,
+                        key2(conversation.as_str(), &message.id.0.to_be_bytes()),
+                        v1::Message::from(message).encode_to_vec(),
+                    );
+                    batch.insert(&inner.dedup, dedup_key, record.encode_to_vec());
+                    batch.commit().map_err(storage_err)?;
+                    (inner.syncer.ticket(), Inserted::New)
+                }
+            }
+        };
+        inner.syncer.sync(ticket).await?;
         Ok(outcome)
     }
 
     async fn mark_fanned_out(&self, sender: &UserId, client_msg_id: &str) -> Result<()> {
+        let inner = &self.inner;
         let key = key2(sender.as_str(), client_msg_id.as_bytes());
-        self.off_runtime(move |store| {
-            let inner = &store.inner;
-            let _guard = inner.message_lock.lock();
-            let Some(existing) = inner.dedup.get(&key).map_err(storage_err)? else {
-                return Err(Error::not_found("no such client message id"));
-            };
-            let mut record: v1::DedupRecord = decode(&existing)?;
-            record.fanned_out = true;
-            // Not fsynced on purpose: losing the mark only repeats a fan-out,
-            // which clients absorb by deduplicating on the message id.
-            inner.dedup.insert(key, record.encode_to_vec()).map_err(storage_err)
-        })
-        .await
+        let _guard = inner.message_lock.lock();
+        let Some(existing) = inner.dedup.get(&key).map_err(storage_err)? else {
+            return Err(Error::not_found("no such client message id"));
+        };
+        let mut record: v1::DedupRecord = decode(&existing)?;
+        record.fanned_out = true;
+        // Not fsynced on purpose: losing the mark only repeats a fan-out,
+        // which clients absorb by deduplicating on the message id.
+        inner.dedup.insert(key, record.encode_to_vec()).map_err(storage_err)
     }
 
     async fn get_message(&self, conversation: &ConversationKey, id: MessageId) -> Result<Option<Message>> {
@@ -599,40 +576,35 @@ impl EmbeddedStore {
 #[async_trait]
 impl UserLog for EmbeddedStore {
     async fn append(&self, users: &[UserId], event: &LogEvent) -> Result<Vec<Appended>> {
-        let bytes = v1::LogEvent::from(event).encode_to_vec();
-        let owned_users = users.to_vec();
-        let (ticket, seqs) = self
-            .off_runtime(move |store| {
-                let inner = &store.inner;
-                let retention = inner.options.log_retention_events.max(1);
-                let users = &owned_users;
-                let mut heads = inner.log_heads.lock();
-                let mut batch = inner.db.batch();
-                let mut seqs = Vec::with_capacity(users.len());
-                let mut updated = Vec::with_capacity(users.len());
-                for user in users {
-                    let mut head = store.head_of(&mut heads, user)?;
-                    head.assigned += 1;
-                    batch.insert(&inner.log, key2(user.as_str(), &head.assigned.to_be_bytes()), bytes.clone());
-                    // A loop, not an if: a lowered retention trims the surplus at once.
-                    while head.assigned >= head.oldest + retention {
-                        batch.remove(&inner.log, key2(user.as_str(), &head.oldest.to_be_bytes()));
-                        head.oldest += 1;
-                    }
-                    seqs.push(Appended { seq: head.assigned, prev: head.assigned - 1 });
-                    updated.push((user, head));
-                }
-                batch.commit().map_err(storage_err)?;
-                for (user, head) in updated {
-                    if let Some(h) = heads.get_mut(user) {
-                        h.assigned = h.assigned.max(head.assigned);
-                        h.oldest = h.oldest.max(head.oldest);
-                    }
-                }
-                Ok((inner.syncer.ticket(), seqs))
-            })
-            .await?;
         let inner = &self.inner;
+        let bytes = v1::LogEvent::from(event).encode_to_vec();
+        let retention = inner.options.log_retention_events.max(1);
+        let (ticket, seqs) = {
+            let mut heads = inner.log_heads.lock();
+            let mut batch = inner.db.batch();
+            let mut seqs = Vec::with_capacity(users.len());
+            let mut updated = Vec::with_capacity(users.len());
+            for user in users {
+                let mut head = self.head_of(&mut heads, user)?;
+                head.assigned += 1;
+                batch.insert(&inner.log, key2(user.as_str(), &head.assigned.to_be_bytes()), bytes.clone());
+                // A loop, not an if: a lowered retention trims the surplus at once.
+                while head.assigned >= head.oldest + retention {
+                    batch.remove(&inner.log, key2(user.as_str(), &head.oldest.to_be_bytes()));
+                    head.oldest += 1;
+                }
+                seqs.push(Appended { seq: head.assigned, prev: head.assigned - 1 });
+                updated.push((user, head));
+            }
+            batch.commit().map_err(storage_err)?;
+            for (user, head) in updated {
+                if let Some(h) = heads.get_mut(user) {
+                    h.assigned = h.assigned.max(head.assigned);
+                    h.oldest = h.oldest.max(head.oldest);
+                }
+            }
+            (inner.syncer.ticket(), seqs)
+        };
         inner.syncer.sync(ticket).await?;
         let mut heads = inner.log_heads.lock();
         for (user, appended) in users.iter().zip(&seqs) {
