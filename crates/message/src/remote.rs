@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use natter_proto::remote::{decode, user_strings};
+use natter_proto::remote::{RoleClient, decode, user_strings};
 use natter_proto::v1::message_role_client::MessageRoleClient;
 use natter_proto::v1::message_role_server::{MessageRole, MessageRoleServer as GrpcServer};
 use natter_proto::{status_from_error, v1};
@@ -157,14 +157,12 @@ impl MessageRole for MessageRoleServer {
 /// client message id, so the caller may retry).
 #[derive(Clone)]
 pub struct RemoteMessages {
-    client: MessageRoleClient<Channel>,
-    timeout: Duration,
-    auth: Option<tonic::metadata::AsciiMetadataValue>,
+    inner: RoleClient<MessageRoleClient<Channel>>,
 }
 
 impl RemoteMessages {
     pub fn new(channel: Channel, timeout: Duration) -> Self {
-        Self { client: MessageRoleClient::new(channel), timeout, auth: None }
+        Self { inner: RoleClient::new(MessageRoleClient::new(channel), "message", timeout) }
     }
 
     /// A client for the role at `uri` (e.g. `http://message:7002`) that
@@ -174,20 +172,8 @@ impl RemoteMessages {
     }
 
     /// Sends the cluster's API key with every call (the role requires it).
-    pub fn with_api_key(mut self, api_key: &str) -> Result<Self> {
-        self.auth = Some(natter_proto::remote::bearer(api_key)?);
-        Ok(self)
-    }
-
-    /// One call with the deadline: sent as `grpc-timeout` so the role stops
-    /// too, and enforced here in case the role does not answer at all.
-    async fn call<Req, Res, F, Fut>(&self, message: Req, f: F) -> Result<Res>
-    where
-        F: FnOnce(MessageRoleClient<Channel>, Request<Req>) -> Fut,
-        Fut: Future<Output = std::result::Result<Response<Res>, Status>>,
-    {
-        let request = natter_proto::remote::request(message, self.timeout, self.auth.as_ref());
-        natter_proto::remote::unary("message", self.timeout, f(self.client.clone(), request)).await
+    pub fn with_api_key(self, api_key: &str) -> Result<Self> {
+        Ok(Self { inner: self.inner.with_api_key(api_key)? })
     }
 }
 
@@ -195,7 +181,7 @@ impl RemoteMessages {
 impl MessageApi for RemoteMessages {
     async fn send(&self, from: Actor, message: NewMessage) -> Result<SendOutcome> {
         let req = v1::RoleSendRequest { from: Some((&from).into()), message: Some((&message).into()) };
-        let r = self.call(req, |mut c, r| async move { c.send(r).await }).await?;
+        let r = self.inner.call(req, |mut c, r| async move { c.send(r).await }).await?;
         Ok(SendOutcome {
             client_msg_id: r.client_msg_id,
             id: MessageId(r.server_msg_id),
@@ -214,12 +200,12 @@ impl MessageApi for RemoteMessages {
                 max_members: group.max_members,
             }),
         };
-        decode(self.call(req, |mut c, r| async move { c.create_group(r).await }).await?)
+        decode(self.inner.call(req, |mut c, r| async move { c.create_group(r).await }).await?)
     }
 
     async fn get_group(&self, actor: &Actor, group: &GroupId) -> Result<Group> {
         let req = v1::RoleGroupRequest { actor: Some(actor.into()), group_id: group.to_string() };
-        decode(self.call(req, |mut c, r| async move { c.get_group(r).await }).await?)
+        decode(self.inner.call(req, |mut c, r| async move { c.get_group(r).await }).await?)
     }
 
     async fn add_members(&self, actor: &Actor, group: &GroupId, members: Vec<UserId>) -> Result<Group> {
@@ -228,7 +214,7 @@ impl MessageApi for RemoteMessages {
             group_id: group.to_string(),
             members: user_strings(&members),
         };
-        decode(self.call(req, |mut c, r| async move { c.add_members(r).await }).await?)
+        decode(self.inner.call(req, |mut c, r| async move { c.add_members(r).await }).await?)
     }
 
     async fn remove_members(&self, actor: &Actor, group: &GroupId, members: Vec<UserId>) -> Result<Group> {
@@ -237,7 +223,7 @@ impl MessageApi for RemoteMessages {
             group_id: group.to_string(),
             members: user_strings(&members),
         };
-        decode(self.call(req, |mut c, r| async move { c.remove_members(r).await }).await?)
+        decode(self.inner.call(req, |mut c, r| async move { c.remove_members(r).await }).await?)
     }
 
     async fn set_admin(&self, actor: &Actor, group: &GroupId, user: &UserId, admin: bool) -> Result<Group> {
@@ -247,17 +233,17 @@ impl MessageApi for RemoteMessages {
             user_id: user.to_string(),
             admin,
         };
-        decode(self.call(req, |mut c, r| async move { c.set_admin(r).await }).await?)
+        decode(self.inner.call(req, |mut c, r| async move { c.set_admin(r).await }).await?)
     }
 
     async fn leave_group(&self, user: &UserId, group: &GroupId) -> Result<()> {
         let req = v1::RoleLeaveGroupRequest { user_id: user.to_string(), group_id: group.to_string() };
-        self.call(req, |mut c, r| async move { c.leave_group(r).await }).await.map(drop)
+        self.inner.call(req, |mut c, r| async move { c.leave_group(r).await }).await.map(drop)
     }
 
     async fn dissolve_group(&self, actor: &Actor, group: &GroupId) -> Result<()> {
         let req = v1::RoleGroupRequest { actor: Some(actor.into()), group_id: group.to_string() };
-        self.call(req, |mut c, r| async move { c.dissolve_group(r).await }).await.map(drop)
+        self.inner.call(req, |mut c, r| async move { c.dissolve_group(r).await }).await.map(drop)
     }
 
     async fn list_members(
@@ -273,7 +259,7 @@ impl MessageApi for RemoteMessages {
             after: after.map(|u| u.to_string()).unwrap_or_default(),
             limit: u64::try_from(limit).unwrap_or(u64::MAX),
         };
-        let page = self.call(req, |mut c, r| async move { c.list_members(r).await }).await?;
+        let page = self.inner.call(req, |mut c, r| async move { c.list_members(r).await }).await?;
         let members = page.members.into_iter().map(decode::<GroupMember, _>).collect::<Result<Vec<_>>>()?;
         let next = if page.next_cursor.is_empty() {
             None
@@ -285,7 +271,7 @@ impl MessageApi for RemoteMessages {
 
     async fn user_groups(&self, user: &UserId) -> Result<Vec<Group>> {
         let req = v1::RoleUserRequest { user_id: user.to_string() };
-        let list = self.call(req, |mut c, r| async move { c.user_groups(r).await }).await?;
+        let list = self.inner.call(req, |mut c, r| async move { c.user_groups(r).await }).await?;
         list.groups.into_iter().map(decode::<Group, _>).collect()
     }
 }

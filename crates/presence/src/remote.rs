@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use natter_proto::remote::{decode, user_strings};
+use natter_proto::remote::{RoleClient, decode, user_strings};
 use natter_proto::v1::presence_role_client::PresenceRoleClient;
 use natter_proto::v1::presence_role_server::{PresenceRole, PresenceRoleServer as GrpcServer};
 use natter_proto::{status_from_error, v1};
@@ -162,14 +162,12 @@ impl PresenceRole for PresenceRoleServer {
 /// has a deadline; one that passes is UNAVAILABLE.
 #[derive(Clone)]
 pub struct RemotePresence {
-    client: PresenceRoleClient<Channel>,
-    timeout: Duration,
-    auth: Option<tonic::metadata::AsciiMetadataValue>,
+    inner: RoleClient<PresenceRoleClient<Channel>>,
 }
 
 impl RemotePresence {
     pub fn new(channel: Channel, timeout: Duration) -> Self {
-        Self { client: PresenceRoleClient::new(channel), timeout, auth: None }
+        Self { inner: RoleClient::new(PresenceRoleClient::new(channel), "presence", timeout) }
     }
 
     /// A client for the role at `uri` (e.g. `http://presence:7001`) that
@@ -179,20 +177,8 @@ impl RemotePresence {
     }
 
     /// Sends the cluster's API key with every call (the role requires it).
-    pub fn with_api_key(mut self, api_key: &str) -> Result<Self> {
-        self.auth = Some(natter_proto::remote::bearer(api_key)?);
-        Ok(self)
-    }
-
-    /// One call with the deadline: sent as `grpc-timeout` so the role stops
-    /// too, and enforced here in case the role does not answer at all.
-    async fn call<Req, Res, F, Fut>(&self, message: Req, f: F) -> Result<Res>
-    where
-        F: FnOnce(PresenceRoleClient<Channel>, Request<Req>) -> Fut,
-        Fut: Future<Output = std::result::Result<Response<Res>, Status>>,
-    {
-        let request = natter_proto::remote::request(message, self.timeout, self.auth.as_ref());
-        natter_proto::remote::unary("presence", self.timeout, f(self.client.clone(), request)).await
+    pub fn with_api_key(self, api_key: &str) -> Result<Self> {
+        Ok(Self { inner: self.inner.with_api_key(api_key)? })
     }
 }
 
@@ -203,7 +189,7 @@ fn presences(list: v1::PresenceList) -> Result<Vec<Presence>> {
 #[async_trait]
 impl PresenceApi for RemotePresence {
     async fn session_opened(&self, session: SessionInfo) -> Result<Vec<SessionInfo>> {
-        let list = self.call(wire_session(&session), |mut c, r| async move { c.session_opened(r).await }).await?;
+        let list = self.inner.call(wire_session(&session), |mut c, r| async move { c.session_opened(r).await }).await?;
         // A malformed answer is the role's fault, not the caller's.
         list.sessions
             .into_iter()
@@ -216,12 +202,12 @@ impl PresenceApi for RemotePresence {
             session: Some(wire_session(session)),
             status: v1::SessionStatus::from(status) as i32,
         };
-        self.call(req, |mut c, r| async move { c.session_closed(r).await }).await.map(drop)
+        self.inner.call(req, |mut c, r| async move { c.session_closed(r).await }).await.map(drop)
     }
 
     async fn renew_lease(&self, gateway: &str) -> Result<()> {
         let req = v1::RoleRenewLeaseRequest { gateway: gateway.to_owned() };
-        self.call(req, |mut c, r| async move { c.renew_lease(r).await }).await.map(drop)
+        self.inner.call(req, |mut c, r| async move { c.renew_lease(r).await }).await.map(drop)
     }
 
     async fn subscribe(&self, subscriber: &UserId, targets: Vec<UserId>, expiry_secs: u64) -> Result<Vec<Presence>> {
@@ -230,22 +216,22 @@ impl PresenceApi for RemotePresence {
             targets: user_strings(&targets),
             expiry_secs,
         };
-        presences(self.call(req, |mut c, r| async move { c.subscribe(r).await }).await?)
+        presences(self.inner.call(req, |mut c, r| async move { c.subscribe(r).await }).await?)
     }
 
     async fn unsubscribe(&self, subscriber: &UserId, targets: Vec<UserId>) -> Result<()> {
         let req = v1::RoleUnsubscribeRequest { subscriber: subscriber.to_string(), targets: user_strings(&targets) };
-        self.call(req, |mut c, r| async move { c.unsubscribe(r).await }).await.map(drop)
+        self.inner.call(req, |mut c, r| async move { c.unsubscribe(r).await }).await.map(drop)
     }
 
     async fn publish(&self, user: &UserId, description: String) -> Result<Presence> {
         let req = v1::RolePublishRequest { user_id: user.to_string(), description };
-        decode(self.call(req, |mut c, r| async move { c.publish(r).await }).await?)
+        decode(self.inner.call(req, |mut c, r| async move { c.publish(r).await }).await?)
     }
 
     async fn subscriptions(&self, subscriber: &UserId, page_num: u32, page_size: u32) -> Result<SubscriptionPage> {
         let req = v1::RoleSubscriptionsRequest { subscriber: subscriber.to_string(), page_num, page_size };
-        let page = self.call(req, |mut c, r| async move { c.subscriptions(r).await }).await?;
+        let page = self.inner.call(req, |mut c, r| async move { c.subscriptions(r).await }).await?;
         Ok(SubscriptionPage {
             subscriptions: page.subscriptions.into_iter().map(decode::<Subscription, _>).collect::<Result<Vec<_>>>()?,
             total: page.total as usize,
@@ -254,6 +240,6 @@ impl PresenceApi for RemotePresence {
 
     async fn query(&self, users: Vec<UserId>) -> Result<Vec<Presence>> {
         let req = v1::RoleQueryRequest { user_ids: user_strings(&users) };
-        presences(self.call(req, |mut c, r| async move { c.query(r).await }).await?)
+        presences(self.inner.call(req, |mut c, r| async move { c.query(r).await }).await?)
     }
 }

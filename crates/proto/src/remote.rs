@@ -1,6 +1,6 @@
 //! Shared plumbing of the remote (gRPC) service clients: lazy channels and
-//! unary calls with a deadline that map a failed status back to the domain
-//! error it carried.
+//! [`RoleClient`], unary calls with a deadline and the API key that map a
+//! failed status back to the domain error it carried.
 
 use std::future::Future;
 use std::time::Duration;
@@ -21,34 +21,55 @@ pub fn lazy_channel(uri: &str, timeout: Duration, field: &str) -> Result<Channel
     Ok(endpoint.connect_lazy())
 }
 
-/// The `authorization` value that proves a caller holds the cluster's API
-/// key (roles check it like the backend API does).
-pub fn bearer(api_key: &str) -> Result<AsciiMetadataValue> {
-    format!("Bearer {api_key}").parse().map_err(|_| Error::bad_request("auth.api_key", "must be printable ASCII"))
-}
-
-/// A request carrying its deadline as `grpc-timeout`, so the role stops too,
-/// and the caller's credentials if it has any.
-pub fn request<T>(message: T, timeout: Duration, auth: Option<&AsciiMetadataValue>) -> Request<T> {
-    let mut request = Request::new(message);
-    request.set_timeout(timeout);
-    if let Some(auth) = auth {
-        request.metadata_mut().insert("authorization", auth.clone());
-    }
-    request
-}
-
-/// Awaits one call, enforcing the deadline here as well in case the role
-/// does not answer at all (UNAVAILABLE, naming `role`).
-pub async fn unary<Res>(
-    role: &str,
+/// A generated tonic client of one role with what every call to it needs:
+/// the deadline (sent as `grpc-timeout` so the role stops too, and enforced
+/// here in case the role does not answer at all) and the cluster's API key.
+/// Cheap to clone (tonic clients share their channel).
+#[derive(Clone)]
+pub struct RoleClient<C> {
+    client: C,
+    role: &'static str,
     timeout: Duration,
-    call: impl Future<Output = std::result::Result<Response<Res>, Status>>,
-) -> Result<Res> {
-    match tokio::time::timeout(timeout, call).await {
-        Ok(Ok(response)) => Ok(response.into_inner()),
-        Ok(Err(status)) => Err(error_from_status(&status)),
-        Err(_) => Err(Error::unavailable(format!("the {role} role did not answer within {} ms", timeout.as_millis()))),
+    auth: Option<AsciiMetadataValue>,
+}
+
+impl<C: Clone> RoleClient<C> {
+    /// `role` names the peer in errors.
+    pub fn new(client: C, role: &'static str, timeout: Duration) -> Self {
+        Self { client, role, timeout, auth: None }
+    }
+
+    /// Sends the cluster's API key with every call (roles check it like the
+    /// backend API does).
+    pub fn with_api_key(mut self, api_key: &str) -> Result<Self> {
+        let value = format!("Bearer {api_key}")
+            .parse()
+            .map_err(|_| Error::bad_request("auth.api_key", "must be printable ASCII"))?;
+        self.auth = Some(value);
+        Ok(self)
+    }
+
+    /// One unary call; a failed status becomes the domain error it carried,
+    /// a missed deadline UNAVAILABLE naming the role.
+    pub async fn call<Req, Res, F, Fut>(&self, message: Req, f: F) -> Result<Res>
+    where
+        F: FnOnce(C, Request<Req>) -> Fut,
+        Fut: Future<Output = std::result::Result<Response<Res>, Status>>,
+    {
+        let mut request = Request::new(message);
+        request.set_timeout(self.timeout);
+        if let Some(auth) = &self.auth {
+            request.metadata_mut().insert("authorization", auth.clone());
+        }
+        match tokio::time::timeout(self.timeout, f(self.client.clone(), request)).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(error_from_status(&status)),
+            Err(_) => Err(Error::unavailable(format!(
+                "the {} role did not answer within {} ms",
+                self.role,
+                self.timeout.as_millis()
+            ))),
+        }
     }
 }
 
