@@ -34,32 +34,7 @@ use tonic::service::interceptor::InterceptedService;
 use crate::config::Config;
 use crate::grpc::{ApiKeyCheck, BackendApi};
 use crate::process::{self, Tasks};
-
-/// A process's part in the distributed deployment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Gateway,
-    Presence,
-    Message,
-    Conversation,
-}
-
-impl Role {
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Gateway => "gateway",
-            Self::Presence => "presence",
-            Self::Message => "message",
-            Self::Conversation => "conversation",
-        }
-    }
-}
-
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
+pub use crate::role::Role;
 
 /// The store options of the `[cql]` table (log retention from `[store]`).
 pub fn cql_options(config: &Config) -> anyhow::Result<CqlOptions> {

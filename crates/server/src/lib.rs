@@ -7,6 +7,8 @@ pub mod config;
 pub mod grpc;
 pub mod node;
 mod process;
+pub mod role;
 
 pub use config::{Config, Overrides};
 pub use node::Node;
+pub use role::Role;

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use natter_server::{Config, Node, Overrides};
+use natter_server::{Config, Node, Overrides, Role};
 use natter_types::UserId;
 
 /// Natter: a self-hosted instant-messaging backend.
@@ -116,10 +116,10 @@ async fn main() -> anyhow::Result<()> {
             init_tracing(&config);
             distributed::migrate(&config).await
         }
-        Command::Gateway => distributed::run("gateway", &config).await,
-        Command::Presence => distributed::run("presence", &config).await,
-        Command::Message => distributed::run("message", &config).await,
-        Command::Conversation => distributed::run("conversation", &config).await,
+        Command::Gateway => distributed::run(Role::Gateway, &config).await,
+        Command::Presence => distributed::run(Role::Presence, &config).await,
+        Command::Message => distributed::run(Role::Message, &config).await,
+        Command::Conversation => distributed::run(Role::Conversation, &config).await,
     }
 }
 
@@ -133,21 +133,14 @@ fn stop_on_signal(cancel: tokio_util::sync::CancellationToken) {
 
 #[cfg(feature = "distributed")]
 mod distributed {
-    use natter_server::Config;
-    use natter_server::cluster::{Role, RoleProcess, run_migrate};
+    use natter_server::cluster::{RoleProcess, run_migrate};
+    use natter_server::{Config, Role};
 
     pub async fn migrate(config: &Config) -> anyhow::Result<()> {
         run_migrate(config).await
     }
 
-    pub async fn run(role: &str, config: &Config) -> anyhow::Result<()> {
-        let role = match role {
-            "gateway" => Role::Gateway,
-            "presence" => Role::Presence,
-            "message" => Role::Message,
-            "conversation" => Role::Conversation,
-            other => anyhow::bail!("unknown role {other:?}"),
-        };
+    pub async fn run(role: Role, config: &Config) -> anyhow::Result<()> {
         super::init_tracing(config);
         let process = RoleProcess::start(role, config).await?;
         // The one line on stdout: scripts and tests wait for it and learn the
@@ -163,7 +156,7 @@ mod distributed {
 
 #[cfg(not(feature = "distributed"))]
 mod distributed {
-    use natter_server::Config;
+    use natter_server::{Config, Role};
 
     fn missing(what: &str) -> anyhow::Result<()> {
         anyhow::bail!(
@@ -176,7 +169,7 @@ mod distributed {
         missing("migrate")
     }
 
-    pub async fn run(role: &str, _config: &Config) -> anyhow::Result<()> {
-        missing(role)
+    pub async fn run(role: Role, _config: &Config) -> anyhow::Result<()> {
+        missing(role.name())
     }
 }
