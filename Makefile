@@ -2,7 +2,7 @@
 CARGO ?= cargo
 DATA_DIR ?= natter-data
 
-.PHONY: run build test test-unit test-cql test-nats fmt lint clean help bench
+.PHONY: run build test test-cql test-nats fmt lint clean help bench
 
 help:
 	@echo "make run    - build (release) and run the single-node server in ./$(DATA_DIR)"
@@ -21,49 +21,35 @@ run:
 build:
 	$(CARGO) build --release --locked --bin natter
 
-test: test-cql test-nats test-distributed test-k8s
-	$(CARGO) test --workspace --locked
+# One build of the whole workspace (the e2e crate turns on the distributed
+# feature) runs every suite: unit, store conformance on fjall and on Cassandra
+# 5.0, the bus on a real nats-server, end-to-end over real WebSockets against a
+# single node and against a distributed deployment (one process per role, two
+# gateways), the crash tests. deploy/with-infra.sh installs and starts NATS and
+# Cassandra first and stops them again afterwards if it started them. The
+# suites that need them fail, never skip, when they cannot be had.
+REQUIRE_INFRA = NATTER_REQUIRE_CQL=1 NATTER_REQUIRE_DISTRIBUTED=1
+
+test: test-k8s
+	deploy/with-infra.sh -- env $(REQUIRE_INFRA) $(CARGO) test --workspace --locked --features natter-e2e/distributed
 	@# The benchmark's smoke run is crates/bench/tests/smoke.rs, part of the line above.
 
-# The CQL store (conformance suite + CQL-specific tests) against a real Apache
-# Cassandra 5.0. Fails, never skips, when the database cannot be had. Stops
-# Cassandra again afterwards if this target started it.
+# Parts of `make test`, for running one suite on its own.
+# The CQL store (conformance suite + CQL-specific tests) against Apache Cassandra 5.0.
 test-cql:
-	deploy/cassandra.sh install
-	@started=0; deploy/cassandra.sh status >/dev/null 2>&1 || started=1; \
-	deploy/cassandra.sh start || exit 1; \
-	NATTER_REQUIRE_CQL=1 $(CARGO) test --locked -p natter-store --features cql --test cql; rc=$$?; \
-	if [ $$started = 1 ]; then deploy/cassandra.sh stop; fi; \
-	exit $$rc
+	deploy/with-infra.sh --cql -- env $(REQUIRE_INFRA) $(CARGO) test --locked -p natter-store --features cql --test cql
 
 # The NATS bus (the bus conformance suite) against a real nats-server.
-# Fails, never skips, when the server cannot be had; stops it again if this
-# target started it.
 test-nats:
-	deploy/nats.sh install
-	@started=0; deploy/nats.sh status >/dev/null 2>&1 || started=1; \
-	deploy/nats.sh start || exit 1; \
-	$(CARGO) test --locked -p natter-bus --features nats --test nats; rc=$$?; \
-	if [ $$started = 1 ]; then deploy/nats.sh stop; fi; \
-	exit $$rc
+	deploy/with-infra.sh --nats -- $(CARGO) test --locked -p natter-bus --features nats --test nats
 
 # The end-to-end scenarios against the distributed mode: one natter process per
 # role (two gateways) on a real nats-server and Cassandra 5.0, plus the crash
-# tests (kill -9 of a gateway and of the message role, a NATS restart). Fails,
-# never skips; stops NATS/Cassandra again if this target started them.
+# tests (kill -9 of a gateway and of the message role, a NATS restart).
 .PHONY: test-distributed
 test-distributed:
-	deploy/nats.sh install
-	deploy/cassandra.sh install
-	@nats=0; cql=0; \
-	deploy/nats.sh status >/dev/null 2>&1 || nats=1; \
-	deploy/cassandra.sh status >/dev/null 2>&1 || cql=1; \
-	{ deploy/nats.sh start && deploy/cassandra.sh start && \
-	  $(CARGO) build --locked -p natter-server --features distributed --bin natter && \
-	  NATTER_REQUIRE_DISTRIBUTED=1 $(CARGO) test --locked -p natter-e2e --features distributed --test distributed; }; rc=$$?; \
-	if [ $$nats = 1 ]; then deploy/nats.sh stop; fi; \
-	if [ $$cql = 1 ]; then deploy/cassandra.sh stop; fi; \
-	exit $$rc
+	deploy/with-infra.sh -- sh -c '$(CARGO) build --locked -p natter-server --features distributed --bin natter && \
+	  $(REQUIRE_INFRA) $(CARGO) test --locked -p natter-e2e --features distributed --test distributed'
 
 # The Kubernetes manifests (k8s/), deploy/Dockerfile and deploy/compose.yaml:
 # schema validation against Kubernetes 1.30 plus cross-reference checks, no
