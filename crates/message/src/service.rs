@@ -2,7 +2,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use natter_bus::{Bus, LiveEvent};
-use natter_store::{Inserted, Stores};
+use natter_store::{Appended, Stored, Stores};
 use natter_types::{
     Actor, ChatType, Error, Group, GroupId, IdGenerator, Limits, LogEvent, Message, NewMessage, Result, UserId,
 };
@@ -79,6 +79,13 @@ impl MessageService {
             return Ok(());
         }
         let appended = self.stores.log.append(recipients, &event).await?;
+        self.publish(recipients, &appended, event).await;
+        Ok(())
+    }
+
+    /// Tells the recipients' live sessions about an event already durable in
+    /// their logs.
+    async fn publish(&self, recipients: &[UserId], appended: &[Appended], event: LogEvent) {
         let event = Arc::new(event);
         for (user, at) in recipients.iter().zip(appended) {
             let live = LiveEvent { seq: at.seq, prev: at.prev, event: event.clone() };
@@ -88,12 +95,6 @@ impl MessageService {
                 tracing::warn!(user = %user, error = %e, "live publish failed");
             }
         }
-        Ok(())
-    }
-
-    async fn complete_fan_out(&self, recipients: &[UserId], message: &Message) -> Result<()> {
-        self.fan_out(recipients, LogEvent::Message(message.clone())).await?;
-        self.stores.messages.mark_fanned_out(&message.from, &message.client_msg_id).await
     }
 }
 
@@ -114,21 +115,16 @@ impl MessageApi for MessageService {
             ext: new.ext,
             from_system: from == Actor::System,
         };
-        let (stored, duplicate) = match self.stores.messages.insert_message(&message).await? {
-            Inserted::New => {
-                self.complete_fan_out(&recipients, &message).await?;
-                (message, false)
-            }
-            Inserted::Duplicate { message: stored, fanned_out } => {
-                if !fanned_out {
-                    // A crash (or failure) came between storing and fan-out.
-                    tracing::info!(id = %stored.id, "completing interrupted fan-out on retry");
-                    self.complete_fan_out(&recipients, &stored).await?;
-                }
-                (stored, true)
-            }
+        let stored = self.stores.messages.insert_and_append(&message, &recipients, self.stores.log.as_ref()).await?;
+        let Stored { message, duplicate, appended } = stored;
+        let outcome = SendOutcome {
+            client_msg_id: message.client_msg_id.clone(),
+            id: message.id,
+            timestamp: message.timestamp,
+            duplicate,
         };
-        Ok(SendOutcome { client_msg_id: stored.client_msg_id, id: stored.id, timestamp: stored.timestamp, duplicate })
+        self.publish(&recipients, &appended, LogEvent::Message(message)).await;
+        Ok(outcome)
     }
 
     async fn create_group(&self, owner: &UserId, group: NewGroup) -> Result<Group> {

@@ -1,6 +1,11 @@
 //! Configuration, layered: defaults → TOML file → `NATTER_` environment
 //! (`NATTER_SERVER__LISTEN=…`, double underscore between table and key) →
 //! command-line flags. Validated once at start; every error names the setting.
+//!
+//! Every setting lives in a table, so only `NATTER_<TABLE>__<KEY>` variables
+//! are settings; others with the prefix (`NATTER_CONFIG`, and the scripts' and
+//! tests' `NATTER_INFRA_DIR`, `NATTER_NATS`, …) are not read as settings. An
+//! unknown table or key in a setting variable is still an error.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -230,8 +235,7 @@ impl Config {
             }
             figment = figment.merge(Toml::file(file));
         }
-        // NATTER_CONFIG names the file (the --config flag's variable), not a setting.
-        let env = Env::prefixed("NATTER_").ignore(&["CONFIG"]).split("__");
+        let env = Env::prefixed("NATTER_").filter(|key| key.as_str().contains("__")).split("__");
         figment = figment.merge(env).merge(Serialized::default("server", overrides));
         let config: Config = figment.extract().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         config.validate()?;
@@ -291,8 +295,9 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.create_file("natter.toml", "[server]\nlisten = \"127.0.0.1:9000\"\nnode_id = 3\n[limits]\nmax_body_bytes = 1000\nmax_frame_bytes = 4000\n")?;
             jail.set_env("NATTER_SERVER__NODE_ID", "5");
-            // The file's own variable is not a setting.
+            // The file's own variable and the scripts' are not settings.
             jail.set_env("NATTER_CONFIG", "natter.toml");
+            jail.set_env("NATTER_INFRA_DIR", "/tmp/infra");
             let overrides = Overrides { data_dir: Some("/tmp/x".into()), ..Overrides::default() };
             let config = Config::load(Some(Path::new("natter.toml")), &overrides).map_err(|e| e.to_string())?;
             assert_eq!(config.server.listen, "127.0.0.1:9000", "from the file");
@@ -312,6 +317,9 @@ mod tests {
             jail.create_file("bad.toml", "[server]\nlisen = \"x\"\n")?;
             let err = Config::load(Some(Path::new("bad.toml")), &Overrides::default()).unwrap_err().to_string();
             assert!(err.contains("lisen"), "unknown keys are named: {err}");
+            jail.set_env("NATTER_LIMTS__MAX_SESSIONS_PER_USER", "2");
+            let err = Config::load(None, &Overrides::default()).unwrap_err().to_string();
+            assert!(err.contains("limts"), "unknown tables in the environment are named: {err}");
             Ok(())
         });
     }

@@ -15,7 +15,7 @@ use natter_types::{
     WebhookEvent,
 };
 
-use crate::{Direction, Inserted, Leases, SessionRegistry, Stores, claim_node_id};
+use crate::{Appended, Direction, Inserted, Leases, SessionRegistry, Stored, Stores, claim_node_id};
 
 static RUN: AtomicU64 = AtomicU64::new(0);
 
@@ -69,6 +69,7 @@ fn new_group(owner: &UserId, max_members: u32) -> Group {
 /// (events per user), which must be small (≤ 20) for the retention check.
 pub async fn run_all(stores: &Stores, retention: u64) {
     messages_insert_is_idempotent(stores).await;
+    messages_insert_and_append_fans_out_once(stores).await;
     messages_history_pages_both_ways(stores).await;
     groups_lifecycle(stores).await;
     groups_size_limit_is_all_or_nothing(stores).await;
@@ -107,6 +108,54 @@ pub async fn messages_insert_is_idempotent(stores: &Stores) {
     assert_eq!(got.as_ref(), Some(&first));
     let page = stores.messages.history(&conv, None, Direction::Down, 10).await.unwrap();
     assert_eq!(page, vec![first, other], "retry stored once");
+}
+
+pub async fn messages_insert_and_append_fans_out_once(stores: &Stores) {
+    let (a, b) = (user("a"), user("b"));
+    let log = stores.log.as_ref();
+    let message = text_message(&a, &b, "s1", "hi");
+    let stored = stores.messages.insert_and_append(&message, &[a.clone(), b.clone()], log).await.unwrap();
+    assert_eq!(stored, Stored { message: message.clone(), duplicate: false, appended: vec![at(1), at(1)] });
+    for who in [&a, &b] {
+        let page = stores.log.read(who, 0, 10).await.unwrap().unwrap();
+        assert_eq!(page.events, vec![(1, LogEvent::Message(message.clone()))], "{who}'s log has the message once");
+    }
+    let conv = message.conversation();
+    assert_eq!(stores.messages.get_message(&conv, message.id).await.unwrap().as_ref(), Some(&message));
+
+    // A retry (another id, another text) returns the stored one and appends nothing.
+    let retry = text_message(&a, &b, "s1", "hi again");
+    let again = stores.messages.insert_and_append(&retry, &[a.clone(), b.clone()], log).await.unwrap();
+    assert_eq!(again, Stored { message: message.clone(), duplicate: true, appended: vec![] });
+    assert_eq!(stores.log.bounds(&b).await.unwrap().0, 1, "nothing appended by the retry");
+    match stores.messages.insert_message(&retry).await.unwrap() {
+        Inserted::Duplicate { fanned_out, .. } => assert!(fanned_out, "marked fanned out"),
+        other => panic!("expected duplicate, got {other:?}"),
+    }
+
+    // Stored but never fanned out (a crash between the steps): the retry finishes it, once.
+    let interrupted = text_message(&a, &b, "s2", "half");
+    assert_eq!(stores.messages.insert_message(&interrupted).await.unwrap(), Inserted::New);
+    let finished = stores.messages.insert_and_append(&retry_of(&interrupted), &[a.clone(), b.clone()], log).await;
+    assert_eq!(
+        finished.unwrap(),
+        Stored { message: interrupted.clone(), duplicate: true, appended: vec![at(2), at(2)] }
+    );
+    let page = stores.log.read(&b, 1, 10).await.unwrap().unwrap();
+    assert_eq!(page.events, vec![(2, LogEvent::Message(interrupted.clone()))]);
+    let once_more = stores.messages.insert_and_append(&interrupted, &[a.clone(), b.clone()], log).await.unwrap();
+    assert!(once_more.duplicate && once_more.appended.is_empty());
+    assert_eq!(stores.log.bounds(&a).await.unwrap().0, 2);
+}
+
+/// Seq `n` right after `n - 1`.
+fn at(seq: u64) -> Appended {
+    Appended { seq, prev: seq - 1 }
+}
+
+/// The same client message id sent again: a new server id.
+fn retry_of(message: &Message) -> Message {
+    text_message(&message.from, &UserId::parse(&message.to, "to").unwrap(), &message.client_msg_id, "retried")
 }
 
 pub async fn messages_history_pages_both_ways(stores: &Stores) {

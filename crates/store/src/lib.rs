@@ -51,6 +51,18 @@ pub enum Direction {
     Down,
 }
 
+/// What [`MessageStore::insert_and_append`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// The stored message: the one given, or for a duplicate the one stored first.
+    pub message: Message,
+    pub duplicate: bool,
+    /// Where this call appended the message to each recipient's log, in the
+    /// order of the recipients; empty when it appended nothing (a duplicate
+    /// whose fan-out had completed).
+    pub appended: Vec<Appended>,
+}
+
 #[async_trait]
 pub trait MessageStore: Send + Sync + 'static {
     /// Stores `message` in its conversation's history together with the
@@ -60,6 +72,35 @@ pub trait MessageStore: Send + Sync + 'static {
     /// Records that the message's events are in every recipient's log, so a
     /// retry of the same client message id does not fan out again.
     async fn mark_fanned_out(&self, sender: &UserId, client_msg_id: &str) -> Result<()>;
+
+    /// What sending a message stores: the message with its idempotency record
+    /// ([`insert_message`](Self::insert_message)), its event in every
+    /// recipient's log (`log`, the same backend's log), and the fanned-out
+    /// mark. A duplicate whose fan-out was interrupted (a crash or error
+    /// between the steps) is appended now; one whose fan-out completed is not
+    /// appended again. Durable when it returns `Ok`.
+    ///
+    /// This default takes three writes; the embedded backend overrides it
+    /// with one atomic write and one fsync.
+    async fn insert_and_append(&self, message: &Message, recipients: &[UserId], log: &dyn UserLog) -> Result<Stored> {
+        let (message, duplicate, fanned_out) = match self.insert_message(message).await? {
+            Inserted::New => (message.clone(), false, false),
+            Inserted::Duplicate { message, fanned_out } => (message, true, fanned_out),
+        };
+        if fanned_out {
+            return Ok(Stored { message, duplicate, appended: Vec::new() });
+        }
+        if duplicate {
+            tracing::info!(id = %message.id, "completing interrupted fan-out on retry");
+        }
+        let appended = if recipients.is_empty() {
+            Vec::new()
+        } else {
+            log.append(recipients, &LogEvent::Message(message.clone())).await?
+        };
+        self.mark_fanned_out(&message.from, &message.client_msg_id).await?;
+        Ok(Stored { message, duplicate, appended })
+    }
 
     async fn get_message(&self, conversation: &ConversationKey, id: MessageId) -> Result<Option<Message>>;
 
