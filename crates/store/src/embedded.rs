@@ -1,6 +1,6 @@
 //! The single-node backend: one fjall database in a data directory.
 //!
-//! Every write is a job on one writer thread ([`writer`]) that commits the
+//! Every write is a job for one writer ([`writer`]) that commits the
 //! batches of everything queued, fsyncs once, then answers: the R1 rule (ack
 //! only what is durable) costs one fsync per round of writers, not per
 //! message, and async tasks never block on the journal or the disk. Reads run
@@ -47,8 +47,8 @@ impl Default for EmbeddedOptions {
     }
 }
 
-/// Every keyspace of the embedded store; cheap to clone. The writer thread
-/// stops when the last clone is dropped.
+/// Every keyspace of the embedded store; cheap to clone. Dropping the last
+/// clone waits for a running write round to finish.
 #[derive(Clone)]
 pub struct EmbeddedStore {
     inner: Arc<Inner>,
@@ -144,7 +144,7 @@ impl EmbeddedStore {
             log_heads: Mutex::new(HashMap::new()),
         };
         let inner = Arc::new(inner);
-        let writer = Arc::new(Writer::start(inner.clone())?);
+        let writer = Arc::new(Writer::new(inner.clone()));
         Ok(Self { inner, writer })
     }
 
@@ -365,7 +365,7 @@ fn decode_member(bytes: &[u8]) -> Result<GroupMember> {
 }
 
 impl EmbeddedStore {
-    /// One batch built and committed on the writer thread; durable on `Ok`.
+    /// One batch built and committed by the writer; durable on `Ok`.
     async fn write_batch<T: Send + 'static>(
         &self,
         build: impl FnOnce(&Inner, &mut fjall::OwnedWriteBatch) -> Result<T> + Send + 'static,

@@ -1,6 +1,6 @@
-//! The embedded store's one writer thread and its group commit.
+//! The embedded store's one writer and its group commit.
 //!
-//! Every write of the embedded store is a job on this thread. A round takes
+//! Every write of the embedded store is a job for the writer. A round takes
 //! every queued job (up to [`MAX_ROUND`]), runs each (reads, checks, one
 //! fjall batch commit into the journal, no fsync), then fsyncs once and only
 //! then answers the round's callers. So:
@@ -10,14 +10,21 @@
 //!   written while the previous one ran (the group commit);
 //! - read-check-write sequences need no locks: writes run one at a time.
 //!
+//! Rounds run on tokio's blocking pool, one task while jobs are queued: it
+//! ends when the queue is empty (an idle store holds no thread) and under load
+//! runs rounds back to back on one pool thread. Being a blocking task also
+//! keeps a paused test clock from jumping ahead while a write is in flight, as
+//! it would if the runtime looked idle while waiting for a thread of its own.
+//!
 //! Reads do not go through the writer; they run on the caller's task.
 
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, mpsc};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 
 use fjall::PersistMode;
 use natter_types::{Error, Result, UserId};
+use parking_lot::{Condvar, Mutex};
 use tokio::sync::oneshot;
 
 use super::{Inner, storage_err};
@@ -28,7 +35,7 @@ const MAX_ROUND: usize = 1024;
 
 /// Called once the round's fsync is done (or failed).
 type Reply = Box<dyn FnOnce(Result<()>) + Send>;
-/// Runs on the writer thread; `Some` if its caller waits for the fsync.
+/// Runs in a writer round; `Some` if its caller waits for the fsync.
 type Job = Box<dyn FnOnce(&mut Round<'_>) -> Option<Reply> + Send>;
 
 /// What a job sees: the store, and the round it is part of.
@@ -57,11 +64,23 @@ impl Round<'_> {
     }
 }
 
-/// The handle to the writer thread. Dropping it lets the thread finish the
-/// queued jobs and waits for it to stop.
+/// The handle to the writer: the job queue. Dropping it waits for a running
+/// round to finish, so the database is closed when the store is gone.
 pub(super) struct Writer {
-    jobs: Option<mpsc::Sender<Job>>,
-    thread: Option<JoinHandle<()>>,
+    inner: Arc<Inner>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    idle: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Job>,
+    /// A blocking task is running rounds.
+    running: bool,
 }
 
 fn stopped() -> Error {
@@ -69,16 +88,11 @@ fn stopped() -> Error {
 }
 
 impl Writer {
-    pub(super) fn start(inner: Arc<Inner>) -> Result<Self> {
-        let (jobs, queue) = mpsc::channel::<Job>();
-        let thread = std::thread::Builder::new()
-            .name("natter-store-writer".into())
-            .spawn(move || run(&inner, &queue))
-            .map_err(storage_err)?;
-        Ok(Self { jobs: Some(jobs), thread: Some(thread) })
+    pub(super) fn new(inner: Arc<Inner>) -> Self {
+        Self { inner, shared: Arc::new(Shared { state: Mutex::new(State::default()), idle: Condvar::new() }) }
     }
 
-    /// Runs `op` on the writer thread. Its writes are durable when this
+    /// Runs `op` in a writer round. Its writes are durable when this
     /// returns `Ok`; an `Err` from `op` is returned at once (it wrote nothing).
     pub(super) async fn write<T: Send + 'static>(
         &self,
@@ -112,45 +126,85 @@ impl Writer {
                 None
             }
         });
-        self.jobs.as_ref().ok_or_else(stopped)?.send(job).map_err(|_| stopped())?;
+        let start = {
+            let mut state = self.shared.state.lock();
+            state.queue.push_back(job);
+            !std::mem::replace(&mut state.running, true)
+        };
+        if start {
+            let inner = self.inner.clone();
+            let mut rounds = Rounds { shared: self.shared.clone(), armed: true };
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(move || rounds.run(&inner))),
+                // Not on a runtime: `rounds` is dropped and fails the queue.
+                Err(_) => drop(rounds),
+            }
+        }
         answered.await.map_err(|_| stopped())?
     }
 }
 
 impl Drop for Writer {
     fn drop(&mut self) {
-        self.jobs = None;
-        if let Some(thread) = self.thread.take()
-            && thread.join().is_err()
-        {
-            tracing::error!("store writer thread panicked");
+        let mut state = self.shared.state.lock();
+        while state.running {
+            self.shared.idle.wait(&mut state);
         }
     }
 }
 
-fn run(inner: &Inner, queue: &mpsc::Receiver<Job>) {
-    let mut replies: Vec<Reply> = Vec::new();
-    while let Ok(first) = queue.recv() {
-        let mut round = Round { inner, dirty: false, appended: Vec::new() };
-        let mut next = Some(first);
-        let mut ran = 0;
-        while let Some(job) = next {
-            // A bug in one job must not stop every later write: its caller
-            // gets an error (its answer is dropped), the others go on.
-            match std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut round))) {
-                Ok(Some(reply)) => replies.push(reply),
-                Ok(None) => {}
-                Err(_) => tracing::error!("store write job panicked"),
+/// The task that runs rounds. Dropped without finishing (its runtime shut
+/// down before it ran, or a round panicked outside a job), it fails the
+/// queued jobs and marks the writer idle, so nothing waits for it forever.
+struct Rounds {
+    shared: Arc<Shared>,
+    armed: bool,
+}
+
+impl Drop for Rounds {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut state = self.shared.state.lock();
+            state.queue.clear();
+            state.running = false;
+            self.shared.idle.notify_all();
+        }
+    }
+}
+
+impl Rounds {
+    /// Runs rounds until the queue is empty.
+    fn run(&mut self, inner: &Inner) {
+        let mut replies: Vec<Reply> = Vec::new();
+        loop {
+            let jobs: Vec<Job> = {
+                let mut state = self.shared.state.lock();
+                if state.queue.is_empty() {
+                    state.running = false;
+                    self.armed = false;
+                    self.shared.idle.notify_all();
+                    return;
+                }
+                let take = state.queue.len().min(MAX_ROUND);
+                state.queue.drain(..take).collect()
+            };
+            let mut round = Round { inner, dirty: false, appended: Vec::new() };
+            for job in jobs {
+                // A bug in one job must not stop every later write: its caller
+                // gets an error (its answer is dropped), the others go on.
+                match std::panic::catch_unwind(AssertUnwindSafe(|| job(&mut round))) {
+                    Ok(Some(reply)) => replies.push(reply),
+                    Ok(None) => {}
+                    Err(_) => tracing::error!("store write job panicked"),
+                }
             }
-            ran += 1;
-            next = if ran < MAX_ROUND { queue.try_recv().ok() } else { None };
-        }
-        let synced = if round.dirty { inner.db.persist(PersistMode::SyncAll).map_err(storage_err) } else { Ok(()) };
-        if synced.is_ok() {
-            inner.publish_durable(&round.appended);
-        }
-        for reply in replies.drain(..) {
-            reply(synced.clone());
+            let synced = if round.dirty { inner.db.persist(PersistMode::SyncAll).map_err(storage_err) } else { Ok(()) };
+            if synced.is_ok() {
+                inner.publish_durable(&round.appended);
+            }
+            for reply in replies.drain(..) {
+                reply(synced.clone());
+            }
         }
     }
 }
