@@ -1,27 +1,34 @@
-//! In-process bus for the single-node mode: one broadcast channel per user
-//! with live subscribers, removed when the last subscriber goes.
+//! In-process bus for the single-node mode: per online user, the queues of
+//! its live subscribers; the user's entry goes when its last subscriber goes.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use async_trait::async_trait;
 use dashmap::DashMap;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use natter_types::{Result, UserId};
+use parking_lot::Mutex;
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 use crate::{Bus, Control, Live, LiveEvent, Transient};
 
-/// Events buffered per user before a slow subscriber is told it lagged.
-/// tokio's broadcast channel allocates every slot up front (~56 bytes each)
-/// and each online user has one: 1024 slots were 53 KiB of the ~79 KiB an
-/// idle connection cost (natter-bench, docs/PERFORMANCE.md). A lagging
-/// session loses nothing, it re-reads its durable log.
-const USER_CHANNEL_CAPACITY: usize = 64;
+/// Events queued per subscriber before it is told it lagged (and re-reads
+/// its durable log: it loses nothing). The queue grows only as far as it is
+/// used and shrinks again when drained: an idle connection's subscription is
+/// ~100 bytes. (A tokio broadcast channel per user, as before, allocates
+/// every slot up front: ~3.5 KiB per online user for 64 slots.)
+const USER_QUEUE_LIMIT: usize = 64;
+
+/// A drained queue keeps at most this many slots allocated.
+const IDLE_QUEUE_CAPACITY: usize = 4;
+
+/// Gateways' control channels (one per gateway, not per user).
+const CONTROL_CHANNEL_CAPACITY: usize = 64;
 
 #[derive(Debug, Clone, Default)]
 pub struct LocalBus {
@@ -30,7 +37,7 @@ pub struct LocalBus {
 
 #[derive(Debug, Default)]
 struct Inner {
-    users: DashMap<UserId, broadcast::Sender<Item>>,
+    users: DashMap<UserId, Vec<Arc<Subscriber>>>,
     gateways: DashMap<String, broadcast::Sender<Control>>,
 }
 
@@ -43,19 +50,56 @@ impl LocalBus {
     pub fn subscribed_users(&self) -> usize {
         self.inner.users.len()
     }
+
+    fn push(&self, user: &UserId, live: impl Fn() -> Live) {
+        if let Some(subscribers) = self.inner.users.get(user) {
+            for subscriber in subscribers.iter() {
+                subscriber.push(live());
+            }
+        }
+    }
 }
 
-/// What a user's channel carries.
-#[derive(Debug, Clone)]
-enum Item {
-    Logged(LiveEvent),
-    Transient(Arc<Transient>),
+/// One live subscription's queue.
+#[derive(Debug, Default)]
+struct Subscriber {
+    state: Mutex<Queue>,
 }
 
-/// A user's live stream; removes the user's channel when the last
-/// subscriber goes, so idle users cost nothing.
+#[derive(Debug, Default)]
+struct Queue {
+    items: VecDeque<Live>,
+    /// Items were dropped since the subscriber last read.
+    lagged: bool,
+    waker: Option<Waker>,
+}
+
+impl Subscriber {
+    fn push(&self, live: Live) {
+        let waker = {
+            let mut queue = self.state.lock();
+            if queue.lagged {
+                // Everything up to the re-read is in the log already.
+                return;
+            }
+            if queue.items.len() >= USER_QUEUE_LIMIT {
+                queue.items = VecDeque::new();
+                queue.lagged = true;
+            } else {
+                queue.items.push_back(live);
+            }
+            queue.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// A user's live stream; removes its queue when dropped, and the user's
+/// entry with the last one, so idle users cost nothing.
 struct UserStream {
-    rx: BroadcastStream<Item>,
+    subscriber: Arc<Subscriber>,
     inner: Arc<Inner>,
     user: UserId,
 }
@@ -63,53 +107,58 @@ struct UserStream {
 impl Stream for UserStream {
     type Item = Live;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Live>> {
-        self.rx.poll_next_unpin(cx).map(|item| {
-            item.map(|r| match r {
-                Ok(Item::Logged(event)) => Live::Event(event),
-                Ok(Item::Transient(frame)) => Live::Transient(frame),
-                Err(BroadcastStreamRecvError::Lagged(_)) => Live::Lagged,
-            })
-        })
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Live>> {
+        let mut queue = self.subscriber.state.lock();
+        if queue.lagged {
+            queue.lagged = false;
+            return Poll::Ready(Some(Live::Lagged));
+        }
+        match queue.items.pop_front() {
+            Some(live) => {
+                if queue.items.is_empty() && queue.items.capacity() > IDLE_QUEUE_CAPACITY {
+                    queue.items.shrink_to(IDLE_QUEUE_CAPACITY);
+                }
+                Poll::Ready(Some(live))
+            }
+            None => {
+                if !queue.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    queue.waker = Some(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
     }
 }
 
 impl Drop for UserStream {
     fn drop(&mut self) {
-        // Our own receiver is still alive here (fields drop after this), so
-        // "last subscriber" means a count of one. The map's shard lock
-        // orders this against a concurrent subscribe.
-        self.inner.users.remove_if(&self.user, |_, tx| tx.receiver_count() <= 1);
+        // The map's shard lock orders this against a concurrent subscribe.
+        self.inner.users.remove_if_mut(&self.user, |_, subscribers| {
+            subscribers.retain(|s| !Arc::ptr_eq(s, &self.subscriber));
+            subscribers.is_empty()
+        });
     }
 }
 
 #[async_trait]
 impl Bus for LocalBus {
     async fn publish_user(&self, user: &UserId, event: LiveEvent) -> Result<()> {
-        if let Some(tx) = self.inner.users.get(user) {
-            // No receiver is fine: the event is in the durable log.
-            let _ = tx.send(Item::Logged(event));
-        }
+        // No subscriber is fine: the event is in the durable log.
+        self.push(user, || Live::Event(event.clone()));
         Ok(())
     }
 
     async fn publish_transient(&self, users: &[UserId], frame: Arc<Transient>) -> Result<()> {
         for user in users {
-            if let Some(tx) = self.inner.users.get(user) {
-                let _ = tx.send(Item::Transient(frame.clone()));
-            }
+            self.push(user, || Live::Transient(frame.clone()));
         }
         Ok(())
     }
 
     async fn subscribe_user(&self, user: &UserId) -> Result<BoxStream<'static, Live>> {
-        let rx = self
-            .inner
-            .users
-            .entry(user.clone())
-            .or_insert_with(|| broadcast::channel(USER_CHANNEL_CAPACITY).0)
-            .subscribe();
-        Ok(Box::pin(UserStream { rx: BroadcastStream::new(rx), inner: self.inner.clone(), user: user.clone() }))
+        let subscriber = Arc::new(Subscriber::default());
+        self.inner.users.entry(user.clone()).or_default().push(subscriber.clone());
+        Ok(Box::pin(UserStream { subscriber, inner: self.inner.clone(), user: user.clone() }))
     }
 
     async fn publish_control(&self, gateway: &str, control: Control) -> Result<()> {
@@ -124,7 +173,7 @@ impl Bus for LocalBus {
             .inner
             .gateways
             .entry(gateway.to_owned())
-            .or_insert_with(|| broadcast::channel(USER_CHANNEL_CAPACITY).0)
+            .or_insert_with(|| broadcast::channel(CONTROL_CHANNEL_CAPACITY).0)
             .subscribe();
         Ok(Box::pin(BroadcastStream::new(rx).filter_map(|item| async move { item.ok() })))
     }
@@ -159,9 +208,29 @@ mod tests {
         let bus = LocalBus::new();
         let bob = UserId::parse("bob", "u").unwrap();
         let mut slow = bus.subscribe_user(&bob).await.unwrap();
-        for seq in 1..=(USER_CHANNEL_CAPACITY as u64 + 5) {
+        for seq in 1..=(USER_QUEUE_LIMIT as u64 + 5) {
             bus.publish_user(&bob, live(seq)).await.unwrap();
         }
         assert_eq!(slow.next().await, Some(Live::Lagged));
+        // Then it is back to live events: the next one, not the dropped ones.
+        let mut next = USER_QUEUE_LIMIT as u64 + 6;
+        bus.publish_user(&bob, live(next)).await.unwrap();
+        assert_eq!(slow.next().await, Some(Live::Event(live(next))));
+        next += 1;
+        bus.publish_user(&bob, live(next)).await.unwrap();
+        assert_eq!(slow.next().await, Some(Live::Event(live(next))));
+    }
+
+    #[tokio::test]
+    async fn every_subscriber_of_a_user_gets_each_event_and_a_waiting_one_is_woken() {
+        let bus = LocalBus::new();
+        let bob = UserId::parse("bob", "u").unwrap();
+        let mut one = bus.subscribe_user(&bob).await.unwrap();
+        let mut two = bus.subscribe_user(&bob).await.unwrap();
+        let waiting = tokio::spawn(async move { one.next().await });
+        tokio::task::yield_now().await;
+        bus.publish_user(&bob, live(1)).await.unwrap();
+        assert_eq!(waiting.await.unwrap(), Some(Live::Event(live(1))));
+        assert_eq!(two.next().await, Some(Live::Event(live(1))));
     }
 }

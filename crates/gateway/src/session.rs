@@ -19,8 +19,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures::future::BoxFuture;
 use futures::stream::{SplitSink, SplitStream};
-use futures::{FutureExt, SinkExt, StreamExt};
+use futures::{FutureExt, SinkExt, StreamExt, TryFutureExt};
 use natter_bus::{Control, Live, LiveEvent, Transient};
 use natter_presence::SessionInfo;
 use natter_proto::v1::{self, server_frame::Body as Out};
@@ -93,34 +94,42 @@ struct Session {
     gap_deadline: Option<Instant>,
 }
 
-pub(crate) async fn run(shared: Arc<Shared>, socket: WebSocket, conn: Connection) {
+/// The session's whole life. Set up before the future exists: an async fn
+/// keeps its arguments (here the socket and the connection) in its state for
+/// as long as it runs, next to what they were moved into, and every idle
+/// session holds that state.
+pub(crate) fn run(shared: Arc<Shared>, socket: WebSocket, conn: Connection) -> impl Future<Output = ()> + Send {
     let (sink, stream) = socket.split();
     let (commands_tx, commands_rx) = mpsc::channel(4);
-    shared.local.insert(conn.session.clone(), commands_tx);
-    shared.connected.fetch_add(1, Ordering::Relaxed);
-    let user = conn.user.clone();
-    let id = conn.session.clone();
-    tracing::debug!(user = %user, session = %id, "session opened");
-
     let mut session =
         Session { shared: shared.clone(), conn, sink, delivered: 0, ahead: BTreeMap::new(), gap_deadline: None };
-    let end = session.serve(stream, commands_rx).await;
-    let status = if matches!(end, End::LoggedOut) { SessionStatus::LoggedOut } else { SessionStatus::Offline };
-    session.close(end).await;
+    async move {
+        let (user, id) = (session.conn.user.clone(), session.conn.session.clone());
+        shared.local.insert(id.clone(), commands_tx);
+        shared.connected.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(user = %user, session = %id, "session opened");
 
-    shared.local.remove(&id);
-    shared.connected.fetch_sub(1, Ordering::Relaxed);
-    // A kicked session was already removed (and announced) by the registry;
-    // closing it again is a no-op there.
-    if let Err(e) = shared.deps.presence.session_closed(&session.info(), status).await {
-        tracing::warn!(user = %user, session = %id, error = %e, "reporting the session closed failed");
+        let end = session.serve(stream, commands_rx).await;
+        let status = if matches!(end, End::LoggedOut) { SessionStatus::LoggedOut } else { SessionStatus::Offline };
+        // Boxed, like the other once-per-session and rare steps below: a
+        // future is as large as its largest step, and every idle session
+        // holds it (docs/PERFORMANCE.md, idle connections).
+        Box::pin(session.close(end)).await;
+
+        shared.local.remove(&id);
+        shared.connected.fetch_sub(1, Ordering::Relaxed);
+        // A kicked session was already removed (and announced) by the registry;
+        // closing it again is a no-op there.
+        if let Err(e) = shared.deps.presence.session_closed(&session.info(), status).await {
+            tracing::warn!(user = %user, session = %id, error = %e, "reporting the session closed failed");
+        }
+        tracing::debug!(user = %user, session = %id, "session closed");
     }
-    tracing::debug!(user = %user, session = %id, "session closed");
 }
 
 impl Session {
     async fn serve(&mut self, mut stream: SplitStream<WebSocket>, mut commands: mpsc::Receiver<Command>) -> End {
-        if let Err(e) = self.register().await {
+        if let Err(e) = Box::pin(self.register()).await {
             return End::Failed(e);
         }
         let deps = self.shared.deps.clone();
@@ -128,21 +137,12 @@ impl Session {
             Ok(live) => live,
             Err(e) => return End::Failed(e),
         };
-        if let Err(e) = self.hello_and_replay().await {
+        if let Err(e) = Box::pin(self.hello_and_replay()).await {
             return End::Failed(e);
         }
 
-        // Queued values are boxed: tokio allocates a channel's first block of
-        // 32 slots up front, and unboxed frames made that ~13 KiB per idle
-        // connection.
-        let (requests_tx, requests_rx) = mpsc::channel(MAX_QUEUED_REQUESTS);
-        let (responses_tx, mut responses) = mpsc::channel(MAX_QUEUED_REQUESTS);
-        let _worker = AbortOnDropHandle::new(tokio::spawn(answer_requests(
-            self.shared.clone(),
-            self.conn.user.clone(),
-            requests_rx,
-            responses_tx,
-        )));
+        // Started at the first request: an idle connection has no worker.
+        let mut worker: Option<Worker> = None;
 
         let options = &self.shared.options;
         let limits = options.limits.clone();
@@ -167,13 +167,13 @@ impl Session {
                     if matches!(message, Message::Close(_)) {
                         return End::ClientGone;
                     }
-                    match self.on_frame(&message, &mut bucket, &requests_tx, limits.max_frame_bytes).await {
+                    match self.on_frame(&message, &mut bucket, &mut worker, limits.max_frame_bytes).await {
                         Ok(Some(end)) => return end,
                         Ok(None) => Ok(()),
                         Err(e) => Err(e),
                     }
                 }
-                Some(response) = responses.recv() => self.send(*response).await,
+                Some(response) = next_response(&mut worker) => self.send(*response).await,
                 live_event = live.next() => self.on_live(live_event).await,
                 () = gap_timer(self.gap_deadline) => self.fill_gap().await,
                 _ = heartbeat.tick() => {
@@ -188,7 +188,7 @@ impl Session {
             };
             // Whatever else is ready goes out with it, in one write.
             let step = match step {
-                Ok(()) => self.write_ready(&mut responses, &mut live).await,
+                Ok(()) => self.write_ready(&mut worker, &mut live).await,
                 Err(e) => Err(e),
             };
             if let Err(e) = step {
@@ -210,11 +210,11 @@ impl Session {
     /// batch), then flushes once.
     async fn write_ready(
         &mut self,
-        responses: &mut mpsc::Receiver<Box<Out>>,
+        worker: &mut Option<Worker>,
         live: &mut futures::stream::BoxStream<'static, Live>,
     ) -> Result<(), Error> {
         for _ in 0..WRITE_BATCH {
-            if let Ok(response) = responses.try_recv() {
+            if let Some(response) = worker.as_mut().and_then(|w| w.responses.try_recv().ok()) {
                 self.send(*response).await?;
                 continue;
             }
@@ -341,9 +341,13 @@ impl Session {
     }
 
     /// Reads what is missing from the log, then delivers what waited.
-    async fn fill_gap(&mut self) -> Result<(), Error> {
-        self.catch_up().await?;
-        self.release_ahead().await
+    /// Boxed: the log read is rare, and its state would otherwise be part of
+    /// every session's future.
+    fn fill_gap(&mut self) -> BoxFuture<'_, Result<(), Error>> {
+        Box::pin(async move {
+            self.catch_up().await?;
+            self.release_ahead().await
+        })
     }
 
     /// Delivers held-back events that now follow on, and drops those the
@@ -366,7 +370,7 @@ impl Session {
         &mut self,
         message: &Message,
         bucket: &mut TokenBucket,
-        requests: &mpsc::Sender<Request>,
+        worker: &mut Option<Worker>,
         max_frame_bytes: usize,
     ) -> Result<Option<End>, Error> {
         let frame = match codec::decode(message, max_frame_bytes) {
@@ -404,7 +408,8 @@ impl Session {
                     );
                     return self.send(error_response(req_id, &error)).await.map(|()| None);
                 }
-                if requests.try_send(Box::new((req_id, body))).is_err() {
+                let worker = worker.get_or_insert_with(|| Worker::start(&self.shared, &self.conn.user));
+                if worker.requests.try_send(Box::new((req_id, body))).is_err() {
                     let error = Error::new(
                         ErrorCode::RateLimited,
                         format!("more than {MAX_QUEUED_REQUESTS} requests waiting for an answer"),
@@ -428,9 +433,13 @@ impl Session {
         self.sink.feed(message).await.map_err(socket_error)
     }
 
-    /// Queues a frame; the serve loop flushes after each round.
-    async fn send(&mut self, body: Out) -> Result<(), Error> {
-        self.sink.feed(codec::encode(&wrap(body), self.conn.format)).await.map_err(socket_error)
+    /// Queues a frame; the serve loop flushes after each round. Encodes
+    /// before returning the future, so the future holds only the encoded
+    /// frame: it is part of the state of every caller (and of every idle
+    /// session), and `Out` is ~230 bytes.
+    fn send(&mut self, body: Out) -> impl Future<Output = Result<(), Error>> + Send + '_ {
+        let frame = codec::encode(&wrap(body), self.conn.format);
+        self.sink.feed(frame).map_err(socket_error)
     }
 
     /// Says why, then closes. Errors here are moot: the socket is going.
@@ -456,6 +465,33 @@ impl Session {
         let _ = self.send(Out::Goodbye(goodbye)).await;
         let close = CloseFrame { code, reason: text.into() };
         let _ = self.sink.send(Message::Close(Some(close))).await;
+    }
+}
+
+/// Answers a session's requests in order, one at a time, while the session
+/// goes on reading and delivering.
+struct Worker {
+    requests: mpsc::Sender<Request>,
+    responses: mpsc::Receiver<Box<Out>>,
+    _task: AbortOnDropHandle<()>,
+}
+
+impl Worker {
+    fn start(shared: &Arc<Shared>, user: &UserId) -> Self {
+        // Queued values are boxed: tokio allocates a channel's first block
+        // of 32 slots up front, and unboxed frames made that ~13 KiB.
+        let (requests, requests_rx) = mpsc::channel(MAX_QUEUED_REQUESTS);
+        let (responses_tx, responses) = mpsc::channel(MAX_QUEUED_REQUESTS);
+        let task = tokio::spawn(answer_requests(shared.clone(), user.clone(), requests_rx, responses_tx));
+        Self { requests, responses, _task: AbortOnDropHandle::new(task) }
+    }
+}
+
+/// The worker's next response; never, while there is no worker.
+async fn next_response(worker: &mut Option<Worker>) -> Option<Box<Out>> {
+    match worker {
+        Some(worker) => worker.responses.recv().await,
+        None => std::future::pending().await,
     }
 }
 
