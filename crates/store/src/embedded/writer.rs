@@ -208,3 +208,63 @@ impl Rounds {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use natter_types::{ErrorCode, UserId};
+
+    use crate::UserLog;
+    use crate::embedded::{EmbeddedOptions, EmbeddedStore};
+
+    /// A job that panics (a bug) fails its own caller only; the other jobs
+    /// of its round, and later ones, are written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panicking_job_fails_only_its_caller() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap();
+        // Holds the writer in a round until released, so the next two jobs
+        // queue up and run in one round together.
+        let (started, running) = std::sync::mpsc::channel::<()>();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let holder = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .writer
+                    .write(move |_: &mut super::Round<'_>| {
+                        started.send(()).unwrap();
+                        // An error only means the test is over.
+                        let _ = held.recv();
+                        Ok(())
+                    })
+                    .await
+            })
+        };
+        while running.try_recv().is_err() {
+            tokio::task::yield_now().await;
+        }
+        let failed = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store.writer.write(|_: &mut super::Round<'_>| -> natter_types::Result<()> { panic!("a bug") }).await
+            })
+        };
+        let ann = UserId::parse("ann", "u").unwrap();
+        let acked = {
+            let (store, ann) = (store.clone(), ann.clone());
+            tokio::spawn(async move { store.ack(&ann, 3).await })
+        };
+        while store.writer.shared.state.lock().queue.len() < 2 {
+            tokio::task::yield_now().await;
+        }
+        release.send(()).unwrap();
+        assert_eq!(failed.await.unwrap().unwrap_err().code, ErrorCode::Unavailable);
+        acked.await.unwrap().unwrap();
+        holder.await.unwrap().unwrap();
+        assert_eq!(store.acked(&ann).await.unwrap(), 3, "the round's other job was written");
+        store.ack(&ann, 4).await.unwrap();
+        assert_eq!(store.acked(&ann).await.unwrap(), 4, "later writes still run");
+    }
+}
