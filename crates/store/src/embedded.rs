@@ -973,6 +973,18 @@ mod tests {
         EmbeddedStore::open(dir, EmbeddedOptions { log_retention_events: retention }).expect("open")
     }
 
+    /// Any event: the log does not look inside.
+    fn group_created() -> LogEvent {
+        LogEvent::GroupChange(natter_types::GroupChange {
+            kind: natter_types::GroupChangeKind::Created,
+            group_id: GroupId::from_id(1),
+            group_name: String::new(),
+            operator: UserId::system(),
+            members: vec![],
+            time: 0,
+        })
+    }
+
     #[tokio::test]
     async fn conformance_suite_passes() {
         let dir = tempfile::tempdir().unwrap();
@@ -983,14 +995,7 @@ mod tests {
     async fn lowered_retention_trims_the_surplus_on_the_next_append() {
         let dir = tempfile::tempdir().unwrap();
         let user = UserId::parse("carol", "u").unwrap();
-        let event = LogEvent::GroupChange(natter_types::GroupChange {
-            kind: natter_types::GroupChangeKind::Created,
-            group_id: GroupId::from_id(1),
-            group_name: String::new(),
-            operator: UserId::system(),
-            members: vec![],
-            time: 0,
-        });
+        let event = group_created();
         {
             let store = open(dir.path(), 10);
             for _ in 0..8 {
@@ -1010,14 +1015,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path(), 1000);
         let users = vec![UserId::parse("ann", "u").unwrap(), UserId::parse("ben", "u").unwrap()];
-        let event = LogEvent::GroupChange(natter_types::GroupChange {
-            kind: natter_types::GroupChangeKind::Created,
-            group_id: GroupId::from_id(1),
-            group_name: String::new(),
-            operator: UserId::system(),
-            members: vec![],
-            time: 0,
-        });
+        let event = group_created();
         let tasks: Vec<_> = (0..200)
             .map(|_| {
                 let (store, users, event) = (store.clone(), users.clone(), event.clone());
