@@ -562,8 +562,14 @@ struct StagedAppend {
 
 impl Inner {
     fn head_of(&self, heads: &mut HashMap<UserId, LogHead>, user: &UserId) -> Result<LogHead> {
-        if let Some(head) = heads.get(user) {
-            return Ok(*head);
+        self.head_entry(heads, user).map(|head| *head)
+    }
+
+    /// The user's head in `heads`, loaded from the log the first time.
+    fn head_entry<'h>(&self, heads: &'h mut HashMap<UserId, LogHead>, user: &UserId) -> Result<&'h mut LogHead> {
+        // Two lookups on a miss (once per user), none of the key's clone on a hit.
+        if heads.contains_key(user) {
+            return heads.get_mut(user).ok_or_else(|| Error::internal("log head vanished"));
         }
         let log = &self.log;
         let prefix = key2(user.as_str(), &[]);
@@ -577,8 +583,7 @@ impl Inner {
             // Retention always keeps the newest event, so an empty log is a new one.
             None => LogHead { assigned: 0, durable: 0, oldest: 1 },
         };
-        heads.insert(user.clone(), head);
-        Ok(head)
+        Ok(heads.entry(user.clone()).or_insert(head))
     }
 
     fn head(&self, user: &UserId) -> Result<LogHead> {
@@ -599,14 +604,15 @@ impl Inner {
             StagedAppend { appended: Vec::with_capacity(users.len()), previous: Vec::with_capacity(users.len()) };
         let mut heads = self.log_heads.lock();
         for user in users {
-            let previous = match self.head_of(&mut heads, user) {
-                Ok(head) => head,
+            let slot = match self.head_entry(&mut heads, user) {
+                Ok(slot) => slot,
                 Err(e) => {
                     drop(heads);
                     self.unstage(&users[..staged.previous.len()], staged.previous);
                     return Err(e);
                 }
             };
+            let previous = *slot;
             let mut head = previous;
             head.assigned += 1;
             // A shared, reference-counted value: one allocation for every user.
@@ -616,7 +622,7 @@ impl Inner {
                 batch.remove(&self.log, key2(user.as_str(), &head.oldest.to_be_bytes()));
                 head.oldest += 1;
             }
-            heads.insert(user.clone(), head);
+            *slot = head;
             staged.appended.push(Appended { seq: head.assigned, prev: head.assigned - 1 });
             staged.previous.push(previous);
         }
