@@ -12,7 +12,7 @@
 
 use std::time::Duration;
 
-use natter_client::{Client, ClientError, ClientEvent, ClientOptions, v1};
+use natter_client::{Client, ClientError, ClientEvent, ClientOptions, Events, v1};
 use natter_e2e::cluster::{Balancer, Cluster, NatsServer, Role, SCALED, node_of};
 use natter_e2e::{Deployment, WAIT, assert_quiet, connect_caught_up, messages, next_presence_of, scenarios};
 use tokio::sync::watch;
@@ -159,6 +159,71 @@ async fn send_retrying(
     }
 }
 
+/// One acknowledged send: client message id, ack, failed attempts before it.
+type Acked = (String, v1::SendResult, u32);
+
+/// alice sending `n` texts to bob with [`send_retrying`] (each for up to
+/// `per_send`). The last quarter waits for `resume`, so a fault injected once
+/// a quarter is acknowledged falls mid-stream however fast the start went.
+struct RetryingSender {
+    task: tokio::task::JoinHandle<Vec<Acked>>,
+    /// (acknowledged so far, the last id)
+    acked: watch::Receiver<(usize, u64)>,
+    failures: watch::Receiver<u32>,
+    resume: watch::Sender<bool>,
+}
+
+impl RetryingSender {
+    fn spawn(alice: &Client, bob: &str, n: usize, per_send: Duration) -> Self {
+        let (acked_tx, acked) = watch::channel((0usize, 0u64));
+        let (failures_tx, failures) = watch::channel(0u32);
+        let (resume, mut resume_rx) = watch::channel(false);
+        let (alice, bob) = (alice.clone(), bob.to_owned());
+        let task = tokio::spawn(async move {
+            let mut acks = Vec::with_capacity(n);
+            for i in 0..n {
+                if i == 3 * n / 4 {
+                    resume_rx.wait_for(|resume| *resume).await.unwrap();
+                }
+                let message = text(&bob, &format!("k{i}"), &format!("m{i}"));
+                let (ack, failed) = send_retrying(&alice, &message, per_send, &failures_tx).await;
+                acked_tx.send_replace((acks.len() + 1, ack.server_msg_id));
+                acks.push((message.client_msg_id, ack, failed));
+            }
+            acks
+        });
+        Self { task, acked, failures, resume }
+    }
+
+    /// Waits until a quarter is acknowledged; the last id acknowledged.
+    async fn first_quarter(&mut self, n: usize) -> u64 {
+        let acked = tokio::time::timeout(WAIT, self.acked.wait_for(|(count, _)| *count >= n / 4))
+            .await
+            .expect("sends flow")
+            .expect("the sender stopped early (its panic is above)");
+        acked.1
+    }
+}
+
+/// bob has every acknowledged message exactly once, in order, with
+/// increasing ids (`across` names the fault in between).
+async fn assert_received_in_order(acks: &[Acked], bob_events: &mut Events, across: &str) {
+    let expected: Vec<(String, u64)> = acks.iter().map(|(id, ack, _)| (id.clone(), ack.server_msg_id)).collect();
+    let got: Vec<(String, u64)> =
+        messages(bob_events, acks.len()).await.into_iter().map(|m| (m.client_msg_id, m.id)).collect();
+    assert_eq!(got, expected, "every acknowledged message, once, in order");
+    assert!(expected.windows(2).all(|w| w[0].1 < w[1].1), "ids increase across {across}");
+}
+
+/// Each send again: a duplicate, with the id and time of its ack.
+async fn assert_sent_again_are_duplicates<'a>(alice: &Client, bob: &str, acks: impl IntoIterator<Item = &'a Acked>) {
+    for (id, ack, _) in acks {
+        let again = alice.send(text(bob, id, "again")).await.expect("retry");
+        assert!(again.duplicate, "{id} is known");
+        assert_eq!((again.server_msg_id, again.timestamp), (ack.server_msg_id, ack.timestamp), "{id}");
+    }
+}
+
 /// alice (gateway 0) streams messages to bob; bob's phone, behind a load
 /// balancer, is on gateway 1, which is killed with SIGKILL mid-stream. The
 /// phone reconnects by itself (the balancer sends it to gateway 0) and ends up
@@ -238,45 +303,20 @@ async fn kill9_message_role_mid_stream_loses_no_acked_message() {
     let (alice, _alice_events) = cluster.client_on("alice", 0).await;
     let (_bob, mut bob_events) = cluster.client_on("bob", 1).await;
 
-    let (acked_tx, mut acked_rx) = watch::channel(0usize);
-    let (failures_tx, mut failures_rx) = watch::channel(0u32);
-    let (restarted_tx, mut restarted_rx) = watch::channel(false);
-    let sender = tokio::spawn({
-        let alice = alice.clone();
-        let bob = bob.clone();
-        async move {
-            let mut acks = Vec::with_capacity(N);
-            for i in 0..N {
-                if i == 3 * N / 4 {
-                    // Keep a tail of sends for after the restart.
-                    restarted_rx.wait_for(|restarted| *restarted).await.unwrap();
-                }
-                let message = text(&bob, &format!("k{i}"), &format!("m{i}"));
-                // Long enough for a restart on a busy machine.
-                let (ack, failed) = send_retrying(&alice, &message, Duration::from_secs(120), &failures_tx).await;
-                acks.push((message.client_msg_id, ack, failed));
-                acked_tx.send_replace(acks.len());
-            }
-            acks
-        }
-    });
-
-    tokio::time::timeout(WAIT, acked_rx.wait_for(|n| *n >= N / 4)).await.expect("sends flow").unwrap();
+    // Long enough per send for a restart on a busy machine.
+    let mut sender = RetryingSender::spawn(&alice, &bob, N, Duration::from_secs(120));
+    sender.first_quarter(N).await;
     cluster.kill(Role::Message(0)).await;
     // Down until a send has failed: a real outage, not a blink.
-    tokio::time::timeout(WAIT, failures_rx.wait_for(|n| *n >= 1))
+    tokio::time::timeout(WAIT, sender.failures.wait_for(|n| *n >= 1))
         .await
         .expect("a send fails")
         .expect("the sender stopped early (its panic is above)");
     cluster.start_role(Role::Message(0)).await;
-    restarted_tx.send_replace(true);
-    let acks = tokio::time::timeout(Duration::from_secs(180), sender).await.expect("alice finishes").unwrap();
+    sender.resume.send_replace(true);
+    let acks = tokio::time::timeout(Duration::from_secs(180), sender.task).await.expect("alice finishes").unwrap();
 
-    let expected: Vec<(String, u64)> = acks.iter().map(|(id, ack, _)| (id.clone(), ack.server_msg_id)).collect();
-    let got: Vec<(String, u64)> =
-        messages(&mut bob_events, N).await.into_iter().map(|m| (m.client_msg_id, m.id)).collect();
-    assert_eq!(got, expected, "every acknowledged message, once, in order");
-    assert!(expected.windows(2).all(|w| w[0].1 < w[1].1), "ids increase across the restart");
+    assert_received_in_order(&acks, &mut bob_events, "the restart").await;
     assert_quiet(&mut bob_events).await;
 
     let retried: Vec<_> = acks.iter().filter(|(_, _, failed)| *failed > 0).collect();
@@ -285,14 +325,9 @@ async fn kill9_message_role_mid_stream_loses_no_acked_message() {
     eprintln!(
         "{} sends failed at least once ({} failed attempts); {applied_before_crash} of them had been applied",
         retried.len(),
-        *failures_rx.borrow()
+        *sender.failures.borrow()
     );
-    // Every send again now: a duplicate, with the id and time of its ack.
-    for (id, ack, _) in &acks {
-        let again = alice.send(text(&bob, id, "again")).await.expect("retry");
-        assert!(again.duplicate, "{id} is known");
-        assert_eq!((again.server_msg_id, again.timestamp), (ack.server_msg_id, ack.timestamp), "{id}");
-    }
+    assert_sent_again_are_duplicates(&alice, &bob, &acks).await;
     assert_quiet(&mut bob_events).await;
     cluster.assert_running(&[Role::Presence(0), Role::Conversation, Role::Gateway(0), Role::Gateway(1)]);
 }
@@ -585,45 +620,15 @@ async fn kill9_one_message_role_of_two_sends_go_on() {
     let (alice, _alice_events) = cluster.client_on("alice", 0).await;
     let (_bob, mut bob_events) = cluster.client_on("bob", 1).await;
 
-    // (acknowledged so far, the last id)
-    let (acked_tx, mut acked_rx) = watch::channel((0usize, 0u64));
-    let (failures_tx, failures_rx) = watch::channel(0u32);
-    let (killed_tx, mut killed_rx) = watch::channel(false);
-    let sender = tokio::spawn({
-        let alice = alice.clone();
-        let bob = bob.clone();
-        async move {
-            let mut acks = Vec::with_capacity(N);
-            for i in 0..N {
-                if i == 3 * N / 4 {
-                    // The last quarter waits for the kill, so it is
-                    // mid-stream however fast the first part went.
-                    killed_rx.wait_for(|killed| *killed).await.unwrap();
-                }
-                let message = text(&bob, &format!("k{i}"), &format!("m{i}"));
-                let (ack, failed) = send_retrying(&alice, &message, Duration::from_secs(60), &failures_tx).await;
-                acked_tx.send_replace((acks.len() + 1, ack.server_msg_id));
-                acks.push((message.client_msg_id, ack, failed));
-            }
-            acks
-        }
-    });
-
-    let (_, last) = *tokio::time::timeout(WAIT, acked_rx.wait_for(|(n, _)| *n >= N / 4))
-        .await
-        .expect("sends flow")
-        .expect("the sender stopped early (its panic is above)");
+    let mut sender = RetryingSender::spawn(&alice, &bob, N, Duration::from_secs(60));
+    let last = sender.first_quarter(N).await;
     let victim = leased.iter().position(|node| *node == node_of(last)).expect("alice's ids carry a leased node id");
     let survivor = (victim + 1) % SCALED;
     cluster.kill(Role::Message(victim)).await;
-    killed_tx.send_replace(true);
-    let acks = tokio::time::timeout(Duration::from_secs(120), sender).await.expect("alice finishes").unwrap();
+    sender.resume.send_replace(true);
+    let acks = tokio::time::timeout(Duration::from_secs(120), sender.task).await.expect("alice finishes").unwrap();
 
-    let expected: Vec<(String, u64)> = acks.iter().map(|(id, ack, _)| (id.clone(), ack.server_msg_id)).collect();
-    let got: Vec<(String, u64)> =
-        messages(&mut bob_events, N).await.into_iter().map(|m| (m.client_msg_id, m.id)).collect();
-    assert_eq!(got, expected, "every acknowledged message, once, in order");
-    assert!(expected.windows(2).all(|w| w[0].1 < w[1].1), "ids increase across the failover");
+    assert_received_in_order(&acks, &mut bob_events, "the failover").await;
     let node_ids = |range: std::ops::Range<usize>| -> Vec<u16> {
         let mut nodes: Vec<u16> = acks[range].iter().map(|(_, ack, _)| node_of(ack.server_msg_id)).collect();
         nodes.dedup();
@@ -639,15 +644,11 @@ async fn kill9_one_message_role_of_two_sends_go_on() {
          been applied before the crash; message-{survivor} had {:?} connections",
         leased[victim],
         retried.len(),
-        *failures_rx.borrow(),
+        *sender.failures.borrow(),
         retried.iter().filter(|(_, ack, _)| ack.duplicate).count(),
         cluster.connections_to(Role::Message(survivor)),
     );
-    for (id, ack, _) in &retried {
-        let again = alice.send(text(&bob, id, "again")).await.expect("retry");
-        assert!(again.duplicate, "{id} is known");
-        assert_eq!((again.server_msg_id, again.timestamp), (ack.server_msg_id, ack.timestamp), "{id}");
-    }
+    assert_sent_again_are_duplicates(&alice, &bob, retried.iter().copied()).await;
     assert_quiet(&mut bob_events).await;
     cluster.assert_running(&[
         Role::Message(survivor),
