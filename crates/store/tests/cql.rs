@@ -348,6 +348,121 @@ async fn a_dead_appenders_leftovers_are_never_read_and_are_overwritten() {
     assert_eq!(row3, 1, "row 3 was copied from the head before the head moved on");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_in_one_process_share_conditional_updates() {
+    let store = shared_store(100_000).await;
+    let log = store.stores().log;
+    let target = user("busy");
+    const N: usize = 200;
+    let started = Instant::now();
+    let results = join_all((0..N).map(|i| {
+        let (log, target) = (log.clone(), target.clone());
+        async move { (i, log.append(std::slice::from_ref(&target), &change(&format!("b{i}"))).await) }
+    }))
+    .await;
+    eprintln!("{N} concurrent appends to one user from one process: {:?}", started.elapsed());
+    let mut by_seq = HashMap::new();
+    for (i, result) in results {
+        let appended = result.unwrap();
+        assert_eq!(appended[0].prev + 1, appended[0].seq);
+        assert!(by_seq.insert(appended[0].seq, format!("b{i}")).is_none(), "seq {} handed out twice", appended[0].seq);
+    }
+    assert_eq!(by_seq.keys().copied().collect::<BTreeSet<_>>(), (1..=N as u64).collect());
+    let page = log.read(&target, 0, N + 10).await.unwrap().unwrap();
+    assert_eq!(page.head, N as u64);
+    for (seq, event) in &page.events {
+        assert_eq!(by_seq.get(seq), Some(&tag_of(event)), "event at seq {seq}");
+    }
+    // Each row names the conditional update that appended it: the waiting
+    // appends went in together, a few batches instead of 200 Paxos rounds.
+    let rows = store
+        .session()
+        .query_unpaged(
+            format!("SELECT writer FROM {}.user_log WHERE user_id = ?", shared_keyspace()),
+            (target.as_str(),),
+        )
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap();
+    let writers: BTreeSet<i64> = rows.rows::<(i64,)>().unwrap().map(|r| r.unwrap().0).collect();
+    eprintln!("{N} appends in {} conditional updates", writers.len());
+    assert!(writers.len() <= 10, "{} conditional updates for {N} waiting appends", writers.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_append_hands_its_turn_on() {
+    let store = shared_store(100_000).await;
+    let log = store.stores().log;
+    let u = user("cancel");
+    let append = |tag: &'static str| {
+        let (log, u) = (log.clone(), u.clone());
+        async move { log.append(std::slice::from_ref(&u), &change(tag)).await }
+    };
+    let (mut a, mut c, mut d) = (Box::pin(append("a")), Box::pin(append("c")), Box::pin(append("d")));
+    // `a` takes the log's turn; `c` and `d` wait behind it.
+    assert!(futures::poll!(&mut a).is_pending());
+    assert!(futures::poll!(&mut c).is_pending());
+    assert!(futures::poll!(&mut d).is_pending());
+    assert_eq!(a.await.unwrap()[0].seq, 1);
+    // The turn went to `c`, which takes `d` along; `c` is cancelled mid-update.
+    assert!(futures::poll!(&mut c).is_pending());
+    drop(c);
+    let d = tokio::time::timeout(Duration::from_secs(30), d).await.expect("a waiter of a cancelled turn hangs");
+    assert_eq!(d.unwrap_err().code, ErrorCode::Unavailable, "d's outcome is unknown");
+    // The log is not wedged: the next append gets the turn at once.
+    let e = tokio::time::timeout(Duration::from_secs(30), append("e")).await.expect("the next append hangs");
+    let seq = e.unwrap()[0].seq;
+    let page = log.read(&u, 0, 10).await.unwrap().unwrap();
+    assert_eq!(page.head, seq);
+    let tags: Vec<String> = page.events.iter().map(|(_, e)| tag_of(e)).collect();
+    assert_eq!(tags.first().map(String::as_str), Some("a"));
+    assert_eq!(tags.last().map(String::as_str), Some("e"));
+    // `c` and `d` went in together or not at all.
+    assert!(matches!(tags.len(), 2 | 4), "{tags:?}");
+    assert_eq!(page.events.iter().map(|(s, _)| *s).collect::<Vec<_>>(), (1..=seq).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_multi_entry_head_is_read_before_its_rows_exist_and_copied_on() {
+    let store = shared_store(100).await;
+    let log = store.stores().log;
+    let ks = shared_keyspace();
+    let session = store.session().clone();
+    let u = user("batchhead");
+    let encode = |tag: &str| natter_proto::ProstMessage::encode_to_vec(&natter_proto::v1::LogEvent::from(&change(tag)));
+    // An appender that set the head to entries 1..=3 in one update and died
+    // before writing any row.
+    session
+        .query_unpaged(
+            format!(
+                "INSERT INTO {ks}.user_log_head (user_id, seq, oldest, event, earlier, writer) VALUES (?, 3, 1, ?, ?, 7)"
+            ),
+            (u.as_str(), encode("e3"), vec![encode("e1"), encode("e2")]),
+        )
+        .await
+        .unwrap();
+    let page = log.read(&u, 0, 10).await.unwrap().unwrap();
+    let seen = |page: &natter_store::LogPage| page.events.iter().map(|(s, e)| (*s, tag_of(e))).collect::<Vec<_>>();
+    assert_eq!(seen(&page), [(1, "e1".to_owned()), (2, "e2".to_owned()), (3, "e3".to_owned())]);
+    assert_eq!(seen(&log.read(&u, 1, 1).await.unwrap().unwrap()), [(2, "e2".to_owned())]);
+
+    // The next append (another connection, no cache) copies all three rows first.
+    let other = shared_store(100).await;
+    let appended = other.stores().log.append(std::slice::from_ref(&u), &change("e4")).await.unwrap();
+    assert_eq!((appended[0].prev, appended[0].seq), (3, 4));
+    let rows = session
+        .query_unpaged(format!("SELECT seq, writer FROM {ks}.user_log WHERE user_id = ? AND seq <= 3"), (u.as_str(),))
+        .await
+        .unwrap()
+        .into_rows_result()
+        .unwrap();
+    let rows: Vec<(i64, i64)> = rows.rows::<(i64, i64)>().unwrap().map(|r| r.unwrap()).collect();
+    assert_eq!(rows, [(1, 7), (2, 7), (3, 7)], "rows copied from the head, with its writer");
+    let page = log.read(&u, 0, 10).await.unwrap().unwrap();
+    assert_eq!(seen(&page), [(1, "e1".to_owned()), (2, "e2".to_owned()), (3, "e3".to_owned()), (4, "e4".to_owned())]);
+}
+
 // --------------------------------------------------------------- messages
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

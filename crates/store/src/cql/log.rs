@@ -1,7 +1,10 @@
 //! `UserLog` over CQL: a Paxos-advanced head row per user that carries the
-//! newest event, and the event rows below it (see the module docs of
-//! [`super`] for why every row below the head exists and no row above it is
-//! ever read).
+//! newest append's entries, and the entry rows below it (see the module docs
+//! of [`super`] for why every row below the head exists and no row above it
+//! is ever read).
+
+use std::collections::VecDeque;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::{StreamExt, stream};
@@ -11,6 +14,7 @@ use prost::Message as _;
 
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
+use tokio::sync::oneshot;
 
 use super::statements::Preparer;
 use super::{CACHE_CAP, CqlStore, Inner, backoff, cql_limit, decode, error, new_token};
@@ -29,8 +33,6 @@ pub(crate) struct LogStatements {
     rows_read: PreparedStatement,
     /// Deletes rows below a seq.
     pub(crate) row_trim: PreparedStatement,
-    /// `row_put` + delete rows below the oldest retained seq (one partition).
-    row_put_and_trim: Batch,
 }
 
 impl LogStatements {
@@ -40,19 +42,15 @@ impl LogStatements {
             .prepare(&format!("INSERT INTO {{ks}}.{rows} ({key}, seq, event, writer) VALUES (?, ?, ?, ?)"), true)
             .await?;
         let row_trim = p.prepare(&format!("DELETE FROM {{ks}}.{rows} WHERE {key} = ? AND seq < ?"), true).await?;
-        let mut row_put_and_trim = Batch::new(BatchType::Unlogged);
-        row_put_and_trim.append_statement(row_put.clone());
-        row_put_and_trim.append_statement(row_trim.clone());
-        row_put_and_trim.set_is_idempotent(true);
-        let head_select = format!("SELECT seq, oldest, event, writer FROM {{ks}}.{head} WHERE {key} = ?");
+        let head_select = format!("SELECT seq, oldest, event, writer, earlier FROM {{ks}}.{head} WHERE {key} = ?");
         Ok(Self {
             head_get: p.prepare(&head_select, true).await?,
             head_get_serial: p.serial_read(&head_select).await?,
             head_create: p
                 .prepare(
                     &format!(
-                        "INSERT INTO {{ks}}.{head} ({key}, seq, oldest, event, writer) VALUES (?, ?, ?, ?, ?) \
-                         IF NOT EXISTS"
+                        "INSERT INTO {{ks}}.{head} ({key}, seq, oldest, event, earlier, writer) \
+                         VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS"
                     ),
                     false,
                 )
@@ -60,8 +58,8 @@ impl LogStatements {
             head_advance: p
                 .prepare(
                     &format!(
-                        "UPDATE {{ks}}.{head} SET seq = ?, oldest = ?, event = ?, writer = ? WHERE {key} = ? \
-                         IF seq = ?"
+                        "UPDATE {{ks}}.{head} SET seq = ?, oldest = ?, event = ?, earlier = ?, writer = ? \
+                         WHERE {key} = ? IF seq = ?"
                     ),
                     false,
                 )
@@ -77,8 +75,17 @@ impl LogStatements {
                 .await?,
             row_put,
             row_trim,
-            row_put_and_trim,
         })
+    }
+
+    /// One unlogged single-partition batch writing `n` rows.
+    fn rows_put(&self, n: usize) -> Batch {
+        let mut batch = Batch::new(BatchType::Unlogged);
+        for _ in 0..n {
+            batch.append_statement(self.row_put.clone());
+        }
+        batch.set_is_idempotent(true);
+        batch
     }
 }
 
@@ -92,6 +99,13 @@ pub(crate) enum LogKind {
 /// Attempts of one append that keeps losing the head to concurrent appends
 /// to the same user.
 const MAX_ATTEMPTS: u32 = 500;
+
+/// Entries one conditional update appends at most (a user log's waiting
+/// appends beyond this go in the next one).
+const MAX_BATCH_ENTRIES: usize = 64;
+/// Bytes of entries one conditional update appends at most (the head row
+/// holds them all; far below Cassandra's mutation size limit).
+const MAX_BATCH_BYTES: usize = 512 * 1024;
 
 /// What this process knows about a head after its own append.
 #[derive(Debug, Clone, Copy)]
@@ -109,18 +123,44 @@ pub(crate) struct Head {
     pub oldest: i64,
     /// The entry at `seq`.
     pub event: Option<Vec<u8>>,
+    /// The entries at `seq - earlier.len()` .. `seq - 1`, appended together
+    /// with `event` (empty for a one-entry append).
+    earlier: Vec<Vec<u8>>,
     writer: Option<i64>,
-    /// Whether the row at `seq` is known to be written.
+    /// Whether the rows of the head's entries are known to be written.
     row_written: bool,
 }
 
-type HeadRow = (Option<i64>, Option<i64>, Option<Vec<u8>>, Option<i64>);
+impl Head {
+    /// The head's own copy of the entry at `seq`, if the append that set the
+    /// head wrote it. Authoritative: the rows may not be written yet.
+    pub(crate) fn entry(&self, seq: i64) -> Option<&[u8]> {
+        if seq == self.seq {
+            return self.event.as_deref();
+        }
+        let back = usize::try_from(self.seq - seq).ok()?;
+        let index = self.earlier.len().checked_sub(back)?;
+        self.earlier.get(index).map(Vec::as_slice)
+    }
+
+    /// The seq of the first entry the head holds.
+    fn first_seq(&self) -> i64 {
+        self.seq - self.earlier.len() as i64
+    }
+}
+
+type HeadRow = (Option<i64>, Option<i64>, Option<Vec<u8>>, Option<i64>, Option<Vec<Vec<u8>>>);
 
 fn head_from(row: Option<HeadRow>) -> Head {
     match row {
-        Some((Some(seq), oldest, event, writer)) => {
-            Head { seq, oldest: oldest.unwrap_or(1), event, writer, row_written: false }
-        }
+        Some((Some(seq), oldest, event, writer, earlier)) => Head {
+            seq,
+            oldest: oldest.unwrap_or(1),
+            event,
+            earlier: earlier.unwrap_or_default(),
+            writer,
+            row_written: false,
+        },
         _ => Head::default(),
     }
 }
@@ -136,8 +176,65 @@ fn decode_event(bytes: &[u8]) -> Result<LogEvent> {
 /// An append attempt whose conditional update timed out: it may have won.
 #[derive(Debug, Clone, Copy)]
 struct Unsure {
+    /// The seq of its last entry.
     seq: i64,
     oldest: i64,
+}
+
+/// User-log appends of this process waiting for their log's turn, by user.
+/// A log with an entry here has an append running; the waiting ones go next.
+pub(crate) type AppendQueues = parking_lot::Mutex<std::collections::HashMap<String, VecDeque<Waiting>>>;
+
+pub(crate) struct Waiting {
+    entry: Arc<[u8]>,
+    turn: oneshot::Sender<Turn>,
+}
+
+enum Turn {
+    /// Appended by another call (the seq of this entry), or failed.
+    Done(Result<i64>),
+    /// This call appends now: its entry back, with whatever waits behind it.
+    Lead(Arc<[u8]>),
+}
+
+/// The running append of one user log in this process. Dropping it (done,
+/// failed or cancelled) hands the turn to the next waiting append.
+struct LogTurn<'a> {
+    queues: &'a AppendQueues,
+    key: &'a str,
+}
+
+impl LogTurn<'_> {
+    /// Takes waiting appends that fit in one batch after `first_len` bytes.
+    fn take_batch(&self, first_len: usize) -> Vec<Waiting> {
+        let mut queues = self.queues.lock();
+        let Some(queue) = queues.get_mut(self.key) else { return Vec::new() };
+        let mut batch = Vec::new();
+        let mut bytes = first_len;
+        while batch.len() + 1 < MAX_BATCH_ENTRIES
+            && let Some(next) = queue.front()
+            && bytes + next.entry.len() <= MAX_BATCH_BYTES
+        {
+            bytes += next.entry.len();
+            batch.extend(queue.pop_front());
+        }
+        batch
+    }
+}
+
+impl Drop for LogTurn<'_> {
+    fn drop(&mut self) {
+        let mut queues = self.queues.lock();
+        let Some(queue) = queues.get_mut(self.key) else { return };
+        while let Some(next) = queue.pop_front() {
+            // A waiter whose call was dropped meanwhile is skipped: its entry
+            // was never appended.
+            if next.turn.send(Turn::Lead(next.entry)).is_ok() {
+                return;
+            }
+        }
+        queues.remove(self.key);
+    }
 }
 
 impl Inner {
@@ -214,46 +311,118 @@ impl Inner {
         Ok(None)
     }
 
-    /// Appends one entry to the log of `key`, keeping the newest `retention`
-    /// entries; returns its seq (see the module docs).
-    pub(crate) async fn append_entry(&self, kind: LogKind, key: &str, bytes: &[u8], retention: i64) -> Result<i64> {
+    /// Appends `entry` to the user log of `key`; returns its seq.
+    ///
+    /// Concurrent appends to one log from this process take turns instead of
+    /// racing each other's conditional updates: the one whose turn it is
+    /// appends its entry and every entry waiting behind it (up to a batch) in
+    /// one Paxos round, then hands the turn on. So a busy log costs a round
+    /// per batch, not per event, and only other processes can make a round
+    /// fail.
+    pub(crate) async fn append_user_entry(&self, key: &str, entry: Arc<[u8]>, retention: i64) -> Result<i64> {
+        let waiting = {
+            let mut queues = self.appends.lock();
+            match queues.get_mut(key) {
+                Some(queue) => {
+                    let (turn, rx) = oneshot::channel();
+                    queue.push_back(Waiting { entry, turn });
+                    Err(rx)
+                }
+                None => {
+                    queues.insert(key.to_owned(), VecDeque::new());
+                    Ok(entry)
+                }
+            }
+        };
+        let own = match waiting {
+            Ok(entry) => entry,
+            Err(rx) => match rx.await {
+                Ok(Turn::Done(result)) => return result,
+                Ok(Turn::Lead(entry)) => entry,
+                Err(_) => {
+                    return Err(Error::unavailable(format!(
+                        "append to the log of {key} was cut short (the call appending it was cancelled); \
+                         it may or may not have landed"
+                    )));
+                }
+            },
+        };
+        let turn = LogTurn { queues: &self.appends, key };
+        let batch = turn.take_batch(own.len());
+        let entries: Vec<&[u8]> = std::iter::once(&*own).chain(batch.iter().map(|w| &*w.entry)).collect();
+        let last = self.append_entries(LogKind::User, key, &entries, retention).await;
+        let first = last.map(|last| last + 1 - entries.len() as i64);
+        for (i, waiting) in batch.into_iter().enumerate() {
+            let result = first.clone().map(|first| first + 1 + i as i64);
+            // A waiter whose call was dropped no longer needs its answer.
+            let _ = waiting.turn.send(Turn::Done(result));
+        }
+        drop(turn);
+        first
+    }
+
+    /// Appends `entries` to the log of `key` as consecutive seqs in one
+    /// conditional update, keeping the newest `retention` entries; returns the
+    /// seq of the last (see the module docs).
+    pub(crate) async fn append_entries(
+        &self,
+        kind: LogKind,
+        key: &str,
+        entries: &[&[u8]],
+        retention: i64,
+    ) -> Result<i64> {
+        let Some((newest, earlier)) = entries.split_last() else {
+            return Err(Error::internal("append of no entries"));
+        };
         let st = self.log_statements(kind);
         let retention = retention.max(1);
+        let count = entries.len() as i64;
         let token = new_token();
         let hint = self.heads.lock().get(&(kind, key.to_owned())).copied();
         let mut head = match hint {
             Some(h) => Head { seq: h.seq, oldest: h.oldest, row_written: true, ..Head::default() },
             None => self.read_head(kind, key).await?,
         };
+        let earlier: Option<Vec<&[u8]>> = (!earlier.is_empty()).then(|| earlier.to_vec());
         let mut unsure: Vec<Unsure> = Vec::new();
         for attempt in 0..MAX_ATTEMPTS {
             if head.seq > 0 && !head.row_written {
                 // Every row below the head must exist before the head moves on.
-                let event =
-                    head.event.as_deref().ok_or_else(|| Error::internal(format!("log head of {key} has no entry")))?;
-                self.execute("copy log head", &st.row_put, (key, head.seq, event, head.writer.unwrap_or(0))).await?;
+                let held: Vec<&[u8]> = (head.first_seq()..=head.seq)
+                    .map(|seq| {
+                        head.entry(seq).ok_or_else(|| Error::internal(format!("log head of {key} has no entry {seq}")))
+                    })
+                    .collect::<Result<_>>()?;
+                self.write_rows(kind, key, head.first_seq(), head.oldest, &held, head.writer.unwrap_or(0))
+                    .await
+                    .map_err(|e| error::execution("copy log head", e))?;
                 head.row_written = true;
             }
-            let next = head.seq + 1;
-            let oldest = head.oldest.max(1).max(next.saturating_sub(retention) + 1);
+            let last = head.seq + count;
+            let oldest = head.oldest.max(1).max(last.saturating_sub(retention) + 1);
             let result = if head.seq == 0 {
-                self.conditional("append to log", &st.head_create, (key, next, oldest, bytes, token)).await
+                self.conditional("append to log", &st.head_create, (key, last, oldest, newest, &earlier, token)).await
             } else {
-                self.conditional("append to log", &st.head_advance, (next, oldest, bytes, token, key, head.seq)).await
+                self.conditional(
+                    "append to log",
+                    &st.head_advance,
+                    (last, oldest, newest, &earlier, token, key, head.seq),
+                )
+                .await
             };
             match result {
                 Ok(lwt) => {
                     let lwt = lwt.checked()?;
                     if lwt.applied {
                         let trim = oldest > head.oldest.max(1);
-                        self.appended(kind, key, next, oldest, trim, bytes, token).await;
-                        return Ok(next);
+                        self.appended(kind, key, last, oldest, trim, entries, token).await;
+                        return Ok(last);
                     }
                     head = self.refresh_head(kind, key, lwt.bigint("seq")).await?;
                 }
                 Err(e) if error::outcome_unknown(&e) => {
-                    tracing::warn!(key, seq = next, error = %e, "log append outcome unknown; checking");
-                    unsure.push(Unsure { seq: next, oldest });
+                    tracing::warn!(key, seq = last, error = %e, "log append outcome unknown; checking");
+                    unsure.push(Unsure { seq: last, oldest });
                     head = self.read_head_serial(kind, key).await?;
                 }
                 Err(e) => return Err(error::execution("append to log", e)),
@@ -261,7 +430,7 @@ impl Inner {
             if !unsure.is_empty()
                 && let Some(won) = self.unsure_won(kind, key, &head, &unsure, token).await?
             {
-                self.appended(kind, key, won.seq, won.oldest, true, bytes, token).await;
+                self.appended(kind, key, won.seq, won.oldest, true, entries, token).await;
                 return Ok(won.seq);
             }
             backoff(attempt).await;
@@ -271,16 +440,57 @@ impl Inner {
         )))
     }
 
-    /// After our head update won at `seq`: writes the row and trims below
-    /// `oldest` (best effort: the next append and reads fall back to the
-    /// head's copy of the entry), and remembers the head.
-    #[allow(clippy::too_many_arguments)]
-    async fn appended(&self, kind: LogKind, key: &str, seq: i64, oldest: i64, trim: bool, bytes: &[u8], token: i64) {
+    /// Writes `entries` as the rows from seq `first` on (those below
+    /// `oldest` are already trimmed and are skipped), in one single-partition
+    /// batch.
+    async fn write_rows(
+        &self,
+        kind: LogKind,
+        key: &str,
+        first: i64,
+        oldest: i64,
+        entries: &[&[u8]],
+        writer: i64,
+    ) -> std::result::Result<(), scylla::errors::ExecutionError> {
         let st = self.log_statements(kind);
+        let rows: Vec<(&str, i64, &[u8], i64)> =
+            (first..).zip(entries).filter(|(seq, _)| *seq >= oldest).map(|(seq, e)| (key, seq, *e, writer)).collect();
+        match rows.as_slice() {
+            [] => Ok(()),
+            [row] => self.session.execute_unpaged(&st.row_put, row).await.map(|_| ()),
+            _ => self.session.batch(&st.rows_put(rows.len()), &rows).await.map(|_| ()),
+        }
+    }
+
+    /// After our head update won with its last entry at `seq`: writes the
+    /// rows and trims below `oldest` (best effort: the next append, and
+    /// reads, fall back to the head's copy of the entries), and remembers the
+    /// head.
+    #[allow(clippy::too_many_arguments)]
+    async fn appended(
+        &self,
+        kind: LogKind,
+        key: &str,
+        seq: i64,
+        oldest: i64,
+        trim: bool,
+        entries: &[&[u8]],
+        token: i64,
+    ) {
+        let first = seq + 1 - entries.len() as i64;
+        let rows = self.write_rows(kind, key, first, oldest, entries, token);
         let written = if trim {
-            self.session.batch(&st.row_put_and_trim, ((key, seq, bytes, token), (key, oldest))).await.map(|_| ())
+            let trimmed = async {
+                let st = self.log_statements(kind);
+                self.session.execute_unpaged(&st.row_trim, (key, oldest)).await.map(|_| ())
+            };
+            let (rows, trimmed) = futures::join!(rows, trimmed);
+            if let Err(e) = trimmed {
+                tracing::warn!(key, oldest, error = %e, "log rows below the oldest retained seq not trimmed");
+            }
+            rows
         } else {
-            self.session.execute_unpaged(&st.row_put, (key, seq, bytes, token)).await.map(|_| ())
+            rows.await
         };
         let mut heads = self.heads.lock();
         match written {
@@ -295,7 +505,7 @@ impl Inner {
                 }
             }
             Err(e) => {
-                tracing::warn!(key, seq, error = %e, "log row not written after append; the head holds it");
+                tracing::warn!(key, seq, error = %e, "log rows not written after append; the head holds them");
                 heads.remove(&(kind, key.to_owned()));
             }
         }
@@ -320,10 +530,10 @@ impl Inner {
 impl UserLog for CqlStore {
     async fn append(&self, users: &[UserId], event: &LogEvent) -> Result<Vec<Appended>> {
         let inner = &*self.inner;
-        let bytes = v1::LogEvent::from(event).encode_to_vec();
+        let entry: Arc<[u8]> = v1::LogEvent::from(event).encode_to_vec().into();
         let retention = i64::try_from(inner.options.log_retention_events).unwrap_or(i64::MAX);
         let appends: Vec<_> =
-            users.iter().map(|u| inner.append_entry(LogKind::User, u.as_str(), &bytes, retention)).collect();
+            users.iter().map(|u| inner.append_user_entry(u.as_str(), entry.clone(), retention)).collect();
         // Every started append runs to its end, even after another failed.
         let results: Vec<Result<i64>> =
             stream::iter(appends).buffered(inner.options.fanout_concurrency.max(1)).collect().await;
@@ -348,20 +558,19 @@ impl UserLog for CqlStore {
                 if seq_u64(seq) != expected {
                     break;
                 }
-                // The head's copy of the newest event is the authoritative one.
-                let bytes = match (expected == h, &head.event) {
-                    (true, Some(newest)) => Some(newest.clone()),
-                    _ => bytes,
+                // The head's copy of its entries is the authoritative one.
+                let bytes = match head.entry(seq) {
+                    Some(held) => held,
+                    None => bytes
+                        .as_deref()
+                        .ok_or_else(|| Error::internal(format!("user log of {user} has an empty row at seq {seq}")))?,
                 };
-                let bytes = bytes
-                    .ok_or_else(|| Error::internal(format!("user log of {user} has an empty row at seq {seq}")))?;
-                events.push((expected, decode_event(&bytes)?));
+                events.push((expected, decode_event(bytes)?));
                 expected += 1;
             }
-            // The newest event may not be copied to its row yet: the head has it.
-            if expected == h
-                && expected <= upper
-                && let Some(bytes) = &head.event
+            // The head's entries may not be copied to their rows yet.
+            while expected <= upper
+                && let Some(bytes) = head.entry(i64::try_from(expected).unwrap_or(i64::MAX))
             {
                 events.push((expected, decode_event(bytes)?));
                 expected += 1;

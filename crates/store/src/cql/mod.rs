@@ -4,7 +4,7 @@
 //! materialized views or SASI); every hot-path statement is prepared once at
 //! [`CqlStore::connect`], and scans page.
 //!
-//! # Data model (schema version 3, see [`migrate`])
+//! # Data model (schema version 4, see [`migrate`])
 //!
 //! Partition key in inner parentheses where it is not the first column.
 //!
@@ -17,7 +17,8 @@
 //!                        static: name, description, owner, created_at, member_count,
 //!                                max_members, version bigint, writer bigint
 //! user_groups          (user_id text, group_id text)
-//! user_log_head        (user_id text) -> seq bigint, oldest bigint, event blob, writer bigint
+//! user_log_head        (user_id text) -> seq bigint, oldest bigint, event blob, earlier list<blob>,
+//!                                        writer bigint
 //! user_log             (user_id text, seq bigint ASC) -> event blob, writer bigint
 //! user_acks            (user_id text, seq bigint DESC)
 //! presence_subs        (subscriber text, target text) -> expires_at bigint   [TTL]
@@ -39,7 +40,8 @@
 //! Blobs are the protobuf records of `natter-proto` (`Message`, `LogEvent`,
 //! `WebhookEvent`), so both backends store the same bytes. Version 1 holds the
 //! message, group and user-log tables; version 2 the presence and webhook
-//! tables; version 3 the session registry and the leases.
+//! tables; version 3 the session registry and the leases; version 4 adds
+//! `earlier` to the log heads.
 //!
 //! **Messages** use the Discord layout: a conversation's history is split into
 //! partitions of [`BUCKET_MS`] (10 days) of message-id time, clustered by
@@ -79,28 +81,39 @@
 //! group id still moves forward.
 //!
 //! **User logs**: `user_log_head` holds, per user, the newest seq, the oldest
-//! retained seq, and the newest event itself, and is only changed by Paxos:
-//! `UPDATE … SET seq = s+1, oldest = …, event = …, writer = … IF seq = s`
-//! (or `INSERT … IF NOT EXISTS` for the first event). An append
-//! 1. reads the head `(s, event_s)` (cached per process after its own appends);
-//! 2. copies `event_s` into `user_log` at `s` — an idempotent write of
-//!    immutable content, so every row below the head exists before the head
-//!    moves past it;
-//! 3. advances the head with the conditional update; on conflict it rereads
-//!    the head at `LOCAL_SERIAL` and retries with `s` = the new head;
-//! 4. once applied, writes its event at `s+1` and range-deletes rows below the
-//!    new `oldest` (one single-partition batch; best effort: step 2 of the
-//!    next append, and `read`, fall back to the head's copy).
+//! retained seq, and the entries of the append that set it (`event` at `seq`,
+//! `earlier` at the seqs just below), and is only changed by Paxos:
+//! `UPDATE … SET seq = s+k, oldest = …, event = …, earlier = …, writer = … IF
+//! seq = s` (or `INSERT … IF NOT EXISTS` for the first append). An append of
+//! `k` entries
+//! 1. reads the head (cached per process after its own appends);
+//! 2. copies the head's entries into `user_log` at their seqs — an idempotent
+//!    write of immutable content, so every row below the head exists before
+//!    the head moves past it;
+//! 3. advances the head by `k` with the conditional update; on conflict it
+//!    rereads the head at `LOCAL_SERIAL` and retries with `s` = the new head;
+//! 4. once applied, writes its entries at `s+1 ..= s+k` (one single-partition
+//!    batch) and range-deletes rows below the new `oldest` (best effort: step 2
+//!    of the next append, and `read`, fall back to the head's copies).
 //!
-//! So a seq is taken by exactly one event (the Paxos winner), seqs grow by
-//! exactly one, never reuse a number, and a log row is only ever written for a
-//! seq the head has already reached, with that seq's content: there are no
-//! rows "ahead of the head" left behind by a dead appender, and a stray row
-//! beyond the head is never read because `read` is capped at the head (the
-//! next append overwrites it). A Paxos outcome the driver could not confirm
+//! So a seq is taken by exactly one entry (the Paxos winner's), seqs never
+//! skip or reuse a number, and a log row is only ever written for a seq the
+//! head has already reached, with that seq's content: there are no rows
+//! "ahead of the head" left behind by a dead appender, and a stray row beyond
+//! the head is never read because `read` is capped at the head (the next
+//! append overwrites it). A Paxos outcome the driver could not confirm
 //! (timeout) is resolved by a serial read and the `writer` token, so an
-//! append is not applied twice by its own retry. Group fan-out appends to the
-//! users concurrently (`fanout_concurrency`), each user's log independently.
+//! append is not applied twice by its own retry.
+//!
+//! Within a process, appends to one user's log take turns (`append_user_entry`):
+//! the one whose turn it is appends every entry waiting behind it (up to 64
+//! entries or 512 KiB) in one Paxos round and hands the turn on. Racing each
+//! other instead, a busy log — every member of an active group — would spend
+//! most Paxos rounds on conflicts (the distributed benchmark livelocked that
+//! way); now conflicts only come from other processes, and a busy log costs a
+//! round per batch. Group fan-out appends to the users concurrently
+//! (`fanout_concurrency`), each user's log independently. The webhook outbox
+//! uses the same tables' shape with one entry per update.
 //!
 //! `user_acks` is a max-register without Paxos: each ack inserts its seq as a
 //! clustering row (descending) and range-deletes smaller ones in the same
@@ -518,6 +531,8 @@ pub(crate) struct Inner {
     /// Last head this process saw per user, after its own appends: a hint
     /// that saves a read; a stale hint only costs a failed conditional update.
     heads: Mutex<HashMap<(log::LogKind, String), log::HeadHint>>,
+    /// User-log appends waiting for their log's turn (see `append_user_entry`).
+    appends: log::AppendQueues,
     /// `(conversation, bucket)` rows this process has written.
     buckets: Mutex<std::collections::HashSet<(String, i32)>>,
 }
@@ -564,6 +579,7 @@ impl CqlStore {
                 st,
                 options,
                 heads: Mutex::new(HashMap::new()),
+                appends: Mutex::new(HashMap::new()),
                 buckets: Mutex::new(std::collections::HashSet::new()),
             }),
         })

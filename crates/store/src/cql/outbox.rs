@@ -54,7 +54,8 @@ impl Inner {
 impl WebhookOutbox for CqlStore {
     async fn push(&self, receiver: &str, events: &[WebhookEvent]) -> Result<()> {
         for chunk in events.chunks(EVENTS_PER_ENTRY) {
-            self.inner.append_entry(LogKind::Outbox, receiver, &encode_entry(chunk), i64::MAX).await?;
+            // One entry per update: `peek` reads only the newest entry from the head.
+            self.inner.append_entries(LogKind::Outbox, receiver, &[&encode_entry(chunk)], i64::MAX).await?;
         }
         Ok(())
     }

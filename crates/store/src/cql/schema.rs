@@ -1,7 +1,9 @@
 //! Versioned schema migrations.
 //!
-//! Migration `n` is a list of idempotent DDL statements (`CREATE … IF NOT
-//! EXISTS`); applying it ends with an `INSERT … IF NOT EXISTS` of row `n` in
+//! Migration `n` is a list of idempotent DDL steps (`CREATE … IF NOT
+//! EXISTS`, or a column added only when `system_schema.columns` lacks it: CQL
+//! has no `ADD … IF NOT EXISTS` that Cassandra 5.0 and ScyllaDB both accept);
+//! applying it ends with an `INSERT … IF NOT EXISTS` of row `n` in
 //! `schema_migrations`. Applying runs under a lease (row `version = 0`,
 //! written `IF NOT EXISTS USING TTL`), so two `migrate` calls — two
 //! processes — never send DDL at the same time (concurrent schema changes
@@ -20,7 +22,7 @@ use scylla::value::CqlTimestamp;
 use super::{Lwt, Replication, error, new_token, validate_keyspace};
 
 /// The schema version this build reads and writes.
-pub const LATEST_VERSION: i32 = 3;
+pub const LATEST_VERSION: i32 = 4;
 
 /// How long a migration lease lives without its holder.
 pub const LEASE_TTL_SECS: i32 = 120;
@@ -33,6 +35,8 @@ struct Migration {
     description: &'static str,
     /// DDL with `{ks}` for the keyspace.
     statements: &'static [&'static str],
+    /// Columns to add: `(table, column, type)`.
+    add_columns: &'static [(&'static str, &'static str, &'static str)],
 }
 
 const MIGRATIONS: &[Migration] = &[
@@ -101,6 +105,7 @@ const MIGRATIONS: &[Migration] = &[
             PRIMARY KEY (user_id, seq)
         ) WITH CLUSTERING ORDER BY (seq DESC)",
         ],
+        add_columns: &[],
     },
     Migration {
         version: 2,
@@ -144,6 +149,7 @@ const MIGRATIONS: &[Migration] = &[
             PRIMARY KEY (receiver, id)
         ) WITH CLUSTERING ORDER BY (id DESC)",
         ],
+        add_columns: &[],
     },
     Migration {
         version: 3,
@@ -179,6 +185,15 @@ const MIGRATIONS: &[Migration] = &[
             owner text
         )",
         ],
+        add_columns: &[],
+    },
+    Migration {
+        version: 4,
+        description: "log heads hold every entry of a multi-entry append",
+        statements: &[],
+        // The entries before `event` of the append that set the head (oldest
+        // first); null for a one-entry append.
+        add_columns: &[("user_log_head", "earlier", "list<blob>"), ("webhook_outbox_head", "earlier", "list<blob>")],
     },
 ];
 
@@ -254,6 +269,15 @@ async fn apply_pending(session: &Session, ks: &str, owner: &str, from: i32) -> R
                 .await
                 .map_err(|e| cql_err(&format!("migration {}", migration.version), e))?;
         }
+        for (table, column, kind) in migration.add_columns {
+            // A migration that died after some DDL is applied again.
+            if !column_exists(session, ks, table, column).await? {
+                session
+                    .query_unpaged(format!("ALTER TABLE {ks}.{table} ADD {column} {kind}"), ())
+                    .await
+                    .map_err(|e| cql_err(&format!("migration {}", migration.version), e))?;
+            }
+        }
         session.await_schema_agreement().await.map_err(|e| error::unavailable("cql schema agreement", e))?;
         let record = Statement::new(format!(
             "INSERT INTO {ks}.schema_migrations (version, description, applied_at, applied_by) \
@@ -276,6 +300,21 @@ async fn apply_pending(session: &Session, ks: &str, owner: &str, from: i32) -> R
     }
     let to = schema_version(session, ks).await?.unwrap_or(0);
     Ok(Migrated { from, to, applied })
+}
+
+async fn column_exists(session: &Session, ks: &str, table: &str, column: &str) -> Result<bool> {
+    let rows = session
+        .query_unpaged(
+            "SELECT column_name FROM system_schema.columns \
+             WHERE keyspace_name = ? AND table_name = ? AND column_name = ?",
+            (ks, table, column),
+        )
+        .await
+        .map_err(|e| cql_err("read schema columns", e))?
+        .into_rows_result()
+        .map_err(|e| error::decoding("read schema columns", e))?
+        .rows_num();
+    Ok(rows > 0)
 }
 
 /// The highest applied migration of `keyspace`; `None` when the keyspace or
