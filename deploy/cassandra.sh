@@ -246,6 +246,9 @@ cdc_raw_directory: $DATA_DIR/cdc_raw
 commitlog_sync: periodic
 commitlog_sync_period: 10000ms
 auto_snapshot: false
+# Paxos v2 (Cassandra 4.1+): two round trips per conditional update instead of four; Natter's
+# log appends, idempotency records and registries are conditional updates.
+paxos_variant: v2
 YAML
     mv -f "$CONF_FILE.tmp" "$CONF_FILE"
     cat >"$CONF_DIR/logback.xml" <<'XML'

@@ -89,6 +89,9 @@ impl LogStatements {
     }
 }
 
+/// A row of a log: key, seq, entry, writer.
+type RowValues<'a> = (&'a str, i64, &'a [u8], i64);
+
 /// Which log a head hint belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) enum LogKind {
@@ -105,7 +108,9 @@ const MAX_ATTEMPTS: u32 = 500;
 const MAX_BATCH_ENTRIES: usize = 64;
 /// Bytes of entries one conditional update appends at most (the head row
 /// holds them all; far below Cassandra's mutation size limit).
-const MAX_BATCH_BYTES: usize = 512 * 1024;
+const MAX_BATCH_BYTES: usize = 256 * 1024;
+/// Bytes of entries per batch of row writes.
+const ROWS_BATCH_BYTES: usize = 4 * 1024;
 
 /// What this process knows about a head after its own append.
 #[derive(Debug, Clone, Copy)]
@@ -453,13 +458,29 @@ impl Inner {
         writer: i64,
     ) -> std::result::Result<(), scylla::errors::ExecutionError> {
         let st = self.log_statements(kind);
-        let rows: Vec<(&str, i64, &[u8], i64)> =
+        let rows: Vec<RowValues<'_>> =
             (first..).zip(entries).filter(|(seq, _)| *seq >= oldest).map(|(seq, e)| (key, seq, *e, writer)).collect();
-        match rows.as_slice() {
-            [] => Ok(()),
-            [row] => self.session.execute_unpaged(&st.row_put, row).await.map(|_| ()),
-            _ => self.session.batch(&st.rows_put(rows.len()), &rows).await.map(|_| ()),
+        // Batches stay below Cassandra's batch size warning (5 KiB by
+        // default; 50 KiB fails), so large appends take several, concurrently.
+        let mut chunks: Vec<&[RowValues<'_>]> = Vec::new();
+        let (mut start, mut bytes) = (0, 0);
+        for (i, row) in rows.iter().enumerate() {
+            if i > start && bytes + row.2.len() > ROWS_BATCH_BYTES {
+                chunks.push(&rows[start..i]);
+                (start, bytes) = (i, 0);
+            }
+            bytes += row.2.len();
         }
+        if start < rows.len() {
+            chunks.push(&rows[start..]);
+        }
+        let writes = chunks.into_iter().map(|chunk| async move {
+            match chunk {
+                [row] => self.session.execute_unpaged(&st.row_put, row).await.map(|_| ()),
+                _ => self.session.batch(&st.rows_put(chunk.len()), chunk).await.map(|_| ()),
+            }
+        });
+        futures::future::try_join_all(writes).await.map(|_| ())
     }
 
     /// After our head update won with its last entry at `seq`: writes the

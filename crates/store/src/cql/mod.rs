@@ -107,7 +107,7 @@
 //!
 //! Within a process, appends to one user's log take turns (`append_user_entry`):
 //! the one whose turn it is appends every entry waiting behind it (up to 64
-//! entries or 512 KiB) in one Paxos round and hands the turn on. Racing each
+//! entries or 256 KiB) in one Paxos round and hands the turn on. Racing each
 //! other instead, a busy log — every member of an active group — would spend
 //! most Paxos rounds on conflicts (the distributed benchmark livelocked that
 //! way); now conflicts only come from other processes, and a busy log costs a
