@@ -89,6 +89,11 @@ async fn stop_signal() {
     let _ = ctrl_c.await;
 }
 
+// glibc's malloc was ~10 % of the server's CPU at 1:1 saturation; mimalloc gave 7 % more 1:1
+// throughput and 13 % more fan-out at the same idle memory (docs/PERFORMANCE.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
