@@ -201,6 +201,14 @@ async fn migration_is_versioned_idempotent_and_safe_to_run_concurrently() {
     assert_eq!((again.from, again.to, again.applied), (LATEST_VERSION, LATEST_VERSION, vec![]));
     assert_eq!(schema_version(&b, &keyspace).await.unwrap(), Some(LATEST_VERSION));
 
+    // A migration that died after its DDL and before its record runs again
+    // cleanly (version 4 adds columns, which CQL cannot add "if not exists").
+    a.query_unpaged(format!("DELETE FROM {keyspace}.schema_migrations WHERE version = {LATEST_VERSION}"), ())
+        .await
+        .unwrap();
+    let redo = migrate(&a, &keyspace, &opts.replication).await.unwrap();
+    assert_eq!((redo.from, redo.to, redo.applied), (LATEST_VERSION - 1, LATEST_VERSION, vec![LATEST_VERSION]));
+
     // One row per migration, and the lease (version 0) is gone.
     let rows = a
         .query_unpaged(format!("SELECT version FROM {keyspace}.schema_migrations"), ())
