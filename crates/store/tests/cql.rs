@@ -429,6 +429,15 @@ async fn a_cancelled_append_hands_its_turn_on() {
     // `c` and `d` went in together or not at all.
     assert!(matches!(tags.len(), 2 | 4), "{tags:?}");
     assert_eq!(page.events.iter().map(|(s, _)| *s).collect::<Vec<_>>(), (1..=seq).collect::<Vec<_>>());
+
+    // A waiter dropped after the turn was handed to it, before it ran, hands it on.
+    let (mut f, mut g) = (Box::pin(append("f")), Box::pin(append("g")));
+    assert!(futures::poll!(&mut f).is_pending());
+    assert!(futures::poll!(&mut g).is_pending());
+    assert_eq!(f.await.unwrap()[0].seq, seq + 1);
+    drop(g);
+    let h = tokio::time::timeout(Duration::from_secs(30), append("h")).await.expect("a dropped waiter wedged the log");
+    assert_eq!(h.unwrap()[0].seq, seq + 2, "g was never appended");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

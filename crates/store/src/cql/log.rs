@@ -242,6 +242,24 @@ impl Drop for LogTurn<'_> {
     }
 }
 
+/// A waiting append's side of its turn. Dropped after the turn was handed to
+/// it but before it ran (its call was cancelled just then), it hands the
+/// turn on, or the log would wait for it forever.
+struct TurnWait<'a> {
+    rx: oneshot::Receiver<Turn>,
+    queues: &'a AppendQueues,
+    key: &'a str,
+}
+
+impl Drop for TurnWait<'_> {
+    fn drop(&mut self) {
+        self.rx.close();
+        if let Ok(Turn::Lead(_)) = self.rx.try_recv() {
+            drop(LogTurn { queues: self.queues, key: self.key });
+        }
+    }
+}
+
 impl Inner {
     fn log_statements(&self, kind: LogKind) -> &LogStatements {
         match kind {
@@ -341,7 +359,7 @@ impl Inner {
         };
         let own = match waiting {
             Ok(entry) => entry,
-            Err(rx) => match rx.await {
+            Err(rx) => match (&mut TurnWait { rx, queues: &self.appends, key }.rx).await {
                 Ok(Turn::Done(result)) => return result,
                 Ok(Turn::Lead(entry)) => entry,
                 Err(_) => {
@@ -446,8 +464,8 @@ impl Inner {
     }
 
     /// Writes `entries` as the rows from seq `first` on (those below
-    /// `oldest` are already trimmed and are skipped), in one single-partition
-    /// batch.
+    /// `oldest` are already trimmed and are skipped), in single-partition
+    /// batches.
     async fn write_rows(
         &self,
         kind: LogKind,
