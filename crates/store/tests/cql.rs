@@ -128,6 +128,16 @@ fn change(tag: &str) -> LogEvent {
     })
 }
 
+/// The stored bytes of `change(tag)`, for rows written by hand.
+fn encoded(tag: &str) -> Vec<u8> {
+    natter_proto::ProstMessage::encode_to_vec(&natter_proto::v1::LogEvent::from(&change(tag)))
+}
+
+/// A page as (seq, tag) pairs.
+fn seen(page: &natter_store::LogPage) -> Vec<(u64, String)> {
+    page.events.iter().map(|(s, e)| (*s, tag_of(e))).collect()
+}
+
 fn tag_of(event: &LogEvent) -> String {
     match event {
         LogEvent::GroupChange(c) => c.group_name.clone(),
@@ -320,7 +330,7 @@ async fn a_dead_appenders_leftovers_are_never_read_and_are_overwritten() {
         .unwrap();
     // A row beyond the head (as an appender that wrote first and died before
     // advancing the head would leave): never read.
-    let stray = natter_proto::ProstMessage::encode_to_vec(&natter_proto::v1::LogEvent::from(&change("stray")));
+    let stray = encoded("stray");
     session
         .query_unpaged(
             format!("INSERT INTO {ks}.user_log (user_id, seq, event, writer) VALUES (?, 4, ?, 0)"),
@@ -330,10 +340,7 @@ async fn a_dead_appenders_leftovers_are_never_read_and_are_overwritten() {
         .unwrap();
     let page = log.read(&u, 0, 10).await.unwrap().unwrap();
     assert_eq!(page.head, 3);
-    assert_eq!(
-        page.events.iter().map(|(s, e)| (*s, tag_of(e))).collect::<Vec<_>>(),
-        [(1, "e1".to_owned()), (2, "e2".to_owned()), (3, "e3".to_owned())]
-    );
+    assert_eq!(seen(&page), [(1, "e1".to_owned()), (2, "e2".to_owned()), (3, "e3".to_owned())]);
     assert_eq!(log.bounds(&u).await.unwrap(), (3, 1));
 
     // The next append (from another connection, without this one's cache)
@@ -342,10 +349,7 @@ async fn a_dead_appenders_leftovers_are_never_read_and_are_overwritten() {
     let appended = other.stores().log.append(std::slice::from_ref(&u), &change("e4")).await.unwrap();
     assert_eq!((appended[0].prev, appended[0].seq), (3, 4));
     let page = log.read(&u, 0, 10).await.unwrap().unwrap();
-    assert_eq!(
-        page.events.iter().map(|(s, e)| (*s, tag_of(e))).collect::<Vec<_>>(),
-        [(1, "e1".to_owned()), (2, "e2".to_owned()), (3, "e3".to_owned()), (4, "e4".to_owned())]
-    );
+    assert_eq!(seen(&page), [(1, "e1".to_owned()), (2, "e2".to_owned()), (3, "e3".to_owned()), (4, "e4".to_owned())]);
     let row3 = session
         .query_unpaged(format!("SELECT seq FROM {ks}.user_log WHERE user_id = ? AND seq = 3"), (u.as_str(),))
         .await
@@ -447,7 +451,6 @@ async fn a_multi_entry_head_is_read_before_its_rows_exist_and_copied_on() {
     let ks = shared_keyspace();
     let session = store.session().clone();
     let u = user("batchhead");
-    let encode = |tag: &str| natter_proto::ProstMessage::encode_to_vec(&natter_proto::v1::LogEvent::from(&change(tag)));
     // An appender that set the head to entries 1..=3 in one update and died
     // before writing any row.
     session
@@ -455,12 +458,11 @@ async fn a_multi_entry_head_is_read_before_its_rows_exist_and_copied_on() {
             format!(
                 "INSERT INTO {ks}.user_log_head (user_id, seq, oldest, event, earlier, writer) VALUES (?, 3, 1, ?, ?, 7)"
             ),
-            (u.as_str(), encode("e3"), vec![encode("e1"), encode("e2")]),
+            (u.as_str(), encoded("e3"), vec![encoded("e1"), encoded("e2")]),
         )
         .await
         .unwrap();
     let page = log.read(&u, 0, 10).await.unwrap().unwrap();
-    let seen = |page: &natter_store::LogPage| page.events.iter().map(|(s, e)| (*s, tag_of(e))).collect::<Vec<_>>();
     assert_eq!(seen(&page), [(1, "e1".to_owned()), (2, "e2".to_owned()), (3, "e3".to_owned())]);
     assert_eq!(seen(&log.read(&u, 1, 1).await.unwrap().unwrap()), [(2, "e2".to_owned())]);
 
