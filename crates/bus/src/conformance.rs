@@ -11,7 +11,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use natter_types::{GroupChange, GroupChangeKind, GroupId, LogEvent, SessionId, UserId};
 
-use crate::{Bus, Control, Live, LiveEvent, Transient};
+use crate::{Bus, Control, Live, LiveEvent, SharedEvent, Transient};
 
 fn unique(name: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
@@ -35,7 +35,7 @@ pub fn live(seq: u64) -> LiveEvent {
         members: vec![],
         time: seq as i64,
     };
-    LiveEvent { seq, prev: seq - 1, event: Arc::new(LogEvent::GroupChange(change)) }
+    LiveEvent { seq, prev: seq - 1, event: SharedEvent::new(LogEvent::GroupChange(change)) }
 }
 
 async fn next<T>(stream: &mut BoxStream<'static, T>) -> T {

@@ -14,7 +14,8 @@ pub mod local;
 #[cfg(feature = "nats")]
 pub mod nats;
 
-use std::sync::Arc;
+use std::ops::Deref;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -28,8 +29,49 @@ pub struct LiveEvent {
     /// Seq of the user's previous event. A receiver that has delivered less
     /// than `prev` missed something and reads the gap from the log.
     pub prev: u64,
-    pub event: Arc<LogEvent>,
+    pub event: Arc<SharedEvent>,
 }
+
+/// A durable event as a fan-out hands it to every recipient: one copy of
+/// the event, and one encoding of it for all their sessions, not one each.
+#[derive(Debug)]
+pub struct SharedEvent {
+    event: LogEvent,
+    encoded: OnceLock<Bytes>,
+}
+
+impl SharedEvent {
+    pub fn new(event: LogEvent) -> Arc<Self> {
+        Arc::new(Self { event, encoded: OnceLock::new() })
+    }
+
+    pub fn event(&self) -> &LogEvent {
+        &self.event
+    }
+
+    /// What `encode` makes of the event, made by the first caller only. Every
+    /// caller must pass the same encoding (the gateway's protobuf one).
+    pub fn encoded(&self, encode: impl FnOnce(&LogEvent) -> Bytes) -> &Bytes {
+        self.encoded.get_or_init(|| encode(&self.event))
+    }
+}
+
+impl Deref for SharedEvent {
+    type Target = LogEvent;
+
+    fn deref(&self) -> &LogEvent {
+        &self.event
+    }
+}
+
+/// Equal when the events are: the encoding is derived from the event.
+impl PartialEq for SharedEvent {
+    fn eq(&self, other: &Self) -> bool {
+        self.event == other.event
+    }
+}
+
+impl Eq for SharedEvent {}
 
 /// A server frame for a user's live sessions that is not kept in any log
 /// (presence changes): encoded once, in both wire formats, for every

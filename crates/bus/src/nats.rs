@@ -22,7 +22,7 @@ use natter_proto::v1;
 use natter_types::{Error, Result, SessionId, UserId};
 use prost::Message as _;
 
-use crate::{Bus, Control, Live, LiveEvent, Transient};
+use crate::{Bus, Control, Live, LiveEvent, SharedEvent, Transient};
 
 #[derive(Clone)]
 pub struct NatsBus {
@@ -110,7 +110,7 @@ fn decode(payload: &[u8]) -> Option<v1::bus_message::Body> {
 #[async_trait]
 impl Bus for NatsBus {
     async fn publish_user(&self, user: &UserId, event: LiveEvent) -> Result<()> {
-        let wire = v1::LiveEventWire { seq: event.seq, prev: event.prev, event: Some(event.event.as_ref().into()) };
+        let wire = v1::LiveEventWire { seq: event.seq, prev: event.prev, event: Some(event.event.event().into()) };
         self.publish(self.user_subject(user), v1::bus_message::Body::Live(wire)).await
     }
 
@@ -140,7 +140,7 @@ impl Bus for NatsBus {
             match decode(&message.payload)? {
                 v1::bus_message::Body::Live(wire) => {
                     let event = wire.event?.try_into().ok()?;
-                    Some(Live::Event(LiveEvent { seq: wire.seq, prev: wire.prev, event: Arc::new(event) }))
+                    Some(Live::Event(LiveEvent { seq: wire.seq, prev: wire.prev, event: SharedEvent::new(event) }))
                 }
                 v1::bus_message::Body::Transient(wire) => {
                     Some(Live::Transient(Arc::new(Transient { proto: wire.proto.into(), json: wire.json.into() })))

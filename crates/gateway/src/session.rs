@@ -320,7 +320,7 @@ impl Session {
             return Ok(());
         }
         self.delivered = live.seq;
-        self.send(Out::Event(natter_proto::event_frame(live.seq, &live.event))).await?;
+        self.send_live(&live).await?;
         self.release_ahead().await
     }
 
@@ -358,7 +358,7 @@ impl Session {
             self.ahead.retain(|_, e| e.seq > delivered);
             let Some(next) = self.ahead.remove(&delivered) else { break };
             self.delivered = next.seq;
-            self.send(Out::Event(natter_proto::event_frame(next.seq, &next.event))).await?;
+            self.send_live(&next).await?;
         }
         if self.ahead.is_empty() {
             self.gap_deadline = None;
@@ -439,6 +439,21 @@ impl Session {
     /// session), and `Out` is ~230 bytes.
     fn send(&mut self, body: Out) -> impl Future<Output = Result<(), Error>> + Send + '_ {
         let frame = codec::encode(&wrap(body), self.conn.format);
+        self.sink.feed(frame).map_err(socket_error)
+    }
+
+    /// A live event's frame. In protobuf, the event part is encoded once
+    /// for every recipient of its fan-out and only the seq is written here.
+    fn send_live(&mut self, live: &LiveEvent) -> impl Future<Output = Result<(), Error>> + Send + '_ {
+        let frame = match self.conn.format {
+            Format::Proto => {
+                let body = live.event.encoded(|event| natter_proto::event_body(event).into());
+                Message::Binary(natter_proto::event_frame_bytes(live.seq, body).into())
+            }
+            Format::Json => {
+                codec::encode(&wrap(Out::Event(natter_proto::event_frame(live.seq, &live.event))), Format::Json)
+            }
+        };
         self.sink.feed(frame).map_err(socket_error)
     }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use natter_bus::local::LocalBus;
-use natter_bus::{Bus, LiveEvent};
+use natter_bus::{Bus, LiveEvent, SharedEvent};
 use natter_client::{Client, ClientEvent, ClientOptions, Events};
 use natter_gateway::{Gateway, GatewayDeps, GatewayOptions, Tokens};
 use natter_message::{MessageOptions, MessageService};
@@ -103,7 +103,7 @@ impl Harness {
                 from_system: false,
             });
             let at = self.stores.log.append(std::slice::from_ref(user), &event).await.unwrap()[0];
-            out.push(LiveEvent { seq: at.seq, prev: at.prev, event: Arc::new(event) });
+            out.push(LiveEvent { seq: at.seq, prev: at.prev, event: SharedEvent::new(event) });
         }
         out
     }

@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use natter_bus::{Bus, LiveEvent};
+use natter_bus::{Bus, LiveEvent, SharedEvent};
 use natter_store::{Appended, Stored, Stores};
 use natter_types::{
     Actor, ChatType, Error, Group, GroupId, IdGenerator, Limits, LogEvent, Message, NewMessage, Result, UserId,
@@ -86,7 +86,7 @@ impl MessageService {
     /// Tells the recipients' live sessions about an event already durable in
     /// their logs.
     async fn publish(&self, recipients: &[UserId], appended: &[Appended], event: LogEvent) {
-        let event = Arc::new(event);
+        let event = SharedEvent::new(event);
         for (user, at) in recipients.iter().zip(appended) {
             let live = LiveEvent { seq: at.seq, prev: at.prev, event: event.clone() };
             if let Err(e) = self.bus.publish_user(user, live).await {

@@ -423,6 +423,36 @@ pub fn event_frame(seq: u64, event: &t::LogEvent) -> v1::Event {
     v1::Event { seq, kind: Some(kind) }
 }
 
+/// A log entry's `Event` without its seq, encoded: what the frames of all
+/// its recipients share (see [`event_frame_bytes`]).
+pub fn event_body(event: &t::LogEvent) -> Vec<u8> {
+    use prost::Message as _;
+    event_frame(0, event).encode_to_vec()
+}
+
+/// The protobuf `ServerFrame { event: Event { seq, .. } }` around
+/// [`event_body`]'s bytes: byte for byte what prost makes of the whole frame,
+/// without converting and encoding the event again for each recipient of a
+/// fan-out.
+pub fn event_frame_bytes(seq: u64, body: &[u8]) -> Vec<u8> {
+    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+    // client.proto: ServerFrame.event = 4, Event.seq = 1, written first as
+    // prost writes fields in field order; proto3 leaves a zero seq out.
+    const SERVER_FRAME_EVENT: u32 = 4;
+    const EVENT_SEQ: u32 = 1;
+    let seq_len = if seq == 0 { 0 } else { 1 + encoded_len_varint(seq) };
+    let event_len = (seq_len + body.len()) as u64;
+    let mut out = Vec::with_capacity(1 + encoded_len_varint(event_len) + event_len as usize);
+    encode_key(SERVER_FRAME_EVENT, WireType::LengthDelimited, &mut out);
+    encode_varint(event_len, &mut out);
+    if seq != 0 {
+        encode_key(EVENT_SEQ, WireType::Varint, &mut out);
+        encode_varint(seq, &mut out);
+    }
+    out.extend_from_slice(body);
+    out
+}
+
 // ---- presence ----
 
 impl From<&t::Presence> for v1::PresenceStatus {
@@ -532,6 +562,47 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    /// The frame written around a shared body is the one prost writes, for
+    /// every kind of event and seqs of every varint length.
+    #[test]
+    fn event_frame_bytes_match_the_encoded_server_frame() {
+        use prost::Message as _;
+        let alice = t::UserId::parse("alice", "user").unwrap();
+        let message = |body| t::Message {
+            id: t::MessageId(42),
+            client_msg_id: "c-1".into(),
+            from: alice.clone(),
+            to: "bob".into(),
+            chat_type: t::ChatType::Single,
+            timestamp: 1_700_000_000_000,
+            body,
+            ext: BTreeMap::from([("k".to_owned(), "v".to_owned())]),
+            from_system: false,
+        };
+        let events = [
+            t::LogEvent::Message(message(t::MessageBody::Text("hello, 世界".into()))),
+            t::LogEvent::Message(message(t::MessageBody::Custom {
+                event: "card".into(),
+                params: BTreeMap::from([("p".to_owned(), "1".to_owned())]),
+            })),
+            t::LogEvent::GroupChange(t::GroupChange {
+                kind: t::GroupChangeKind::MembersAdded,
+                group_id: t::GroupId::from_id(7),
+                group_name: "g".into(),
+                operator: alice.clone(),
+                members: vec![alice.clone()],
+                time: 5,
+            }),
+        ];
+        for event in &events {
+            let body = event_body(event);
+            for seq in [0, 1, 127, 128, 300, 1 << 35, u64::MAX] {
+                let whole = v1::ServerFrame { body: Some(v1::server_frame::Body::Event(event_frame(seq, event))) };
+                assert_eq!(event_frame_bytes(seq, &body), whole.encode_to_vec(), "seq {seq}, {event:?}");
+            }
+        }
+    }
 
     #[test]
     fn every_error_code_survives_a_status_round_trip() {

@@ -53,6 +53,6 @@ mod tests {
 mod convert;
 pub mod remote;
 pub use convert::{
-    DecodeError, actor, chat_type, error_from_status, event_frame, group_role, new_message, send_body, session_status,
-    status_from_error,
+    DecodeError, actor, chat_type, error_from_status, event_body, event_frame, event_frame_bytes, group_role,
+    new_message, send_body, session_status, status_from_error,
 };
