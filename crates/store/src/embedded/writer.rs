@@ -10,6 +10,15 @@
 //!   written while the previous one ran (the group commit);
 //! - read-check-write sequences need no locks: writes run one at a time.
 //!
+//! Log appends are the exception to "one batch per job": a job assigns the
+//! seqs, and the round writes each user's entries of the whole round as one
+//! row, in one batch after its jobs and before the fsync. A group's
+//! concurrent sends to the same members then cost one row per member and
+//! round, not per message. A job that sends a message still commits the
+//! message and its idempotency record in its own batch, marked fanned out
+//! only by the rows' batch, so a crash between the two leaves a send that
+//! its (unacknowledged) client's retry completes.
+//!
 //! Rounds run on tokio's blocking pool, one task while jobs are queued: it
 //! ends when the queue is empty (an idle store holds no thread) and under load
 //! runs rounds back to back on one pool thread. Being a blocking task also
@@ -18,16 +27,17 @@
 //!
 //! Reads do not go through the writer; they run on the caller's task.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use fjall::PersistMode;
+use natter_proto::v1;
 use natter_types::{Error, Result, UserId};
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::oneshot;
 
-use super::{Inner, storage_err};
+use super::{Inner, Run, storage_err};
 use crate::Appended;
 
 /// Jobs per round at most, so one round's callers wait a bounded time.
@@ -41,9 +51,15 @@ type Job = Box<dyn FnOnce(&mut Round<'_>) -> Option<Reply> + Send>;
 /// What a job sees: the store, and the round it is part of.
 pub(super) struct Round<'a> {
     pub(super) inner: &'a Inner,
-    dirty: bool,
+    pub(super) dirty: bool,
     /// Log appends of this round, published to readers after the fsync.
     appended: Vec<(Vec<UserId>, Vec<Appended>)>,
+    /// The log entries appended in this round, one run of consecutive seqs
+    /// per user, written as one row each after the round's jobs.
+    pub(super) runs: BTreeMap<UserId, Run>,
+    /// Idempotency records of the sends fanned out in this round, marked so
+    /// by the batch that writes their log entries.
+    pub(super) fanned_out: HashMap<Vec<u8>, v1::DedupRecord>,
 }
 
 impl Round<'_> {
@@ -144,6 +160,14 @@ impl Writer {
     }
 }
 
+#[cfg(test)]
+impl Writer {
+    /// Jobs waiting for a round.
+    pub(super) fn queued(&self) -> usize {
+        self.shared.state.lock().queue.len()
+    }
+}
+
 impl Drop for Writer {
     fn drop(&mut self) {
         let mut state = self.shared.state.lock();
@@ -188,7 +212,8 @@ impl Rounds {
                 let take = state.queue.len().min(MAX_ROUND);
                 state.queue.drain(..take).collect()
             };
-            let mut round = Round { inner, dirty: false, appended: Vec::new() };
+            let mut round =
+                Round { inner, dirty: false, appended: Vec::new(), runs: BTreeMap::new(), fanned_out: HashMap::new() };
             for job in jobs {
                 // A bug in one job must not stop every later write: its caller
                 // gets an error (its answer is dropped), the others go on.
@@ -198,7 +223,9 @@ impl Rounds {
                     Err(_) => tracing::error!("store write job panicked"),
                 }
             }
-            let synced = if round.dirty { inner.db.persist(PersistMode::SyncAll).map_err(storage_err) } else { Ok(()) };
+            let synced = round.write_rows().and_then(|()| {
+                if round.dirty { inner.db.persist(PersistMode::SyncAll).map_err(storage_err) } else { Ok(()) }
+            });
             if synced.is_ok() {
                 inner.publish_durable(&round.appended);
             }
