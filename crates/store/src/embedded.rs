@@ -1147,24 +1147,7 @@ mod tests {
         store: &EmbeddedStore,
         jobs: Vec<futures::future::BoxFuture<'static, T>>,
     ) -> Vec<T> {
-        let (started, running) = std::sync::mpsc::channel::<()>();
-        let (release, held) = std::sync::mpsc::channel::<()>();
-        let holder = {
-            let store = store.clone();
-            tokio::spawn(async move {
-                store
-                    .writer
-                    .write(move |_: &mut Round<'_>| {
-                        started.send(()).unwrap();
-                        let _ = held.recv();
-                        Ok(())
-                    })
-                    .await
-            })
-        };
-        while running.try_recv().is_err() {
-            tokio::task::yield_now().await;
-        }
+        let (release, holder) = store.writer.hold().await;
         let n = jobs.len();
         let tasks: Vec<_> = jobs.into_iter().map(tokio::spawn).collect();
         while store.writer.queued() < n {

@@ -166,6 +166,29 @@ impl Writer {
     pub(super) fn queued(&self) -> usize {
         self.shared.state.lock().queue.len()
     }
+
+    /// Holds the writer in a round of its own until the returned sender
+    /// sends (or is dropped), so that jobs queued meanwhile share the next
+    /// round. Returns once the hold is in place, with the holding task.
+    pub(super) async fn hold(self: &Arc<Self>) -> (std::sync::mpsc::Sender<()>, tokio::task::JoinHandle<Result<()>>) {
+        let (started, running) = std::sync::mpsc::channel::<()>();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let writer = self.clone();
+        let holder = tokio::spawn(async move {
+            writer
+                .write(move |_: &mut Round<'_>| {
+                    let _ = started.send(());
+                    // An error only means the test is over.
+                    let _ = held.recv();
+                    Ok(())
+                })
+                .await
+        });
+        while running.try_recv().is_err() {
+            tokio::task::yield_now().await;
+        }
+        (release, holder)
+    }
 }
 
 impl Drop for Writer {
@@ -251,27 +274,8 @@ mod tests {
     async fn a_panicking_job_fails_only_its_caller() {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap();
-        // Holds the writer in a round until released, so the next two jobs
-        // queue up and run in one round together.
-        let (started, running) = std::sync::mpsc::channel::<()>();
-        let (release, held) = std::sync::mpsc::channel::<()>();
-        let holder = {
-            let store = store.clone();
-            tokio::spawn(async move {
-                store
-                    .writer
-                    .write(move |_: &mut super::Round<'_>| {
-                        started.send(()).unwrap();
-                        // An error only means the test is over.
-                        let _ = held.recv();
-                        Ok(())
-                    })
-                    .await
-            })
-        };
-        while running.try_recv().is_err() {
-            tokio::task::yield_now().await;
-        }
+        // The next two jobs queue up and run in one round together.
+        let (release, holder) = store.writer.hold().await;
         let failed = {
             let store = store.clone();
             tokio::spawn(async move {
