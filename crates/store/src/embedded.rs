@@ -295,30 +295,32 @@ impl MessageStore for EmbeddedStore {
             .write(move |round| {
                 let inner = round.inner;
                 let dedup_key = key2(message.from.as_str(), message.client_msg_id.as_bytes());
-                let (message, duplicate, record) = match round.dedup_record(&dedup_key)? {
+                let unfinished = match round.dedup_record(&dedup_key)? {
                     Some(record) if record.fanned_out => {
                         let message = inner.deduplicated(&record)?;
                         return Ok(Stored { message, duplicate: true, appended: Vec::new() });
                     }
+                    // Stored, but its fan-out never written (a crash before
+                    // the round's rows, or an older version's
+                    // `insert_message` alone): finish it.
+                    Some(record) => Some(record),
+                    None => None,
+                };
+                round.load_heads(&users)?;
+                let (message, duplicate, record) = match unfinished {
                     Some(mut record) => {
-                        // Stored, but its fan-out never written (a crash
-                        // before the round's rows, or an older version's
-                        // `insert_message` alone): finish it.
                         tracing::info!(id = record.msg_id, "completing interrupted fan-out on retry");
                         let stored = inner.deduplicated(&record)?;
                         record.fanned_out = true;
                         (stored, true, record)
                     }
-                    None => (message, false, v1::DedupRecord::default()),
-                };
-                round.load_heads(&users)?;
-                let record = if duplicate {
-                    record
-                } else {
-                    let mut batch = inner.db.batch();
-                    inner.stage_message(&mut batch, &message, dedup_key.clone(), false);
-                    round.commit(batch)?;
-                    dedup_record_of(&message, true)
+                    None => {
+                        let mut batch = inner.db.batch();
+                        inner.stage_message(&mut batch, &message, dedup_key.clone(), false);
+                        round.commit(batch)?;
+                        let record = dedup_record_of(&message, true);
+                        (message, false, record)
+                    }
                 };
                 let entry = v1::StoredLogEntry {
                     kind: Some(v1::stored_log_entry::Kind::MessageRef(v1::MessageRef {
@@ -1120,16 +1122,10 @@ mod tests {
 
     /// Any event: the log does not look inside.
     fn group_created() -> LogEvent {
-        LogEvent::GroupChange(natter_types::GroupChange {
-            kind: natter_types::GroupChangeKind::Created,
-            group_id: GroupId::from_id(1),
-            group_name: String::new(),
-            operator: UserId::system(),
-            members: vec![],
-            time: 0,
-        })
+        group_created_n(1)
     }
 
+    /// An event told apart by `n`.
     fn group_created_n(n: u64) -> LogEvent {
         LogEvent::GroupChange(natter_types::GroupChange {
             kind: natter_types::GroupChangeKind::Created,
