@@ -110,11 +110,15 @@ impl Default for GatewayConfig {
 pub struct StoreConfig {
     /// Events kept in each user's log for resuming devices.
     pub log_retention_events: u64,
+    /// Single node: memtable size of each keyspace in MiB, fixed when the
+    /// keyspace is created (a new data directory). Smaller means shorter
+    /// write stalls when a flushed memtable is freed.
+    pub memtable_mib: u64,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { log_retention_events: 10_000 }
+        Self { log_retention_events: 10_000, memtable_mib: natter_store::embedded::DEFAULT_MEMTABLE_BYTES >> 20 }
     }
 }
 
@@ -270,6 +274,9 @@ impl Config {
         if self.store.log_retention_events == 0 {
             anyhow::bail!("store.log_retention_events must be greater than 0");
         }
+        if !(1..=1024).contains(&self.store.memtable_mib) {
+            anyhow::bail!("store.memtable_mib = {} must be between 1 and 1024", self.store.memtable_mib);
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             anyhow::bail!("log.format = {:?} must be text or json", self.log.format);
         }
@@ -314,6 +321,11 @@ mod tests {
             let err = Config::load(None, &Overrides::default()).unwrap_err().to_string();
             assert!(err.contains("limits.max_sessions_per_user"), "{err}");
             jail.set_env("NATTER_LIMITS__MAX_SESSIONS_PER_USER", "2");
+            jail.set_env("NATTER_STORE__MEMTABLE_MIB", "0");
+            let err = Config::load(None, &Overrides::default()).unwrap_err().to_string();
+            assert!(err.contains("store.memtable_mib = 0") && err.contains("1 and 1024"), "{err}");
+            jail.set_env("NATTER_STORE__MEMTABLE_MIB", "16");
+            assert_eq!(Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?.store.memtable_mib, 16);
             jail.create_file("bad.toml", "[server]\nlisen = \"x\"\n")?;
             let err = Config::load(Some(Path::new("bad.toml")), &Overrides::default()).unwrap_err().to_string();
             assert!(err.contains("lisen"), "unknown keys are named: {err}");

@@ -87,7 +87,10 @@ impl Node {
         let api_key = secret(&config.auth.api_key, data_dir, "api_key")?;
         let store = EmbeddedStore::open(
             &data_dir.join("store"),
-            EmbeddedOptions { log_retention_events: config.store.log_retention_events },
+            EmbeddedOptions {
+                log_retention_events: config.store.log_retention_events,
+                memtable_bytes: config.store.memtable_mib << 20,
+            },
         )
         .map_err(|e| anyhow::anyhow!("opening the store in {}: {e}", data_dir.display()))?;
         let stores = store.stores();

@@ -39,11 +39,24 @@ pub struct EmbeddedOptions {
     /// Events kept per user log; older ones are dropped (a device resuming
     /// from before them is told to resync).
     pub log_retention_events: u64,
+    /// Size at which a keyspace's memtable is sealed and flushed. fjall
+    /// records it when it creates a keyspace, so a change reaches only
+    /// keyspaces created afterwards (a new data directory).
+    pub memtable_bytes: u64,
 }
+
+/// Default [`EmbeddedOptions::memtable_bytes`]. fjall's own default is 64 MiB,
+/// but when a flushed memtable is dropped, every write waits for it to be freed
+/// (fjall frees it under the keyspace's version lock), for over 100 ms at 64
+/// MiB. Smaller memtables stall as often per byte written but each for less:
+/// 1:1 p99 at 10,000 msg/s over 90 s was 240–261 ms at 64 MiB, 91 ms at
+/// 16 MiB, 50–70 ms at 8 MiB and 35 ms at 4 MiB, with saturation and group
+/// fan-out within the run-to-run noise (docs/PERFORMANCE.md).
+pub const DEFAULT_MEMTABLE_BYTES: u64 = 8 << 20;
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
-        Self { log_retention_events: 10_000 }
+        Self { log_retention_events: 10_000, memtable_bytes: DEFAULT_MEMTABLE_BYTES }
     }
 }
 
@@ -141,7 +154,10 @@ impl EmbeddedStore {
         // compacts: ~11% of the server's CPU in the 1000-member fan-out
         // profile, and that run ~8% faster without it (docs/PERFORMANCE.md).
         let db = Database::builder(path).worker_threads(1).open().map_err(storage_err)?;
-        let ks = |name: &str| db.keyspace(name, KeyspaceCreateOptions::default).map_err(storage_err);
+        let memtable = options.memtable_bytes;
+        let ks = |name: &str| {
+            db.keyspace(name, || KeyspaceCreateOptions::default().max_memtable_size(memtable)).map_err(storage_err)
+        };
         let inner = Inner {
             messages: ks("messages")?,
             dedup: ks("dedup")?,
@@ -1117,7 +1133,8 @@ mod tests {
     use super::*;
 
     fn open(dir: &Path, retention: u64) -> EmbeddedStore {
-        EmbeddedStore::open(dir, EmbeddedOptions { log_retention_events: retention }).expect("open")
+        EmbeddedStore::open(dir, EmbeddedOptions { log_retention_events: retention, ..EmbeddedOptions::default() })
+            .expect("open")
     }
 
     /// Any event: the log does not look inside.
@@ -1172,6 +1189,36 @@ mod tests {
 
     fn rows_of(store: &EmbeddedStore, user: &str) -> Vec<u64> {
         store.inner.log.prefix(key2(user, &[])).map(|g| seq_of(&g.key().unwrap())).collect()
+    }
+
+    /// The memtable size reaches fjall: a keyspace's memtable is flushed to a
+    /// table once it passes the size, and not before.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn memtables_are_flushed_at_the_configured_size() {
+        let users: Vec<UserId> = (0..50).map(|i| UserId::parse(&format!("u{i}"), "u").unwrap()).collect();
+        let event = LogEvent::GroupChange(natter_types::GroupChange {
+            kind: natter_types::GroupChangeKind::Created,
+            group_id: GroupId::from_id(1),
+            group_name: "x".repeat(1000),
+            operator: UserId::system(),
+            members: vec![],
+            time: 0,
+        });
+        // 20 appends of ~1 KB to 50 users: ~1 MB into `user_log`.
+        for (memtable_bytes, flushed) in [(256 << 10, true), (64 << 20, false)] {
+            let dir = tempfile::tempdir().unwrap();
+            let options = EmbeddedOptions { memtable_bytes, ..EmbeddedOptions::default() };
+            let store = EmbeddedStore::open(dir.path(), options).unwrap();
+            for _ in 0..20 {
+                UserLog::append(&store, &users, &event).await.unwrap();
+            }
+            // Flushes run on fjall's worker thread.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            while flushed && store.inner.log.disk_space() == 0 && std::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            assert_eq!(store.inner.log.disk_space() > 0, flushed, "memtable of {memtable_bytes} bytes");
+        }
     }
 
     /// The appends of one round to a user are one row; every read, from any
