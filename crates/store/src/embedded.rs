@@ -257,6 +257,15 @@ impl Round<'_> {
             None => self.inner.dedup_record(key),
         }
     }
+
+    /// The message an idempotency record found by [`dedup_record`] points
+    /// at, which may be a send of this round, not written yet.
+    fn deduplicated(&self, key: &[u8], record: &v1::DedupRecord) -> Result<Message> {
+        match self.sent.get(key) {
+            Some(message) => Ok(message.clone()),
+            None => self.inner.deduplicated(record),
+        }
+    }
 }
 
 #[async_trait]
@@ -271,7 +280,7 @@ impl MessageStore for EmbeddedStore {
                     // Answered after this round's fsync, which covers the
                     // original if it is still in flight.
                     return Ok(Inserted::Duplicate {
-                        message: inner.deduplicated(&record)?,
+                        message: round.deduplicated(&dedup_key, &record)?,
                         fanned_out: record.fanned_out,
                     });
                 }
@@ -301,9 +310,9 @@ impl MessageStore for EmbeddedStore {
             .await
     }
 
-    /// One job and one fsync: the message and its idempotency record in the
-    /// job's batch, the recipients' log entries (and the record's fanned-out
-    /// mark) in the round's rows batch before the same fsync.
+    /// One job and one fsync: the message, its idempotency record and the
+    /// recipients' log entries are written by the round's rows batch, one
+    /// atomic batch before the fsync.
     async fn insert_and_append(&self, message: &Message, recipients: &[UserId], _log: &dyn UserLog) -> Result<Stored> {
         let message = message.clone();
         let users = recipients.to_vec();
@@ -313,12 +322,12 @@ impl MessageStore for EmbeddedStore {
                 let dedup_key = key2(message.from.as_str(), message.client_msg_id.as_bytes());
                 let unfinished = match round.dedup_record(&dedup_key)? {
                     Some(record) if record.fanned_out => {
-                        let message = inner.deduplicated(&record)?;
+                        let message = round.deduplicated(&dedup_key, &record)?;
                         return Ok(Stored { message, duplicate: true, appended: Vec::new() });
                     }
-                    // Stored, but its fan-out never written (a crash before
-                    // the round's rows, or an older version's
-                    // `insert_message` alone): finish it.
+                    // Stored, but its fan-out never written (`insert_message`
+                    // alone, or a crash between an older version's two
+                    // batches): finish it.
                     Some(record) => Some(record),
                     None => None,
                 };
@@ -331,9 +340,7 @@ impl MessageStore for EmbeddedStore {
                         (stored, true, record)
                     }
                     None => {
-                        let mut batch = inner.db.batch();
-                        inner.stage_message(&mut batch, &message, dedup_key.clone(), false);
-                        round.commit(batch)?;
+                        round.sent.insert(dedup_key.clone(), message.clone());
                         let record = dedup_record_of(&message, true);
                         (message, false, record)
                     }
@@ -811,13 +818,20 @@ impl Round<'_> {
     /// fails, the heads go back to where the round found them (and every job
     /// of the round fails with it).
     pub(super) fn write_rows(&mut self) -> Result<()> {
-        if self.runs.is_empty() && self.fanned_out.is_empty() {
+        if self.runs.is_empty() && self.fanned_out.is_empty() && self.sent.is_empty() {
             return Ok(());
         }
         self.dirty = true;
         let inner = self.inner;
         let runs = std::mem::take(&mut self.runs);
         let mut batch = inner.db.batch();
+        for message in self.sent.drain().map(|(_, message)| message) {
+            batch.insert(
+                &inner.messages,
+                key2(message.conversation().as_str(), &message.id.0.to_be_bytes()),
+                v1::Message::from(&message).encode_to_vec(),
+            );
+        }
         for (key, record) in self.fanned_out.drain() {
             batch.insert(&inner.dedup, key, record.encode_to_vec());
         }
@@ -1279,8 +1293,9 @@ mod tests {
     }
 
     /// A send and its retry in the same round: the retry finds the send in
-    /// the round (its record is marked fanned out only by the round's rows)
-    /// and is answered as a duplicate, with one log entry per recipient.
+    /// the round (its message and record are written only by the round's
+    /// rows batch) and is answered as a duplicate, with one log entry per
+    /// recipient.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_send_retried_in_the_same_round_is_fanned_out_once() {
         let dir = tempfile::tempdir().unwrap();
@@ -1309,6 +1324,8 @@ mod tests {
         assert_eq!(store.read(&ben, 0, 10).await.unwrap().unwrap().events.len(), 1);
         let record = store.inner.dedup_record(&key2("ann", b"c1")).unwrap().unwrap();
         assert!(record.fanned_out, "marked by the round's rows");
+        let history = store.history(&stored[0].message.conversation(), None, Direction::Up, 10).await.unwrap();
+        assert_eq!(history.iter().map(|m| m.id.0).collect::<Vec<_>>(), vec![stored[0].message.id.0], "stored once");
     }
 
     #[tokio::test]

@@ -10,14 +10,13 @@
 //!   written while the previous one ran (the group commit);
 //! - read-check-write sequences need no locks: writes run one at a time.
 //!
-//! Log appends are the exception to "one batch per job": a job assigns the
-//! seqs, and the round writes each user's entries of the whole round as one
-//! row, in one batch after its jobs and before the fsync. A group's
-//! concurrent sends to the same members then cost one row per member and
-//! round, not per message. A job that sends a message still commits the
-//! message and its idempotency record in its own batch, marked fanned out
-//! only by the rows' batch, so a crash between the two leaves a send that
-//! its (unacknowledged) client's retry completes.
+//! Log appends and sends are the exception to "one batch per job": a job
+//! assigns the seqs, and the round writes each user's entries of the whole
+//! round as one row, in one batch after its jobs and before the fsync. A
+//! group's concurrent sends to the same members then cost one row per member
+//! and round, not per message. A send's message and idempotency record go
+//! into that batch too, so a send is atomic; later jobs of the round see it
+//! through the round (`Round::dedup_record`, `Round::deduplicated`).
 //!
 //! Rounds run on tokio's blocking pool, one task while jobs are queued: it
 //! ends when the queue is empty (an idle store holds no thread) and under load
@@ -33,7 +32,7 @@ use std::sync::Arc;
 
 use fjall::PersistMode;
 use natter_proto::v1;
-use natter_types::{Error, Result, UserId};
+use natter_types::{Error, Message, Result, UserId};
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::oneshot;
 
@@ -60,6 +59,9 @@ pub(super) struct Round<'a> {
     /// Idempotency records of the sends fanned out in this round, marked so
     /// by the batch that writes their log entries.
     pub(super) fanned_out: HashMap<Vec<u8>, v1::DedupRecord>,
+    /// Messages first sent in this round (by idempotency key), written by
+    /// the same batch as their records and log entries.
+    pub(super) sent: HashMap<Vec<u8>, Message>,
 }
 
 impl Round<'_> {
@@ -235,8 +237,14 @@ impl Rounds {
                 let take = state.queue.len().min(MAX_ROUND);
                 state.queue.drain(..take).collect()
             };
-            let mut round =
-                Round { inner, dirty: false, appended: Vec::new(), runs: BTreeMap::new(), fanned_out: HashMap::new() };
+            let mut round = Round {
+                inner,
+                dirty: false,
+                appended: Vec::new(),
+                runs: BTreeMap::new(),
+                fanned_out: HashMap::new(),
+                sent: HashMap::new(),
+            };
             for job in jobs {
                 // A bug in one job must not stop every later write: its caller
                 // gets an error (its answer is dropped), the others go on.
