@@ -31,7 +31,7 @@ use crate::{
 
 mod writer;
 
-use writer::{Round, Writer};
+use writer::{Round, RoundSend, Writer};
 
 /// Options of the embedded store.
 #[derive(Debug, Clone)]
@@ -231,13 +231,16 @@ impl Inner {
         dedup_key: Vec<u8>,
         fanned_out: bool,
     ) {
-        batch.insert(
-            &self.messages,
-            key2(message.conversation().as_str(), &message.id.0.to_be_bytes()),
-            v1::Message::from(message).encode_to_vec(),
-        );
+        let (key, value) = message_row(message);
+        batch.insert(&self.messages, key, value);
         batch.insert(&self.dedup, dedup_key, dedup_record_of(message, fanned_out).encode_to_vec());
     }
+}
+
+/// The message's key and value in `messages`.
+fn message_row(message: &Message) -> (Vec<u8>, Vec<u8>) {
+    let key = key2(message.conversation().as_str(), &message.id.0.to_be_bytes());
+    (key, v1::Message::from(message).encode_to_vec())
 }
 
 fn dedup_record_of(message: &Message, fanned_out: bool) -> v1::DedupRecord {
@@ -252,8 +255,8 @@ fn dedup_record_of(message: &Message, fanned_out: bool) -> v1::DedupRecord {
 impl Round<'_> {
     /// The send's idempotency record, as this round has it so far.
     fn dedup_record(&self, key: &[u8]) -> Result<Option<v1::DedupRecord>> {
-        match self.fanned_out.get(key) {
-            Some(record) => Ok(Some(record.clone())),
+        match self.sends.get(key) {
+            Some(send) => Ok(Some(send.record.clone())),
             None => self.inner.dedup_record(key),
         }
     }
@@ -261,8 +264,8 @@ impl Round<'_> {
     /// The message an idempotency record found by [`dedup_record`] points
     /// at, which may be a send of this round, not written yet.
     fn deduplicated(&self, key: &[u8], record: &v1::DedupRecord) -> Result<Message> {
-        match self.sent.get(key) {
-            Some(message) => Ok(message.clone()),
+        match self.sends.get(key).and_then(|send| send.message.as_ref()) {
+            Some((_, value)) => Ok(decode::<v1::Message>(value)?.try_into()?),
             None => self.inner.deduplicated(record),
         }
     }
@@ -332,17 +335,17 @@ impl MessageStore for EmbeddedStore {
                     None => None,
                 };
                 round.load_heads(&users)?;
-                let (message, duplicate, record) = match unfinished {
+                let (message, duplicate, send) = match unfinished {
                     Some(mut record) => {
                         tracing::info!(id = record.msg_id, "completing interrupted fan-out on retry");
                         let stored = inner.deduplicated(&record)?;
                         record.fanned_out = true;
-                        (stored, true, record)
+                        (stored, true, RoundSend { record, message: None })
                     }
                     None => {
-                        round.sent.insert(dedup_key.clone(), message.clone());
-                        let record = dedup_record_of(&message, true);
-                        (message, false, record)
+                        let send =
+                            RoundSend { record: dedup_record_of(&message, true), message: Some(message_row(&message)) };
+                        (message, false, send)
                     }
                 };
                 let entry = v1::StoredLogEntry {
@@ -353,7 +356,7 @@ impl MessageStore for EmbeddedStore {
                     run: Vec::new(),
                 };
                 let appended = round.stage_log(users, entry.encode_to_vec().into());
-                round.fanned_out.insert(dedup_key, record);
+                round.sends.insert(dedup_key, send);
                 Ok(Stored { message, duplicate, appended })
             })
             .await
@@ -814,26 +817,22 @@ impl Round<'_> {
         appended
     }
 
-    /// Writes the round's log rows and fanned-out marks in one batch. If that
+    /// Writes the round's log rows and sends in one batch. If that
     /// fails, the heads go back to where the round found them (and every job
     /// of the round fails with it).
     pub(super) fn write_rows(&mut self) -> Result<()> {
-        if self.runs.is_empty() && self.fanned_out.is_empty() && self.sent.is_empty() {
+        if self.runs.is_empty() && self.sends.is_empty() {
             return Ok(());
         }
         self.dirty = true;
         let inner = self.inner;
         let runs = std::mem::take(&mut self.runs);
         let mut batch = inner.db.batch();
-        for message in self.sent.drain().map(|(_, message)| message) {
-            batch.insert(
-                &inner.messages,
-                key2(message.conversation().as_str(), &message.id.0.to_be_bytes()),
-                v1::Message::from(&message).encode_to_vec(),
-            );
-        }
-        for (key, record) in self.fanned_out.drain() {
-            batch.insert(&inner.dedup, key, record.encode_to_vec());
+        for (key, send) in self.sends.drain() {
+            if let Some((message_key, message)) = send.message {
+                batch.insert(&inner.messages, message_key, message);
+            }
+            batch.insert(&inner.dedup, key, send.record.encode_to_vec());
         }
         let mut heads = inner.log_heads.lock();
         let staged = runs.iter().try_for_each(|(user, run)| match heads.get_mut(user) {
@@ -1210,14 +1209,10 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn memtables_are_flushed_at_the_configured_size() {
         let users: Vec<UserId> = (0..50).map(|i| UserId::parse(&format!("u{i}"), "u").unwrap()).collect();
-        let event = LogEvent::GroupChange(natter_types::GroupChange {
-            kind: natter_types::GroupChangeKind::Created,
-            group_id: GroupId::from_id(1),
-            group_name: "x".repeat(1000),
-            operator: UserId::system(),
-            members: vec![],
-            time: 0,
-        });
+        let mut event = group_created();
+        if let LogEvent::GroupChange(change) = &mut event {
+            change.group_name = "x".repeat(1000);
+        }
         // 20 appends of ~1 KB to 50 users: ~1 MB into `user_log`.
         for (memtable_bytes, flushed) in [(256 << 10, true), (64 << 20, false)] {
             let dir = tempfile::tempdir().unwrap();

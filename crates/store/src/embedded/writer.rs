@@ -16,7 +16,7 @@
 //! group's concurrent sends to the same members then cost one row per member
 //! and round, not per message. A send's message and idempotency record go
 //! into that batch too, so a send is atomic; later jobs of the round see it
-//! through the round (`Round::dedup_record`, `Round::deduplicated`).
+//! through the round (`Round::sends`).
 //!
 //! Rounds run on tokio's blocking pool, one task while jobs are queued: it
 //! ends when the queue is empty (an idle store holds no thread) and under load
@@ -32,7 +32,7 @@ use std::sync::Arc;
 
 use fjall::PersistMode;
 use natter_proto::v1;
-use natter_types::{Error, Message, Result, UserId};
+use natter_types::{Error, Result, UserId};
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::oneshot;
 
@@ -56,12 +56,18 @@ pub(super) struct Round<'a> {
     /// The log entries appended in this round, one run of consecutive seqs
     /// per user, written as one row each after the round's jobs.
     pub(super) runs: BTreeMap<UserId, Run>,
-    /// Idempotency records of the sends fanned out in this round, marked so
-    /// by the batch that writes their log entries.
-    pub(super) fanned_out: HashMap<Vec<u8>, v1::DedupRecord>,
-    /// Messages first sent in this round (by idempotency key), written by
-    /// the same batch as their records and log entries.
-    pub(super) sent: HashMap<Vec<u8>, Message>,
+    /// The sends fanned out in this round, by idempotency key; the batch
+    /// that writes their log entries writes them too.
+    pub(super) sends: HashMap<Vec<u8>, RoundSend>,
+}
+
+/// A send fanned out in a round.
+pub(super) struct RoundSend {
+    /// Its idempotency record, marked fanned out.
+    pub(super) record: v1::DedupRecord,
+    /// Its message's key and value in `messages`, if the message was first
+    /// stored in this round.
+    pub(super) message: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Round<'_> {
@@ -237,14 +243,8 @@ impl Rounds {
                 let take = state.queue.len().min(MAX_ROUND);
                 state.queue.drain(..take).collect()
             };
-            let mut round = Round {
-                inner,
-                dirty: false,
-                appended: Vec::new(),
-                runs: BTreeMap::new(),
-                fanned_out: HashMap::new(),
-                sent: HashMap::new(),
-            };
+            let mut round =
+                Round { inner, dirty: false, appended: Vec::new(), runs: BTreeMap::new(), sends: HashMap::new() };
             for job in jobs {
                 // A bug in one job must not stop every later write: its caller
                 // gets an error (its answer is dropped), the others go on.
