@@ -143,8 +143,11 @@ pub fn markdown(r: &SuiteReport) -> String {
         for f in &r.fanout {
             let natter =
                 r.fanout.iter().find(|n| n.target == "natter" && n.group_size == f.group_size && n.groups == f.groups);
+            // A row that timed out has no rate: its deliveries stopped early.
             let vs = natter.map_or("–".into(), |n| {
-                if f.target == "natter" {
+                if !(f.complete && n.complete) {
+                    "–".into()
+                } else if f.target == "natter" {
                     "1.00".into()
                 } else {
                     format!("natter = {:.2} ×", n.deliveries_per_sec / f.deliveries_per_sec.max(1.0))
@@ -164,7 +167,7 @@ pub fn markdown(r: &SuiteReport) -> String {
                 } else {
                     format!(" of {} (timed out)", thousands(f.expected_deliveries as f64))
                 },
-                thousands(f.deliveries_per_sec),
+                if f.complete { thousands(f.deliveries_per_sec) } else { "–".into() },
                 vs,
                 lat(&f.time_to_last),
                 // No acks from a baseline that has none (NATS).
