@@ -1229,15 +1229,24 @@ mod tests {
         store.inner.log.prefix(key2(user, &[])).map(|g| seq_of(&g.key().unwrap())).collect()
     }
 
-    /// The memtable size reaches fjall: a keyspace's memtable is flushed to a
-    /// table once it passes the size, and not before.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn memtables_are_flushed_at_the_configured_size() {
-        let users: Vec<UserId> = (0..50).map(|i| UserId::parse(&format!("u{i}"), "u").unwrap()).collect();
+    fn users(n: usize) -> Vec<UserId> {
+        (0..n).map(|i| UserId::parse(&format!("u{i}"), "u").unwrap()).collect()
+    }
+
+    /// An event of about 1 KB.
+    fn kilobyte_event() -> LogEvent {
         let mut event = group_created();
         if let LogEvent::GroupChange(change) = &mut event {
             change.group_name = "x".repeat(1000);
         }
+        event
+    }
+
+    /// The memtable size reaches fjall: a keyspace's memtable is flushed to a
+    /// table once it passes the size, and not before.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn memtables_are_flushed_at_the_configured_size() {
+        let (users, event) = (users(50), kilobyte_event());
         // 20 appends of ~1 KB to 50 users: ~1 MB into `user_log`.
         for (memtable_bytes, flushed) in [(256 << 10, true), (64 << 20, false)] {
             let dir = tempfile::tempdir().unwrap();
@@ -1259,11 +1268,7 @@ mod tests {
     /// version lock; none while nothing has been flushed.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn flushed_memtables_are_freed_by_the_keeper() {
-        let users: Vec<UserId> = (0..16).map(|i| UserId::parse(&format!("u{i}"), "u").unwrap()).collect();
-        let mut event = group_created();
-        if let LogEvent::GroupChange(change) = &mut event {
-            change.group_name = "x".repeat(1000);
-        }
+        let (users, event) = (users(16), kilobyte_event());
         let dir = tempfile::tempdir().unwrap();
         let options = EmbeddedOptions { memtable_bytes: 256 << 10, ..EmbeddedOptions::default() };
         let store = EmbeddedStore::open(dir.path(), options).unwrap();
