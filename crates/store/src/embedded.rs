@@ -66,12 +66,13 @@ impl Default for EmbeddedOptions {
 /// clone waits for a running write round to finish.
 #[derive(Clone)]
 pub struct EmbeddedStore {
-    inner: Arc<Inner>,
-    writer: Arc<Writer>,
     /// Frees flushed memtables off fjall's lock; held for its thread, which
-    /// stops with the last clone.
+    /// stops with the last clone. First, so that it lets go of its keyspace
+    /// handles before the database can close.
     #[cfg_attr(not(test), expect(dead_code, reason = "held for its thread"))]
     keeper: Arc<Keeper>,
+    inner: Arc<Inner>,
+    writer: Arc<Writer>,
 }
 
 struct Inner {
@@ -202,7 +203,7 @@ impl EmbeddedStore {
         let keeper = Arc::new(Keeper::start(inner.keyspaces().into_iter().cloned().collect()).map_err(storage_err)?);
         let inner = Arc::new(inner);
         let writer = Arc::new(Writer::new(inner.clone()));
-        Ok(Self { inner, writer, keeper })
+        Ok(Self { keeper, inner, writer })
     }
 
     pub fn stores(&self) -> Stores {
