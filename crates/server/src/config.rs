@@ -111,8 +111,8 @@ pub struct StoreConfig {
     /// Events kept in each user's log for resuming devices.
     pub log_retention_events: u64,
     /// Single node: memtable size of each keyspace in MiB, fixed when the
-    /// keyspace is created (a new data directory). Smaller means shorter
-    /// write stalls when a flushed memtable is freed.
+    /// keyspace is created (a new data directory). Larger memtables measured
+    /// longer write stalls (`DEFAULT_MEMTABLE_BYTES`, docs/PERFORMANCE.md).
     pub memtable_mib: u64,
 }
 

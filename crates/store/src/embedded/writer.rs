@@ -295,7 +295,7 @@ mod tests {
             let (store, ann) = (store.clone(), ann.clone());
             tokio::spawn(async move { store.ack(&ann, 3).await })
         };
-        while store.writer.shared.state.lock().queue.len() < 2 {
+        while store.writer.queued() < 2 {
             tokio::task::yield_now().await;
         }
         release.send(()).unwrap();
