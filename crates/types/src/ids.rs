@@ -1,4 +1,5 @@
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
@@ -7,9 +8,10 @@ use crate::{Error, Result};
 
 /// A user id: 1–64 chars of `a-z 0-9 _ - .`, case-insensitive and kept in
 /// lower case (mixed case would split one user's conversations in two).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
-pub struct UserId(String);
+/// Shared, not owned: a group send hands every member's id to the store, the
+/// writer and the bus, and a clone is then a count, not an allocation.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UserId(Arc<str>);
 
 pub const MAX_USER_ID_LEN: usize = 64;
 
@@ -25,13 +27,13 @@ impl UserId {
                 format!("user id is {} chars, the limit is {MAX_USER_ID_LEN}", raw.len()),
             ));
         }
-        let lower = raw.to_ascii_lowercase();
-        if let Some(c) =
-            lower.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '.')))
-        {
+        if let Some(c) = raw.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))) {
             return Err(Error::bad_request(field, format!("user id contains {c:?}; allowed are a-z 0-9 _ - .")));
         }
-        Ok(Self(lower))
+        if raw.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Ok(Self(raw.to_ascii_lowercase().into()));
+        }
+        Ok(Self(raw.into()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -40,7 +42,13 @@ impl UserId {
 
     /// The pseudo-user that system messages come from.
     pub fn system() -> Self {
-        Self("system".to_owned())
+        Self("system".into())
+    }
+}
+
+impl Serialize for UserId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
     }
 }
 
