@@ -37,7 +37,8 @@ pub struct LocalBus {
 
 #[derive(Debug, Default)]
 struct Inner {
-    users: DashMap<UserId, Vec<Arc<Subscriber>>>,
+    /// foldhash, not SipHash: a group send looks up every member here.
+    users: DashMap<UserId, Vec<Arc<Subscriber>>, foldhash::fast::RandomState>,
     gateways: DashMap<String, broadcast::Sender<Control>>,
 }
 

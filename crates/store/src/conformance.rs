@@ -184,7 +184,13 @@ pub async fn groups_lifecycle(stores: &Stores) {
     let g = &stores.groups;
     let (owner, x, y, z) = (user("o"), user("x"), user("y"), user("z"));
     let group = new_group(&owner, 10);
+    // Read before every change, so that a backend keeping member lists must
+    // notice each change (create, add, remove, delete).
+    assert!(g.member_ids(&group.id).await.unwrap().is_empty(), "no such group yet");
     g.create_group(&group, &[member(&owner, GroupRole::Owner), member(&x, GroupRole::Member)]).await.unwrap();
+    let mut ids = g.member_ids(&group.id).await.unwrap();
+    ids.sort();
+    assert_eq!(ids, vec![owner.clone(), x.clone()]);
     let err = g.create_group(&group, &[member(&owner, GroupRole::Owner)]).await.unwrap_err();
     assert_eq!(err.code, ErrorCode::Conflict);
 
@@ -224,6 +230,9 @@ pub async fn groups_lifecycle(stores: &Stores) {
     assert!(g.user_groups(&z).await.unwrap().is_empty());
     assert_eq!(g.get_group(&group.id).await.unwrap().map(|g| g.member_count), Some(3));
     assert!(g.get_member(&group.id, &z).await.unwrap().is_none());
+    let mut ids = g.member_ids(&group.id).await.unwrap();
+    ids.sort();
+    assert_eq!(ids, everyone[..3].to_vec(), "{z} removed");
 
     g.delete_group(&group.id).await.unwrap();
     assert!(g.get_group(&group.id).await.unwrap().is_none());

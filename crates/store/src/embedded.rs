@@ -30,9 +30,11 @@ use crate::{
 };
 
 mod keeper;
+mod member_cache;
 mod writer;
 
 use keeper::Keeper;
+use member_cache::MemberCache;
 use writer::{Round, RoundSend, Writer};
 
 /// Options of the embedded store.
@@ -93,7 +95,9 @@ struct Inner {
     outbox_heads: Mutex<HashMap<String, u64>>,
     /// Shared by the writer (which alone moves `assigned`, `oldest` and,
     /// after each fsync, `durable`) and readers (which stop at `durable`).
-    log_heads: Mutex<HashMap<UserId, LogHead>>,
+    log_heads: Mutex<UserMap<LogHead>>,
+    /// Member ids of recently used groups; see [`EmbeddedStore::write_members`].
+    member_cache: MemberCache,
 }
 
 impl Inner {
@@ -113,6 +117,10 @@ impl Inner {
         ]
     }
 }
+
+/// Maps by user id on the delivery path, where a group send looks up every
+/// member several times: foldhash, not SipHash (randomly seeded per process).
+type UserMap<V> = foldhash::HashMap<UserId, V>;
 
 #[derive(Debug, Clone, Copy)]
 struct LogHead {
@@ -198,7 +206,8 @@ impl EmbeddedStore {
             db,
             options,
             outbox_heads: Mutex::new(HashMap::new()),
-            log_heads: Mutex::new(HashMap::new()),
+            log_heads: Mutex::new(UserMap::default()),
+            member_cache: MemberCache::new(),
         };
         let keeper = Arc::new(Keeper::start(inner.keyspaces().into_iter().cloned().collect()).map_err(storage_err)?);
         let inner = Arc::new(inner);
@@ -468,6 +477,27 @@ impl EmbeddedStore {
             })
             .await
     }
+
+    /// [`write_batch`](Self::write_batch) for a batch that may change group
+    /// `id`'s members: the cached list is dropped once the batch is visible.
+    /// In the writer's job, not after it: a caller that goes away once the
+    /// job ran must not leave the old list cached.
+    async fn write_members<T: Send + 'static>(
+        &self,
+        id: &GroupId,
+        build: impl FnOnce(&Inner, &mut fjall::OwnedWriteBatch) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let id = id.clone();
+        self.writer
+            .write(move |round| {
+                let mut batch = round.inner.db.batch();
+                let value = build(round.inner, &mut batch)?;
+                let committed = round.commit(batch);
+                round.inner.member_cache.invalidate(&id);
+                committed.map(|()| value)
+            })
+            .await
+    }
 }
 
 fn group_not_found(id: &GroupId) -> Error {
@@ -478,7 +508,7 @@ fn group_not_found(id: &GroupId) -> Error {
 impl GroupStore for EmbeddedStore {
     async fn create_group(&self, group: &Group, members: &[GroupMember]) -> Result<()> {
         let (group, members) = (group.clone(), members.to_vec());
-        self.write_batch(move |inner, batch| {
+        self.write_members(&group.id.clone(), move |inner, batch| {
             if inner.load_group(&group.id)?.is_some() {
                 return Err(Error::new(natter_types::ErrorCode::Conflict, format!("group {} exists", group.id)));
             }
@@ -504,7 +534,7 @@ impl GroupStore for EmbeddedStore {
 
     async fn add_members(&self, id: &GroupId, members: &[GroupMember]) -> Result<MembersAdded> {
         let (id, members) = (id.clone(), members.to_vec());
-        self.write_batch(move |inner, batch| {
+        self.write_members(&id.clone(), move |inner, batch| {
             let id = &id;
             let mut outcome = MembersAdded { added: Vec::new(), member_count: 0 };
             let mut group = inner.load_group(id)?.ok_or_else(|| group_not_found(id))?;
@@ -538,7 +568,7 @@ impl GroupStore for EmbeddedStore {
 
     async fn remove_members(&self, id: &GroupId, users: &[UserId]) -> Result<Vec<UserId>> {
         let (id, users) = (id.clone(), users.to_vec());
-        self.write_batch(move |inner, batch| {
+        self.write_members(&id.clone(), move |inner, batch| {
             let mut removed = Vec::new();
             let mut group = inner.load_group(&id)?.ok_or_else(|| group_not_found(&id))?;
             for user in users {
@@ -581,7 +611,7 @@ impl GroupStore for EmbeddedStore {
 
     async fn delete_group(&self, id: &GroupId) -> Result<()> {
         let id = id.clone();
-        self.write_batch(move |inner, batch| {
+        self.write_members(&id.clone(), move |inner, batch| {
             if inner.load_group(&id)?.is_none() {
                 return Err(group_not_found(&id));
             }
@@ -615,15 +645,18 @@ impl GroupStore for EmbeddedStore {
 
     async fn member_ids(&self, id: &GroupId) -> Result<Vec<UserId>> {
         let skip = id.as_str().len() + 1;
-        self.inner
-            .members
-            .prefix(key2(id.as_str(), &[]))
-            .map(|item| {
-                let key = item.key().map_err(storage_err)?;
-                let raw = std::str::from_utf8(&key[skip..]).map_err(storage_err)?;
-                UserId::parse(raw, "member")
-            })
-            .collect()
+        let read = || {
+            self.inner
+                .members
+                .prefix(key2(id.as_str(), &[]))
+                .map(|item| {
+                    let key = item.key().map_err(storage_err)?;
+                    let raw = std::str::from_utf8(&key[skip..]).map_err(storage_err)?;
+                    UserId::parse(raw, "member")
+                })
+                .collect()
+        };
+        Ok(self.inner.member_cache.load(id, read)?.to_vec())
     }
 
     async fn user_groups(&self, user: &UserId) -> Result<Vec<GroupId>> {
@@ -679,12 +712,12 @@ fn encode_row(entries: &[fjall::Slice]) -> fjall::Slice {
 }
 
 impl Inner {
-    fn head_of(&self, heads: &mut HashMap<UserId, LogHead>, user: &UserId) -> Result<LogHead> {
+    fn head_of(&self, heads: &mut UserMap<LogHead>, user: &UserId) -> Result<LogHead> {
         self.head_entry(heads, user).map(|head| *head)
     }
 
     /// The user's head in `heads`, loaded from the log the first time.
-    fn head_entry<'h>(&self, heads: &'h mut HashMap<UserId, LogHead>, user: &UserId) -> Result<&'h mut LogHead> {
+    fn head_entry<'h>(&self, heads: &'h mut UserMap<LogHead>, user: &UserId) -> Result<&'h mut LogHead> {
         // Two lookups on a miss (once per user), none of the key's clone on a hit.
         if heads.contains_key(user) {
             return heads.get_mut(user).ok_or_else(|| Error::internal("log head vanished"));

@@ -26,7 +26,7 @@
 //!
 //! Reads do not go through the writer; they run on the caller's task.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
@@ -36,7 +36,7 @@ use natter_types::{Error, Result, UserId};
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::oneshot;
 
-use super::{Inner, Run, storage_err};
+use super::{Inner, Run, UserMap, storage_err};
 use crate::Appended;
 
 /// Jobs per round at most, so one round's callers wait a bounded time.
@@ -55,7 +55,7 @@ pub(super) struct Round<'a> {
     appended: Vec<(Vec<UserId>, Vec<Appended>)>,
     /// The log entries appended in this round, one run of consecutive seqs
     /// per user, written as one row each after the round's jobs.
-    pub(super) runs: BTreeMap<UserId, Run>,
+    pub(super) runs: UserMap<Run>,
     /// The sends fanned out in this round, by idempotency key; the batch
     /// that writes their log entries writes them too.
     pub(super) sends: HashMap<Vec<u8>, RoundSend>,
@@ -244,7 +244,7 @@ impl Rounds {
                 state.queue.drain(..take).collect()
             };
             let mut round =
-                Round { inner, dirty: false, appended: Vec::new(), runs: BTreeMap::new(), sends: HashMap::new() };
+                Round { inner, dirty: false, appended: Vec::new(), runs: UserMap::default(), sends: HashMap::new() };
             for job in jobs {
                 // A bug in one job must not stop every later write: its caller
                 // gets an error (its answer is dropped), the others go on.
