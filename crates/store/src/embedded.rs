@@ -644,33 +644,26 @@ impl GroupStore for EmbeddedStore {
     }
 
     async fn member_ids(&self, id: &GroupId) -> Result<Vec<UserId>> {
-        let skip = id.as_str().len() + 1;
-        let read = || {
-            self.inner
-                .members
-                .prefix(key2(id.as_str(), &[]))
-                .map(|item| {
-                    let key = item.key().map_err(storage_err)?;
-                    let raw = std::str::from_utf8(&key[skip..]).map_err(storage_err)?;
-                    UserId::parse(raw, "member")
-                })
-                .collect()
-        };
+        let read = || suffix_ids(&self.inner.members, id.as_str(), |raw| UserId::parse(raw, "member"));
         Ok(self.inner.member_cache.load(id, read)?.to_vec())
     }
 
     async fn user_groups(&self, user: &UserId) -> Result<Vec<GroupId>> {
-        let skip = user.as_str().len() + 1;
-        self.inner
-            .user_groups
-            .prefix(key2(user.as_str(), &[]))
-            .map(|item| {
-                let key = item.key().map_err(storage_err)?;
-                let raw = std::str::from_utf8(&key[skip..]).map_err(storage_err)?;
-                GroupId::parse(raw, "group")
-            })
-            .collect()
+        suffix_ids(&self.inner.user_groups, user.as_str(), |raw| GroupId::parse(raw, "group"))
     }
+}
+
+/// The ids that follow `prefix \0` in the keys under it (an index keyspace).
+fn suffix_ids<T>(keyspace: &Keyspace, prefix: &str, parse: impl Fn(&str) -> Result<T>) -> Result<Vec<T>> {
+    let skip = prefix.len() + 1;
+    keyspace
+        .prefix(key2(prefix, &[]))
+        .map(|item| {
+            let key = item.key().map_err(storage_err)?;
+            let raw = std::str::from_utf8(key.get(skip..).unwrap_or_default()).map_err(storage_err)?;
+            parse(raw)
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------- user log
