@@ -13,6 +13,8 @@ use natter_types::{GroupId, Result, UserId};
 use parking_lot::Mutex;
 
 /// Member ids held at most, over all cached groups (~50 bytes each).
+/// quick_cache splits it over its shards (up to 32, so 8 Ki ids each at
+/// least): a group larger than a shard's share is not kept, only read.
 const CAPACITY: u64 = 256 * 1024;
 
 #[derive(Clone)]
