@@ -468,33 +468,35 @@ impl EmbeddedStore {
         &self,
         build: impl FnOnce(&Inner, &mut fjall::OwnedWriteBatch) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        self.writer
-            .write(move |round| {
-                let mut batch = round.inner.db.batch();
-                let value = build(round.inner, &mut batch)?;
-                round.commit(batch)?;
-                Ok(value)
-            })
-            .await
+        self.write_batch_then(build, |_| ()).await
     }
 
     /// [`write_batch`](Self::write_batch) for a batch that may change group
     /// `id`'s members: the cached list is dropped once the batch is visible.
-    /// In the writer's job, not after it: a caller that goes away once the
-    /// job ran must not leave the old list cached.
     async fn write_members<T: Send + 'static>(
         &self,
-        id: &GroupId,
+        id: GroupId,
         build: impl FnOnce(&Inner, &mut fjall::OwnedWriteBatch) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let id = id.clone();
+        self.write_batch_then(build, move |inner| inner.member_cache.invalidate(&id)).await
+    }
+
+    /// [`write_batch`](Self::write_batch), then `committed` once readers can
+    /// see the batch (whether or not the commit succeeded). In the writer's
+    /// job, not after it: a caller that goes away once the job ran must not
+    /// skip it.
+    async fn write_batch_then<T: Send + 'static>(
+        &self,
+        build: impl FnOnce(&Inner, &mut fjall::OwnedWriteBatch) -> Result<T> + Send + 'static,
+        committed: impl FnOnce(&Inner) + Send + 'static,
+    ) -> Result<T> {
         self.writer
             .write(move |round| {
                 let mut batch = round.inner.db.batch();
                 let value = build(round.inner, &mut batch)?;
-                let committed = round.commit(batch);
-                round.inner.member_cache.invalidate(&id);
-                committed.map(|()| value)
+                let commit = round.commit(batch);
+                committed(round.inner);
+                commit.map(|()| value)
             })
             .await
     }
@@ -508,7 +510,7 @@ fn group_not_found(id: &GroupId) -> Error {
 impl GroupStore for EmbeddedStore {
     async fn create_group(&self, group: &Group, members: &[GroupMember]) -> Result<()> {
         let (group, members) = (group.clone(), members.to_vec());
-        self.write_members(&group.id.clone(), move |inner, batch| {
+        self.write_members(group.id.clone(), move |inner, batch| {
             if inner.load_group(&group.id)?.is_some() {
                 return Err(Error::new(natter_types::ErrorCode::Conflict, format!("group {} exists", group.id)));
             }
@@ -534,7 +536,7 @@ impl GroupStore for EmbeddedStore {
 
     async fn add_members(&self, id: &GroupId, members: &[GroupMember]) -> Result<MembersAdded> {
         let (id, members) = (id.clone(), members.to_vec());
-        self.write_members(&id.clone(), move |inner, batch| {
+        self.write_members(id.clone(), move |inner, batch| {
             let id = &id;
             let mut outcome = MembersAdded { added: Vec::new(), member_count: 0 };
             let mut group = inner.load_group(id)?.ok_or_else(|| group_not_found(id))?;
@@ -568,7 +570,7 @@ impl GroupStore for EmbeddedStore {
 
     async fn remove_members(&self, id: &GroupId, users: &[UserId]) -> Result<Vec<UserId>> {
         let (id, users) = (id.clone(), users.to_vec());
-        self.write_members(&id.clone(), move |inner, batch| {
+        self.write_members(id.clone(), move |inner, batch| {
             let mut removed = Vec::new();
             let mut group = inner.load_group(&id)?.ok_or_else(|| group_not_found(&id))?;
             for user in users {
@@ -611,7 +613,7 @@ impl GroupStore for EmbeddedStore {
 
     async fn delete_group(&self, id: &GroupId) -> Result<()> {
         let id = id.clone();
-        self.write_members(&id.clone(), move |inner, batch| {
+        self.write_members(id.clone(), move |inner, batch| {
             if inner.load_group(&id)?.is_none() {
                 return Err(group_not_found(&id));
             }
