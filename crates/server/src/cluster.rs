@@ -52,6 +52,7 @@ pub fn cql_options(config: &Config) -> anyhow::Result<CqlOptions> {
         credentials: (!c.username.is_empty())
             .then(|| CqlCredentials { username: c.username.clone(), password: c.password.clone() }),
         log_retention_events: config.store.log_retention_events,
+        idempotency_window: config.store.idempotency_window(),
         ..CqlOptions::default()
     };
     options.validate().map_err(|e| anyhow::anyhow!(e))?;
@@ -373,10 +374,12 @@ mod tests {
         config.cql.local_datacenter = "dc2".into();
         config.cql.username = "natter".into();
         config.store.log_retention_events = 77;
+        config.store.idempotency_window_secs = 3600;
         let options = cql_options(&config).unwrap();
         assert_eq!(options.consistency, natter_store::cql::CqlConsistency::One);
         assert_eq!(options.local_datacenter.as_deref(), Some("dc2"));
         assert_eq!(options.credentials.unwrap().username, "natter");
         assert_eq!(options.log_retention_events, 77);
+        assert_eq!(options.idempotency_window, std::time::Duration::from_secs(3600));
     }
 }

@@ -9,6 +9,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -114,11 +115,27 @@ pub struct StoreConfig {
     /// keyspace is created (a new data directory). Larger memtables measured
     /// longer write stalls (`DEFAULT_MEMTABLE_BYTES`, docs/PERFORMANCE.md).
     pub memtable_mib: u64,
+    /// How long a client message id makes its sends idempotent, counted
+    /// from the stored message's timestamp; records are dropped after it.
+    pub idempotency_window_secs: u64,
 }
+
+/// Longest `store.idempotency_window_secs`: a year.
+const MAX_IDEMPOTENCY_WINDOW_SECS: u64 = 365 * 24 * 3600;
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { log_retention_events: 10_000, memtable_mib: natter_store::embedded::DEFAULT_MEMTABLE_BYTES >> 20 }
+        Self {
+            log_retention_events: 10_000,
+            memtable_mib: natter_store::embedded::DEFAULT_MEMTABLE_BYTES >> 20,
+            idempotency_window_secs: natter_store::DEFAULT_IDEMPOTENCY_WINDOW.as_secs(),
+        }
+    }
+}
+
+impl StoreConfig {
+    pub fn idempotency_window(&self) -> Duration {
+        Duration::from_secs(self.idempotency_window_secs)
     }
 }
 
@@ -277,6 +294,12 @@ impl Config {
         if !(1..=1024).contains(&self.store.memtable_mib) {
             anyhow::bail!("store.memtable_mib = {} must be between 1 and 1024", self.store.memtable_mib);
         }
+        let window = self.store.idempotency_window_secs;
+        if !(60..=MAX_IDEMPOTENCY_WINDOW_SECS).contains(&window) {
+            anyhow::bail!(
+                "store.idempotency_window_secs = {window} must be between 60 (a minute) and {MAX_IDEMPOTENCY_WINDOW_SECS} (a year)"
+            );
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             anyhow::bail!("log.format = {:?} must be text or json", self.log.format);
         }
@@ -326,6 +349,12 @@ mod tests {
             assert!(err.contains("store.memtable_mib = 0") && err.contains("1 and 1024"), "{err}");
             jail.set_env("NATTER_STORE__MEMTABLE_MIB", "16");
             assert_eq!(Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?.store.memtable_mib, 16);
+            jail.set_env("NATTER_STORE__IDEMPOTENCY_WINDOW_SECS", "59");
+            let err = Config::load(None, &Overrides::default()).unwrap_err().to_string();
+            assert!(err.contains("store.idempotency_window_secs = 59") && err.contains("between 60"), "{err}");
+            jail.set_env("NATTER_STORE__IDEMPOTENCY_WINDOW_SECS", "86400");
+            let config = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(config.store.idempotency_window(), Duration::from_secs(86400));
             jail.create_file("bad.toml", "[server]\nlisen = \"x\"\n")?;
             let err = Config::load(Some(Path::new("bad.toml")), &Overrides::default()).unwrap_err().to_string();
             assert!(err.contains("lisen"), "unknown keys are named: {err}");

@@ -70,6 +70,7 @@ fn new_group(owner: &UserId, max_members: u32) -> Group {
 pub async fn run_all(stores: &Stores, retention: u64) {
     messages_insert_is_idempotent(stores).await;
     messages_insert_and_append_fans_out_once(stores).await;
+    messages_idempotency_holds_for_the_window(stores).await;
     messages_history_pages_both_ways(stores).await;
     groups_lifecycle(stores).await;
     groups_size_limit_is_all_or_nothing(stores).await;
@@ -146,6 +147,47 @@ pub async fn messages_insert_and_append_fans_out_once(stores: &Stores) {
     let once_more = stores.messages.insert_and_append(&interrupted, &[a.clone(), b.clone()], log).await.unwrap();
     assert!(once_more.duplicate && once_more.appended.is_empty());
     assert_eq!(stores.log.bounds(&a).await.unwrap().0, 2);
+}
+
+/// A client message id is idempotent for the window after the stored
+/// message's timestamp (the backend's default window): a send stamped at its
+/// end is a duplicate, one stamped after it is a new message, and that one is
+/// what later retries get. Both ways of storing a send.
+pub async fn messages_idempotency_holds_for_the_window(stores: &Stores) {
+    let window_ms = i64::try_from(crate::DEFAULT_IDEMPOTENCY_WINDOW.as_millis()).unwrap();
+    let (a, b) = (user("a"), user("b"));
+    let stamped =
+        |client: &str, timestamp: i64, text: &str| Message { timestamp, ..text_message(&a, &b, client, text) };
+
+    let first = text_message(&a, &b, "w1", "first");
+    assert_eq!(stores.messages.insert_message(&first).await.unwrap(), Inserted::New);
+    let at_the_end = stamped("w1", first.timestamp + window_ms, "at the end");
+    match stores.messages.insert_message(&at_the_end).await.unwrap() {
+        Inserted::Duplicate { message, .. } => assert_eq!(message, first, "still within the window"),
+        other => panic!("expected duplicate, got {other:?}"),
+    }
+    let after = stamped("w1", first.timestamp + window_ms + 1, "after");
+    assert_eq!(stores.messages.insert_message(&after).await.unwrap(), Inserted::New, "past the window");
+    match stores.messages.insert_message(&stamped("w1", after.timestamp + 1, "retry")).await.unwrap() {
+        Inserted::Duplicate { message, fanned_out } => {
+            assert_eq!(message, after, "the new record answers");
+            assert!(!fanned_out, "the new message is not fanned out yet");
+        }
+        other => panic!("expected duplicate, got {other:?}"),
+    }
+    let conv = ConversationKey::single(&a, &b);
+    let page = stores.messages.history(&conv, None, Direction::Down, 10).await.unwrap();
+    assert_eq!(page, vec![first, after], "both are in the history");
+
+    let log = stores.log.as_ref();
+    let users = [a.clone(), b.clone()];
+    let sent = text_message(&a, &b, "w2", "sent");
+    assert!(!stores.messages.insert_and_append(&sent, &users, log).await.unwrap().duplicate);
+    let resent = stamped("w2", sent.timestamp + window_ms + 1, "resent");
+    let stored = stores.messages.insert_and_append(&resent, &users, log).await.unwrap();
+    assert_eq!(stored, Stored { message: resent.clone(), duplicate: false, appended: vec![at(2), at(2)] });
+    let retried = stores.messages.insert_and_append(&stamped("w2", resent.timestamp, "again"), &users, log).await;
+    assert_eq!(retried.unwrap(), Stored { message: resent, duplicate: true, appended: vec![] });
 }
 
 /// Seq `n` right after `n - 1`.

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
@@ -29,10 +30,12 @@ use crate::{
     Stored, Stores, UserLog, WebhookOutbox,
 };
 
+mod dedup_expiry;
 mod keeper;
 mod member_cache;
 mod writer;
 
+use dedup_expiry::DedupExpiry;
 use keeper::Keeper;
 use member_cache::MemberCache;
 use writer::{Round, RoundSend, Writer};
@@ -47,7 +50,13 @@ pub struct EmbeddedOptions {
     /// records it when it creates a keyspace, so a change reaches only
     /// keyspaces created afterwards (a new data directory).
     pub memtable_bytes: u64,
+    /// How long an idempotency record holds ([`crate::DEFAULT_IDEMPOTENCY_WINDOW`]);
+    /// older ones are dropped when their table is compacted.
+    pub idempotency_window: Duration,
 }
+
+/// The keyspace of the idempotency records.
+const DEDUP: &str = "dedup";
 
 /// Default [`EmbeddedOptions::memtable_bytes`]. fjall's own default is 64 MiB.
 /// Writes stall while fjall retires a flushed memtable and while it installs
@@ -60,7 +69,11 @@ pub const DEFAULT_MEMTABLE_BYTES: u64 = 8 << 20;
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
-        Self { log_retention_events: 10_000, memtable_bytes: DEFAULT_MEMTABLE_BYTES }
+        Self {
+            log_retention_events: 10_000,
+            memtable_bytes: DEFAULT_MEMTABLE_BYTES,
+            idempotency_window: crate::DEFAULT_IDEMPOTENCY_WINDOW,
+        }
     }
 }
 
@@ -186,14 +199,19 @@ impl EmbeddedStore {
         // queue and takes it again, a busy loop for as long as another worker
         // compacts: ~11% of the server's CPU in the 1000-member fan-out
         // profile, and that run ~8% faster without it (docs/PERFORMANCE.md).
-        let db = Database::builder(path).worker_threads(1).open().map_err(storage_err)?;
+        let expiry = DedupExpiry::factory(options.idempotency_window);
+        let db = Database::builder(path)
+            .worker_threads(1)
+            .with_compaction_filter_factories(Arc::new(move |keyspace| (keyspace == DEDUP).then(|| expiry.clone())))
+            .open()
+            .map_err(storage_err)?;
         let memtable = options.memtable_bytes;
         let ks = |name: &str| {
             db.keyspace(name, || KeyspaceCreateOptions::default().max_memtable_size(memtable)).map_err(storage_err)
         };
         let inner = Inner {
             messages: ks("messages")?,
-            dedup: ks("dedup")?,
+            dedup: ks(DEDUP)?,
             groups: ks("groups")?,
             members: ks("members")?,
             user_groups: ks("user_groups")?,
@@ -288,12 +306,16 @@ fn dedup_record_of(message: &Message, fanned_out: bool) -> v1::DedupRecord {
 }
 
 impl Round<'_> {
-    /// The send's idempotency record, as this round has it so far.
-    fn dedup_record(&self, key: &[u8]) -> Result<Option<v1::DedupRecord>> {
-        match self.sends.get(key) {
-            Some(send) => Ok(Some(send.record.clone())),
-            None => self.inner.dedup_record(key),
-        }
+    /// The send's idempotency record, as this round has it so far, if it
+    /// still holds for a message stamped `at_ms` (the idempotency window;
+    /// the compaction filter drops expired records only eventually).
+    fn dedup_record(&self, key: &[u8], at_ms: i64) -> Result<Option<v1::DedupRecord>> {
+        let record = match self.sends.get(key) {
+            Some(send) => Some(send.record.clone()),
+            None => self.inner.dedup_record(key)?,
+        };
+        let window = self.inner.options.idempotency_window;
+        Ok(record.filter(|r| !crate::idempotency_expired(r.timestamp, at_ms, window)))
     }
 
     /// The message an idempotency record found by [`dedup_record`] points
@@ -314,7 +336,7 @@ impl MessageStore for EmbeddedStore {
             .write(move |round| {
                 let inner = round.inner;
                 let dedup_key = key2(message.from.as_str(), message.client_msg_id.as_bytes());
-                if let Some(record) = round.dedup_record(&dedup_key)? {
+                if let Some(record) = round.dedup_record(&dedup_key, message.timestamp)? {
                     // Answered after this round's fsync, which covers the
                     // original if it is still in flight.
                     return Ok(Inserted::Duplicate {
@@ -337,7 +359,7 @@ impl MessageStore for EmbeddedStore {
         self.writer
             .write_unsynced(move |round| {
                 let inner = round.inner;
-                let Some(mut record) = round.dedup_record(&key)? else {
+                let Some(mut record) = round.dedup_record(&key, natter_types::now_ms())? else {
                     return Err(Error::not_found("no such client message id"));
                 };
                 record.fanned_out = true;
@@ -358,7 +380,7 @@ impl MessageStore for EmbeddedStore {
             .write(move |round| {
                 let inner = round.inner;
                 let dedup_key = key2(message.from.as_str(), message.client_msg_id.as_bytes());
-                let unfinished = match round.dedup_record(&dedup_key)? {
+                let unfinished = match round.dedup_record(&dedup_key, message.timestamp)? {
                     Some(record) if record.fanned_out => {
                         let message = round.deduplicated(&dedup_key, &record)?;
                         return Ok(Stored { message, duplicate: true, appended: Vec::new() });
@@ -1413,6 +1435,37 @@ mod tests {
         assert!(record.fanned_out, "marked by the round's rows");
         let history = store.history(&stored[0].message.conversation(), None, Direction::Up, 10).await.unwrap();
         assert_eq!(history.iter().map(|m| m.id.0).collect::<Vec<_>>(), vec![stored[0].message.id.0], "stored once");
+    }
+
+    /// Compaction drops idempotency records past the window and keeps the
+    /// others. (Lookups ignore expired records before that: the conformance
+    /// suite.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn compaction_drops_expired_idempotency_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), 100);
+        let ann = UserId::parse("ann", "u").unwrap();
+        let window_ms = i64::try_from(crate::DEFAULT_IDEMPOTENCY_WINDOW.as_millis()).unwrap();
+        let now = natter_types::now_ms();
+        for (id, client, timestamp) in [(1, "old", now - window_ms - 60_000), (2, "new", now - window_ms + 3_600_000)] {
+            let message = Message {
+                id: MessageId(id),
+                client_msg_id: client.into(),
+                from: ann.clone(),
+                to: "ben".into(),
+                chat_type: natter_types::ChatType::Single,
+                timestamp,
+                body: natter_types::MessageBody::Text("hi".into()),
+                ext: Default::default(),
+                from_system: false,
+            };
+            assert_eq!(store.insert_message(&message).await.unwrap(), Inserted::New);
+        }
+        assert!(store.inner.dedup_record(&key2("ann", b"old")).unwrap().is_some(), "stored until compacted");
+        store.inner.dedup.rotate_memtable_and_wait().unwrap();
+        store.inner.dedup.major_compact().unwrap();
+        assert!(store.inner.dedup_record(&key2("ann", b"old")).unwrap().is_none(), "the expired record is gone");
+        assert!(store.inner.dedup_record(&key2("ann", b"new")).unwrap().is_some(), "the live record is kept");
     }
 
     #[tokio::test]

@@ -32,6 +32,20 @@ use natter_types::{
 
 pub use leases::{LocalLeases, NODE_ID_LEASE_PREFIX, claim_node_id};
 
+/// How long an idempotency record `(sender, client_msg_id)` holds by
+/// default: a send with the same client message id within this time of the
+/// stored message's timestamp is a duplicate; a later one is a new message.
+/// Records are dropped after it, so they do not pile up forever (one per
+/// message sent).
+pub const DEFAULT_IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Whether an idempotency record for a message stamped `stored_ms` no longer
+/// holds for a message stamped `now_ms` (both server times).
+pub(crate) fn idempotency_expired(stored_ms: i64, now_ms: i64, window: Duration) -> bool {
+    let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
+    stored_ms < now_ms.saturating_sub(window_ms)
+}
+
 /// Result of inserting a message under its idempotency key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inserted {
@@ -67,6 +81,9 @@ pub struct Stored {
 pub trait MessageStore: Send + Sync + 'static {
     /// Stores `message` in its conversation's history together with the
     /// idempotency record `(message.from, message.client_msg_id)`, atomically.
+    /// A record holds for the backend's idempotency window after its
+    /// message's timestamp ([`DEFAULT_IDEMPOTENCY_WINDOW`]); a message stamped
+    /// later than that replaces it and is `New`.
     async fn insert_message(&self, message: &Message) -> Result<Inserted>;
 
     /// Records that the message's events are in every recipient's log, so a

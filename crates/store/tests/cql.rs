@@ -517,6 +517,65 @@ async fn concurrent_identical_sends_store_once() {
     assert_eq!(history, vec![winner.clone()], "stored once");
 }
 
+/// Idempotency records carry the window as their TTL, the fanned-out mark
+/// no more than what is left of it; past the window, of concurrent sends
+/// with the same client message id exactly one replaces the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_records_expire_with_the_window() {
+    let mut options = options(shared_keyspace(), RETENTION);
+    options.idempotency_window = Duration::from_secs(3600);
+    let session = session(&options).await;
+    migrate(&session, &options.keyspace, &options.replication).await.unwrap();
+    let stores = [
+        CqlStore::with_session(session.clone(), options.clone()).await.unwrap(),
+        CqlStore::with_session(session.clone(), options.clone()).await.unwrap(),
+    ];
+    let messages = stores[0].stores().messages;
+    let (a, b) = (user("a"), user("b"));
+    let now = natter_types::now_ms();
+    let first = message(id_at(now, 0), &a, &b, "ttl");
+    assert_eq!(messages.insert_message(&first).await.unwrap(), Inserted::New);
+    let ttls = || {
+        let session = session.clone();
+        let cql = format!(
+            "SELECT TTL(msg_id), TTL(fanned_out) FROM {}.message_dedup WHERE sender = ? AND client_msg_id = 'ttl'",
+            options.keyspace
+        );
+        let sender = a.to_string();
+        async move {
+            let rows = session.query_unpaged(cql, (sender,)).await.unwrap().into_rows_result().unwrap();
+            rows.first_row::<(Option<i32>, Option<i32>)>().unwrap()
+        }
+    };
+    let (record, mark) = ttls().await;
+    assert!(record.is_some_and(|t| (3500..=3600).contains(&t)), "the record's TTL is the window: {record:?}");
+    assert_eq!(mark, None, "not marked yet");
+    messages.mark_fanned_out(&a, "ttl").await.unwrap();
+    let (record, mark) = ttls().await;
+    let (record, mark) = (record.unwrap(), mark.expect("the mark has a TTL"));
+    assert!(mark > 0 && mark < record, "the mark ({mark} s) goes before the record ({record} s)");
+
+    // Past the window: eight concurrent sends, one new record.
+    let later = now + 3_600_001;
+    let attempts: Vec<Message> =
+        (1..=8).map(|i| Message { timestamp: later, ..message(id_at(now, i), &a, &b, "ttl") }).collect();
+    let results = join_all(attempts.iter().enumerate().map(|(i, m)| {
+        let messages = stores[i % 2].stores().messages;
+        let m = m.clone();
+        async move { messages.insert_message(&m).await.unwrap() }
+    }))
+    .await;
+    let new: Vec<usize> = results.iter().enumerate().filter(|(_, r)| **r == Inserted::New).map(|(i, _)| i).collect();
+    assert_eq!(new.len(), 1, "exactly one send replaces the expired record: {results:?}");
+    let winner = &attempts[new[0]];
+    for r in &results {
+        if let Inserted::Duplicate { message, fanned_out } = r {
+            assert_eq!(message, winner, "the others get the new record's message");
+            assert!(!fanned_out, "the replaced record's mark is not carried over");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_walks_buckets_both_ways() {
     let store = shared_store(RETENTION).await;

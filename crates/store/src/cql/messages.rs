@@ -56,6 +56,47 @@ impl Inner {
         Ok(())
     }
 
+    /// The idempotency record's TTL in seconds (validated to fit).
+    fn idempotency_ttl(&self) -> i32 {
+        i32::try_from(self.options.idempotency_window.as_secs()).unwrap_or(i32::MAX)
+    }
+
+    /// Replaces an idempotency record that no longer holds (older than the
+    /// window, but not yet dropped by its TTL, e.g. because the clocks differ)
+    /// with `message`'s, if it is still the record with message id `expired`.
+    async fn take_over(&self, message: &Message, bytes: &[u8], expired: MessageId) -> Result<Inserted> {
+        let conversation = message.conversation();
+        let values = (
+            self.idempotency_ttl(),
+            conversation.as_str(),
+            id_value(message.id)?,
+            bytes,
+            message.from.as_str(),
+            message.client_msg_id.as_str(),
+            id_value(expired)?,
+        );
+        let lwt = match self.conditional("replace expired idempotency record", &self.st.dedup_take_over, values).await {
+            Ok(lwt) => lwt.checked()?,
+            // As for the insert: the record says whether it became ours.
+            Err(e) if error::outcome_unknown(&e) => {
+                return match self.stored_duplicate(&message.from, &message.client_msg_id).await? {
+                    Some(Inserted::Duplicate { message: stored, .. }) if stored.id == message.id => Ok(Inserted::New),
+                    Some(duplicate) => Ok(duplicate),
+                    None => Err(error::execution("replace expired idempotency record", e)),
+                };
+            }
+            Err(e) => return Err(error::execution("replace expired idempotency record", e)),
+        };
+        if lwt.applied {
+            return Ok(Inserted::New);
+        }
+        // Another send replaced it first (or the record is gone): whatever
+        // is stored now answers.
+        self.stored_duplicate(&message.from, &message.client_msg_id)
+            .await?
+            .ok_or_else(|| Error::unavailable("idempotency record changed concurrently, retry"))
+    }
+
     /// The stored duplicate, read linearizably (after a conditional insert
     /// whose answer was lost).
     async fn stored_duplicate(&self, sender: &UserId, client_msg_id: &str) -> Result<Option<Inserted>> {
@@ -85,8 +126,9 @@ impl MessageStore for CqlStore {
             conversation.as_str(),
             id_value(message.id)?,
             bytes.as_slice(),
+            inner.idempotency_ttl(),
         );
-        let outcome = match inner.conditional("insert idempotency record", &inner.st.dedup_insert, values).await {
+        let mut outcome = match inner.conditional("insert idempotency record", &inner.st.dedup_insert, values).await {
             Ok(lwt) => {
                 let lwt = lwt.checked()?;
                 if lwt.applied {
@@ -116,6 +158,11 @@ impl MessageStore for CqlStore {
             }
             Err(e) => return Err(error::execution("insert idempotency record", e)),
         };
+        if let Inserted::Duplicate { message: stored, .. } = &outcome
+            && crate::idempotency_expired(stored.timestamp, message.timestamp, inner.options.idempotency_window)
+        {
+            outcome = inner.take_over(message, &bytes, stored.id).await?;
+        }
         match &outcome {
             Inserted::New => inner.write_message(message, &bytes).await?,
             // Re-write the stored message (identical cells): if the first
@@ -130,12 +177,22 @@ impl MessageStore for CqlStore {
 
     async fn mark_fanned_out(&self, sender: &UserId, client_msg_id: &str) -> Result<()> {
         let inner = &*self.inner;
-        let exists: Option<(Option<i64>,)> =
+        let record: Option<(Option<i64>, Option<i32>)> =
             inner.first_row("read idempotency record", &inner.st.dedup_get, (sender.as_str(), client_msg_id)).await?;
-        if exists.is_none() {
+        let Some((_, ttl)) = record else {
             return Err(Error::not_found("no such client message id"));
-        }
-        inner.execute("mark fanned out", &inner.st.dedup_mark, (sender.as_str(), client_msg_id)).await?;
+        };
+        // The mark must not outlive the record: a row left with only the mark
+        // would be a record without its message. So it gets what is left of
+        // the record's TTL, less a second for the time this write takes; a
+        // record that old is not marked (a retry after it is a new message).
+        // Records written without a TTL (before the window) keep none (0).
+        let ttl = match ttl {
+            None => 0,
+            Some(left) if left > 1 => left - 1,
+            Some(_) => return Ok(()),
+        };
+        inner.execute("mark fanned out", &inner.st.dedup_mark, (ttl, sender.as_str(), client_msg_id)).await?;
         Ok(())
     }
 

@@ -61,6 +61,12 @@
 //! the winner and any later duplicate write identical cells; a duplicate
 //! re-writes it, which repairs a winner that died between the two writes).
 //! `fanned_out` is a separate cell set by a plain update.
+//! Records live for the idempotency window: the insert sets it as the row's
+//! TTL, the `fanned_out` update what is left of it less a second (so the mark
+//! never outlives the message cell and leaves a record without its message).
+//! A record older than the window by the messages' timestamps but not yet
+//! removed by its TTL (clocks differ) is replaced with `UPDATE … IF msg_id =
+//! <its id>`, so of concurrent sends past the window exactly one wins.
 //!
 //! **Groups** live in one partition per group: the group's fields are static
 //! columns and each member is a clustering row ordered by user id (so
@@ -409,7 +415,13 @@ pub struct CqlOptions {
     pub fanout_concurrency: usize,
     /// Rows per page of a scan (member lists, history, log reads).
     pub page_size: u32,
+    /// How long an idempotency record holds; the database drops it after
+    /// that (its TTL). At most [`MAX_TTL_SECS`].
+    pub idempotency_window: Duration,
 }
+
+/// The longest TTL Cassandra and ScyllaDB accept (20 years).
+pub const MAX_TTL_SECS: u64 = 630_720_000;
 
 impl Default for CqlOptions {
     fn default() -> Self {
@@ -427,6 +439,7 @@ impl Default for CqlOptions {
             log_retention_events: 10_000,
             fanout_concurrency: 64,
             page_size: 1000,
+            idempotency_window: crate::DEFAULT_IDEMPOTENCY_WINDOW,
         }
     }
 }
@@ -451,6 +464,12 @@ impl CqlOptions {
             if value == 0 {
                 return Err(format!("{name}: must be greater than 0"));
             }
+        }
+        let window = self.idempotency_window.as_secs();
+        if !(1..=MAX_TTL_SECS).contains(&window) {
+            return Err(format!(
+                "cql.idempotency_window: {window} s, must be between 1 s and {MAX_TTL_SECS} s (the longest TTL)"
+            ));
         }
         if self.page_size > i32::MAX as u32 {
             return Err(format!("cql.page_size: must be at most {}", i32::MAX));

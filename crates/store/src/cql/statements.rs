@@ -16,6 +16,7 @@ pub(crate) struct Statements {
     // messages
     pub dedup_insert: PreparedStatement,
     pub dedup_get_serial: PreparedStatement,
+    pub dedup_take_over: PreparedStatement,
     pub dedup_get: PreparedStatement,
     pub dedup_mark: PreparedStatement,
     pub bucket_insert: PreparedStatement,
@@ -131,7 +132,15 @@ impl Statements {
                 .prepare(
                     "INSERT INTO {ks}.message_dedup \
                      (sender, client_msg_id, conversation, msg_id, message) \
-                     VALUES (?, ?, ?, ?, ?) IF NOT EXISTS",
+                     VALUES (?, ?, ?, ?, ?) IF NOT EXISTS USING TTL ?",
+                    false,
+                )
+                .await?,
+            dedup_take_over: p
+                .prepare(
+                    "UPDATE {ks}.message_dedup USING TTL ? \
+                     SET conversation = ?, msg_id = ?, message = ?, fanned_out = false \
+                     WHERE sender = ? AND client_msg_id = ? IF msg_id = ?",
                     false,
                 )
                 .await?,
@@ -142,11 +151,14 @@ impl Statements {
                 )
                 .await?,
             dedup_get: p
-                .prepare("SELECT msg_id FROM {ks}.message_dedup WHERE sender = ? AND client_msg_id = ?", true)
+                .prepare(
+                    "SELECT msg_id, TTL(msg_id) FROM {ks}.message_dedup WHERE sender = ? AND client_msg_id = ?",
+                    true,
+                )
                 .await?,
             dedup_mark: p
                 .prepare(
-                    "UPDATE {ks}.message_dedup SET fanned_out = true \
+                    "UPDATE {ks}.message_dedup USING TTL ? SET fanned_out = true \
                      WHERE sender = ? AND client_msg_id = ?",
                     true,
                 )
