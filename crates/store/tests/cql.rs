@@ -499,15 +499,7 @@ async fn concurrent_identical_sends_store_once() {
     }))
     .await;
     eprintln!("16 concurrent identical inserts on 2 connections: {:?}", started.elapsed());
-    let new: Vec<usize> = results.iter().enumerate().filter(|(_, r)| **r == Inserted::New).map(|(i, _)| i).collect();
-    assert_eq!(new.len(), 1, "exactly one insert wins: {results:?}");
-    let winner = &attempts[new[0]];
-    for r in &results {
-        if let Inserted::Duplicate { message, fanned_out } = r {
-            assert_eq!(message, winner, "losers get the winner's message");
-            assert!(!fanned_out);
-        }
-    }
+    let winner = one_winner(&attempts, &results);
     let history = stores[0]
         .stores()
         .messages
@@ -565,15 +557,23 @@ async fn idempotency_records_expire_with_the_window() {
         async move { messages.insert_message(&m).await.unwrap() }
     }))
     .await;
+    // The mark of the replaced record is not carried over (`one_winner`).
+    one_winner(&attempts, &results);
+}
+
+/// The one attempt of concurrent inserts that stored its message; every other
+/// one got that message back as a duplicate, not fanned out yet.
+fn one_winner<'a>(attempts: &'a [Message], results: &[Inserted]) -> &'a Message {
     let new: Vec<usize> = results.iter().enumerate().filter(|(_, r)| **r == Inserted::New).map(|(i, _)| i).collect();
-    assert_eq!(new.len(), 1, "exactly one send replaces the expired record: {results:?}");
+    assert_eq!(new.len(), 1, "exactly one insert wins: {results:?}");
     let winner = &attempts[new[0]];
-    for r in &results {
+    for r in results {
         if let Inserted::Duplicate { message, fanned_out } = r {
-            assert_eq!(message, winner, "the others get the new record's message");
-            assert!(!fanned_out, "the replaced record's mark is not carried over");
+            assert_eq!(message, winner, "losers get the winner's message");
+            assert!(!fanned_out);
         }
     }
+    winner
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
