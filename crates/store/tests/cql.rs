@@ -511,7 +511,8 @@ async fn concurrent_identical_sends_store_once() {
 
 /// Idempotency records carry the window as their TTL, the fanned-out mark
 /// no more than what is left of it; past the window, of concurrent sends
-/// with the same client message id exactly one replaces the record.
+/// with the same client message id exactly one replaces the record; a row
+/// left with only its mark is replaced too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_records_expire_with_the_window() {
     let mut options = options(shared_keyspace(), RETENTION);
@@ -559,6 +560,23 @@ async fn idempotency_records_expire_with_the_window() {
     .await;
     // The mark of the replaced record is not carried over (`one_winner`).
     one_winner(&attempts, &results);
+
+    // A row left with only its mark (an older version marked it without the
+    // record's TTL, and the record expired) holds nothing: it is replaced.
+    let cql = format!(
+        "UPDATE {}.message_dedup SET fanned_out = true WHERE sender = ? AND client_msg_id = 'orphan'",
+        options.keyspace
+    );
+    session.query_unpaged(cql, (a.to_string(),)).await.unwrap();
+    let orphaned = message(id_at(now, 20), &a, &b, "orphan");
+    assert_eq!(messages.insert_message(&orphaned).await.unwrap(), Inserted::New, "a row without its message");
+    match messages.insert_message(&message(id_at(now, 21), &a, &b, "orphan")).await.unwrap() {
+        Inserted::Duplicate { message, fanned_out } => {
+            assert_eq!(message, orphaned, "the new record answers");
+            assert!(!fanned_out, "the orphan's mark is gone");
+        }
+        other => panic!("expected duplicate, got {other:?}"),
+    }
 }
 
 /// The one attempt of concurrent inserts that stored its message; every other

@@ -61,10 +61,12 @@ impl Inner {
         i32::try_from(self.options.idempotency_window.as_secs()).unwrap_or(i32::MAX)
     }
 
-    /// Replaces an idempotency record that no longer holds (older than the
-    /// window, but not yet dropped by its TTL, e.g. because the clocks differ)
-    /// with `message`'s, if it is still the record with message id `expired`.
-    async fn take_over(&self, message: &Message, bytes: &[u8], expired: MessageId) -> Result<Inserted> {
+    /// Replaces an idempotency record that no longer holds with `message`'s,
+    /// if it is still the record with message id `expired`: one older than
+    /// the window but not yet dropped by its TTL (the clocks differ), or
+    /// (`None`) a row left with only its fanned-out mark, which an older
+    /// version wrote without the record's TTL.
+    async fn take_over(&self, message: &Message, bytes: &[u8], expired: Option<MessageId>) -> Result<Inserted> {
         let conversation = message.conversation();
         let values = (
             self.idempotency_ttl(),
@@ -73,7 +75,7 @@ impl Inner {
             bytes,
             message.from.as_str(),
             message.client_msg_id.as_str(),
-            id_value(expired)?,
+            expired.map(id_value).transpose()?,
         );
         let lwt = match self.conditional("replace expired idempotency record", &self.st.dedup_take_over, values).await {
             Ok(lwt) => lwt.checked()?,
@@ -98,18 +100,18 @@ impl Inner {
     }
 
     /// The stored duplicate, read linearizably (after a conditional insert
-    /// whose answer was lost).
+    /// whose answer was lost). `None` also for a row without its message (see
+    /// [`take_over`](Self::take_over)): it holds nothing.
     async fn stored_duplicate(&self, sender: &UserId, client_msg_id: &str) -> Result<Option<Inserted>> {
         let row: Option<(Option<Vec<u8>>, Option<bool>)> = self
             .first_row("read idempotency record", &self.st.dedup_get_serial, (sender.as_str(), client_msg_id))
             .await?;
         match row {
-            None => Ok(None),
+            None | Some((None, _)) => Ok(None),
             Some((Some(bytes), fanned_out)) => Ok(Some(Inserted::Duplicate {
                 message: decode_message(&bytes)?,
                 fanned_out: fanned_out.unwrap_or(false),
             })),
-            Some((None, _)) => Err(Error::internal("idempotency record without its message")),
         }
     }
 }
@@ -139,11 +141,12 @@ impl MessageStore for CqlStore {
                             message: decode_message(stored)?,
                             fanned_out: lwt.boolean("fanned_out").unwrap_or(false),
                         },
-                        // The database did not return the row: read it.
-                        None => inner
-                            .stored_duplicate(&message.from, &message.client_msg_id)
-                            .await?
-                            .ok_or_else(|| Error::internal("conditional insert lost without a stored record"))?,
+                        // The database did not return the message: read the
+                        // record; a row without its message is taken over.
+                        None => match inner.stored_duplicate(&message.from, &message.client_msg_id).await? {
+                            Some(duplicate) => duplicate,
+                            None => inner.take_over(message, &bytes, None).await?,
+                        },
                     }
                 }
             }
@@ -161,7 +164,7 @@ impl MessageStore for CqlStore {
         if let Inserted::Duplicate { message: stored, .. } = &outcome
             && crate::idempotency_expired(stored.timestamp, message.timestamp, inner.options.idempotency_window)
         {
-            outcome = inner.take_over(message, &bytes, stored.id).await?;
+            outcome = inner.take_over(message, &bytes, Some(stored.id)).await?;
         }
         match &outcome {
             Inserted::New => inner.write_message(message, &bytes).await?,

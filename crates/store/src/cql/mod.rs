@@ -66,7 +66,9 @@
 //! never outlives the message cell and leaves a record without its message).
 //! A record older than the window by the messages' timestamps but not yet
 //! removed by its TTL (clocks differ) is replaced with `UPDATE … IF msg_id =
-//! <its id>`, so of concurrent sends past the window exactly one wins.
+//! <its id>`, so of concurrent sends past the window exactly one wins; a row
+//! left with only its mark (marked without the TTL by an older version) is
+//! taken over the same way, `IF msg_id = null`.
 //!
 //! **Groups** live in one partition per group: the group's fields are static
 //! columns and each member is a clustering row ordered by user id (so
