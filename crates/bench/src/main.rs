@@ -59,6 +59,9 @@ enum Command {
         loads: Vec<f64>,
         #[arg(long, default_value_t = 8.0)]
         step_secs: f64,
+        /// The 10,000 msg/s step (the p99 target's) runs at least this long.
+        #[arg(long, default_value_t = 30.0)]
+        target_step_secs: f64,
         /// Closed-loop saturation step; 0 skips it.
         #[arg(long, default_value_t = 10.0)]
         saturation_secs: f64,
@@ -199,10 +202,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config.idle = Some(IdleConfig { connections: conns, hold_secs });
             (config, common)
         }
-        Command::Direct { users, loads, step_secs, saturation_secs, window, common } => {
+        Command::Direct { users, loads, step_secs, target_step_secs, saturation_secs, window, common } => {
             let mut config = empty("direct");
             let standard = SuiteConfig::standard().direct.context("standard direct config")?;
-            config.direct = Some(DirectConfig { users, loads, step_secs, saturation_secs, window, ..standard });
+            config.direct =
+                Some(DirectConfig { users, loads, step_secs, target_step_secs, saturation_secs, window, ..standard });
             (config, common)
         }
         Command::Fanout { group_size, groups, senders, messages, window, common } => {
