@@ -16,6 +16,7 @@ use axum::Json;
 use axum::routing::post;
 use futures::{SinkExt, StreamExt};
 use natter_client::{Client, ClientError, ClientEvent, ClientOptions, v1};
+use natter_server::Config;
 use parking_lot::Mutex;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
@@ -528,28 +529,56 @@ pub async fn backend_grpc_queries_presence_and_subscriptions<D: Deployment>() {
     assert_eq!((subs.total, subs.subscriptions.len()), (2, 1));
 }
 
-pub async fn w1_webhook_reports_connect_kick_and_logout<D: Deployment>() {
-    let calls: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
-    let sink = calls.clone();
-    let app = axum::Router::new().route(
-        "/presence",
-        post(move |Json(batch): Json<Vec<serde_json::Value>>| {
-            let sink = sink.clone();
-            async move {
-                sink.lock().extend(batch);
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/presence", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+/// A presence webhook receiver on a port of its own: what it was sent, in
+/// order, one JSON object per event.
+pub struct WebhookReceiver {
+    pub url: String,
+    calls: Arc<Mutex<Vec<serde_json::Value>>>,
+}
 
-    let d = D::start_with(|c| {
-        c.limits.max_sessions_per_user = 1;
-        c.presence.webhook.urls = vec![url.clone()];
+impl WebhookReceiver {
+    pub async fn start() -> Self {
+        let calls: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+        let sink = calls.clone();
+        let app = axum::Router::new().route(
+            "/presence",
+            post(move |Json(batch): Json<Vec<serde_json::Value>>| {
+                let sink = sink.clone();
+                async move {
+                    sink.lock().extend(batch);
+                    "ok"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/presence", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { url, calls }
+    }
+
+    /// Points a server's webhook here.
+    pub fn configure(&self, c: &mut Config) {
+        c.presence.webhook.urls = vec![self.url.clone()];
         c.presence.webhook.app_key = "app".into();
         c.presence.webhook.app_secret = "secret".into();
+    }
+
+    /// The first `n` events, once that many have arrived.
+    pub async fn events(&self, n: usize) -> Vec<serde_json::Value> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.calls.lock().len() < n {
+            assert!(tokio::time::Instant::now() < deadline, "webhook calls: {:?}", self.calls.lock());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.calls.lock()[..n].to_vec()
+    }
+}
+
+pub async fn w1_webhook_reports_connect_kick_and_logout<D: Deployment>() {
+    let receiver = WebhookReceiver::start().await;
+    let d = D::start_with(|c| {
+        c.limits.max_sessions_per_user = 1;
+        receiver.configure(c);
     })
     .await;
     let (first, _f) = d.client("dora").await;
@@ -557,12 +586,7 @@ pub async fn w1_webhook_reports_connect_kick_and_logout<D: Deployment>() {
     let (second, _s) = d.client("dora").await;
     second.logout().await.unwrap();
 
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while calls.lock().len() < 4 {
-        assert!(tokio::time::Instant::now() < deadline, "webhook calls: {:?}", calls.lock());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let calls = calls.lock().clone();
+    let calls = receiver.events(4).await;
     let statuses: Vec<(&str, bool)> = calls
         .iter()
         .map(|c| (c["status"].as_str().unwrap(), c["sessionId"].as_str().unwrap() == first_session))

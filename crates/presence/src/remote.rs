@@ -22,18 +22,8 @@ use crate::{PresenceApi, SessionInfo, SubscriptionPage};
 /// Per-call deadline of [`RemotePresence`] unless told otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A function, not a `From`: both types are foreign here (`SessionInfo` is
-/// a natter-types type, so the registry can live in natter-store).
 fn wire_session(s: &SessionInfo) -> v1::SessionInfo {
-    v1::SessionInfo {
-        user_id: s.user.to_string(),
-        session_id: s.session.0.clone(),
-        device: s.device.clone(),
-        gateway: s.gateway.clone(),
-        platform: s.platform.clone(),
-        client_addr: s.client_addr.clone(),
-        connected_at: s.connected_at,
-    }
+    s.into()
 }
 
 /// Decodes a session; errors are BAD_REQUEST naming `field`.

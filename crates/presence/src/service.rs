@@ -356,6 +356,17 @@ impl PresenceService {
     /// Records a session status change, tells subscribers and the webhook.
     /// Failures are logged: a status change has already happened and must
     /// not fail the connection that caused it.
+    /// Announces offline the sessions a previous run of this node left open:
+    /// it died without closing them (see [`LocalSessionRegistry::with_journal`]).
+    ///
+    /// [`LocalSessionRegistry::with_journal`]: crate::local::LocalSessionRegistry::with_journal
+    pub async fn announce_lost(&self, sessions: &[SessionInfo]) {
+        for session in sessions {
+            tracing::info!(user = %session.user, session = %session.session, "session of the previous run offline");
+            self.announce(session, SessionStatus::Offline).await;
+        }
+    }
+
     async fn announce(&self, session: &SessionInfo, status: SessionStatus) {
         let now = self.clock.now_ms();
         let result = async {

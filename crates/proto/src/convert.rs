@@ -557,6 +557,39 @@ impl TryFrom<v1::WebhookEvent> for t::WebhookEvent {
     }
 }
 
+impl From<&t::SessionInfo> for v1::SessionInfo {
+    fn from(s: &t::SessionInfo) -> Self {
+        Self {
+            user_id: s.user.to_string(),
+            session_id: s.session.0.clone(),
+            device: s.device.clone(),
+            gateway: s.gateway.clone(),
+            platform: s.platform.clone(),
+            client_addr: s.client_addr.clone(),
+            connected_at: s.connected_at,
+        }
+    }
+}
+
+impl TryFrom<v1::SessionInfo> for t::SessionInfo {
+    type Error = DecodeError;
+
+    fn try_from(s: v1::SessionInfo) -> Result<Self, DecodeError> {
+        if s.session_id.is_empty() {
+            return Err(DecodeError("session without an id".into()));
+        }
+        Ok(Self {
+            user: t::UserId::parse(&s.user_id, "user_id")?,
+            session: t::SessionId(s.session_id),
+            device: s.device,
+            gateway: s.gateway,
+            platform: s.platform,
+            client_addr: s.client_addr,
+            connected_at: s.connected_at,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -13,6 +13,7 @@ use natter_message::{MessageOptions, MessageService};
 use natter_presence::PresenceService;
 use natter_presence::local::LocalSessionRegistry;
 use natter_proto::v1::backend_server::BackendServer;
+use natter_store::SessionJournal;
 use natter_store::embedded::{EmbeddedOptions, EmbeddedStore};
 use tokio_util::sync::CancellationToken;
 
@@ -104,10 +105,11 @@ impl Node {
 
         let cancel = CancellationToken::new();
         let mut tasks = Tasks::new(cancel.clone());
+        let journal: Arc<dyn SessionJournal> = Arc::new(store.clone());
         let presence = PresenceService::new(
             config.presence.clone(),
             config.limits.clone(),
-            Arc::new(LocalSessionRegistry::new()),
+            Arc::new(LocalSessionRegistry::with_journal(journal.clone())),
             stores.presence.clone(),
             stores.outbox.clone(),
             bus.clone(),
@@ -115,6 +117,17 @@ impl Node {
         )
         .map_err(|e| anyhow::anyhow!("presence service: {e}"))?;
         presence.start().await.map_err(|e| anyhow::anyhow!("starting presence: {e}"))?;
+        // Sessions the journal still holds belong to a run that died without
+        // closing them: announce them offline before serving new ones.
+        match journal.open_sessions().await {
+            Ok(lost) if !lost.is_empty() => {
+                tracing::info!(sessions = lost.len(), "announcing the previous run's sessions offline");
+                presence.announce_lost(&lost).await;
+                journal.closed(&lost).await.map_err(|e| anyhow::anyhow!("recording lost sessions closed: {e}"))?;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "reading the previous run's sessions failed"),
+        }
         let deps = GatewayDeps {
             messages: messages.clone(),
             log: stores.log.clone(),

@@ -19,15 +19,15 @@ use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use natter_proto::v1;
 use natter_types::{
-    ConversationKey, Error, Group, GroupId, GroupMember, GroupRole, LogEvent, Message, MessageId, Result, Subscription,
-    UserId, WebhookEvent,
+    ConversationKey, Error, Group, GroupId, GroupMember, GroupRole, LogEvent, Message, MessageId, Result, SessionInfo,
+    Subscription, UserId, WebhookEvent,
 };
 use parking_lot::Mutex;
 use prost::Message as _;
 
 use crate::{
     Appended, CursorExpired, Direction, GroupStore, Inserted, LogPage, MembersAdded, MessageStore, PresenceStore,
-    Stored, Stores, UserLog, WebhookOutbox,
+    SessionJournal, Stored, Stores, UserLog, WebhookOutbox,
 };
 
 mod dedup_expiry;
@@ -103,6 +103,8 @@ struct Inner {
     subs_by_target: Keyspace,
     presence: Keyspace,
     outbox: Keyspace,
+    /// Sessions open now (`user \0 session` → SessionInfo), for [`SessionJournal`].
+    sessions: Keyspace,
     options: EmbeddedOptions,
     /// Last queue id per webhook receiver, loaded lazily (writer only).
     outbox_heads: Mutex<HashMap<String, u64>>,
@@ -114,7 +116,7 @@ struct Inner {
 }
 
 impl Inner {
-    fn keyspaces(&self) -> [&Keyspace; 11] {
+    fn keyspaces(&self) -> [&Keyspace; 12] {
         [
             &self.messages,
             &self.dedup,
@@ -127,6 +129,7 @@ impl Inner {
             &self.subs_by_target,
             &self.presence,
             &self.outbox,
+            &self.sessions,
         ]
     }
 }
@@ -221,6 +224,7 @@ impl EmbeddedStore {
             subs_by_target: ks("presence_subs_by_target")?,
             presence: ks("presence")?,
             outbox: ks("webhook_outbox")?,
+            sessions: ks("open_sessions")?,
             db,
             options,
             outbox_heads: Mutex::new(HashMap::new()),
@@ -1212,6 +1216,47 @@ impl WebhookOutbox for EmbeddedStore {
             Ok(())
         })
         .await
+    }
+}
+
+fn session_key(user: &UserId, session: &natter_types::SessionId) -> Vec<u8> {
+    key2(user.as_str(), session.0.as_bytes())
+}
+
+#[async_trait]
+impl SessionJournal for EmbeddedStore {
+    async fn opened(&self, session: &SessionInfo) -> Result<()> {
+        let (key, value) = (session_key(&session.user, &session.session), v1::SessionInfo::from(session));
+        self.write_batch(move |inner, batch| {
+            batch.insert(&inner.sessions, key, value.encode_to_vec());
+            Ok(())
+        })
+        .await
+    }
+
+    async fn closed(&self, sessions: &[SessionInfo]) -> Result<()> {
+        let keys: Vec<Vec<u8>> = sessions.iter().map(|s| session_key(&s.user, &s.session)).collect();
+        self.writer
+            .write_unsynced(move |round| {
+                let inner = round.inner;
+                let mut batch = inner.db.batch();
+                for key in keys {
+                    batch.remove(&inner.sessions, key);
+                }
+                round.commit(batch)
+            })
+            .await
+    }
+
+    async fn open_sessions(&self) -> Result<Vec<SessionInfo>> {
+        self.inner
+            .sessions
+            .iter()
+            .map(|item| {
+                let (_, value) = item.into_inner().map_err(storage_err)?;
+                Ok(decode::<v1::SessionInfo>(&value)?.try_into()?)
+            })
+            .collect()
     }
 }
 

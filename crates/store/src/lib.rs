@@ -314,6 +314,25 @@ pub trait SessionRegistry: Send + Sync + 'static {
     async fn expire_leases(&self, now: i64) -> Result<Vec<SessionInfo>>;
 }
 
+/// Single node: the sessions open right now, kept on disk so that a start
+/// after a crash can announce them offline. (The registry itself is in
+/// memory there; in the distributed mode it is in the database and a dead
+/// gateway's lease ends its sessions.)
+#[async_trait]
+pub trait SessionJournal: Send + Sync + 'static {
+    /// Records a session as open; durable when it returns.
+    async fn opened(&self, session: &SessionInfo) -> Result<()>;
+
+    /// Records sessions as closed. Not necessarily durable: losing this only
+    /// announces the session offline once more after a crash.
+    async fn closed(&self, sessions: &[SessionInfo]) -> Result<()>;
+
+    /// Every session recorded as open and not closed. Read at start, these
+    /// are the previous run's, which ended without closing them; they are
+    /// announced offline, then recorded as closed (so at least once).
+    async fn open_sessions(&self) -> Result<Vec<SessionInfo>>;
+}
+
 /// Named, time-limited, exclusive leases (leadership, node ids): at most one
 /// owner holds a name at a time, until it releases it or its ttl runs out
 /// without a renewal.
