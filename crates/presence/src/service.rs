@@ -434,7 +434,10 @@ impl PresenceApi for PresenceService {
         let Some(removed) = self.registry.unregister(&session.user, &session.session).await? else {
             return Ok(());
         };
-        if status != SessionStatus::Offline || self.options.flap_window_ms == 0 {
+        // Shutting down: announce now. A flap timer would outlive the
+        // shutdown (and hold the store open after it), and a device that
+        // reconnects does so to another run.
+        if status != SessionStatus::Offline || self.options.flap_window_ms == 0 || self.cancel.is_cancelled() {
             self.announce(&removed, status).await;
             return Ok(());
         }

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
 use natter_bus::local::LocalBus;
 use natter_bus::{Bus, Live};
 use natter_presence::local::LocalSessionRegistry;
@@ -297,6 +297,21 @@ async fn flap_damping_hides_a_quick_reconnect_of_the_same_device() {
     let p = alice.next().await;
     assert!(!p.online);
     h.cancel.cancel();
+}
+
+/// A session closed while the server shuts down is announced offline at
+/// once: a flap timer would outlive the shutdown (and keep the store open).
+#[tokio::test(start_paused = true)]
+async fn a_close_during_shutdown_is_announced_at_once() {
+    let h = default_harness().await;
+    h.service.subscribe(&user("alice"), vec![user("bob")], 3600).await.unwrap();
+    let bob = session("bob", "phone", "s1");
+    h.service.session_opened(bob.clone()).await.unwrap();
+    let mut alice = Watch::of(&h, "alice").await;
+    h.cancel.cancel();
+    h.service.session_closed(&bob, SessionStatus::Offline).await.unwrap();
+    let p = alice.0.next().now_or_never().flatten();
+    assert!(matches!(p, Some(Live::Transient(_))), "announced before the call returned, no timer: {p:?}");
 }
 
 #[tokio::test(start_paused = true)]
