@@ -22,10 +22,6 @@ use crate::{PresenceApi, SessionInfo, SubscriptionPage};
 /// Per-call deadline of [`RemotePresence`] unless told otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
-fn wire_session(s: &SessionInfo) -> v1::SessionInfo {
-    s.into()
-}
-
 /// Decodes a session; errors are BAD_REQUEST naming `field`.
 fn session_info(s: v1::SessionInfo, field: &str) -> Result<SessionInfo> {
     if s.session_id.is_empty() {
@@ -85,7 +81,7 @@ impl PresenceRole for PresenceRoleServer {
     async fn session_opened(&self, request: Request<v1::SessionInfo>) -> Reply<v1::SessionList> {
         let session = session_info(request.into_inner(), "session").map_err(status)?;
         let kicked = self.api.session_opened(session).await.map_err(status)?;
-        Ok(Response::new(v1::SessionList { sessions: kicked.iter().map(wire_session).collect() }))
+        Ok(Response::new(v1::SessionList { sessions: kicked.iter().map(v1::SessionInfo::from).collect() }))
     }
 
     async fn session_closed(&self, request: Request<v1::RoleSessionClosedRequest>) -> Reply<v1::Empty> {
@@ -179,7 +175,10 @@ fn presences(list: v1::PresenceList) -> Result<Vec<Presence>> {
 #[async_trait]
 impl PresenceApi for RemotePresence {
     async fn session_opened(&self, session: SessionInfo) -> Result<Vec<SessionInfo>> {
-        let list = self.inner.call(wire_session(&session), |mut c, r| async move { c.session_opened(r).await }).await?;
+        let list = self
+            .inner
+            .call(v1::SessionInfo::from(&session), |mut c, r| async move { c.session_opened(r).await })
+            .await?;
         // A malformed answer is the role's fault, not the caller's.
         list.sessions
             .into_iter()
@@ -189,7 +188,7 @@ impl PresenceApi for RemotePresence {
 
     async fn session_closed(&self, session: &SessionInfo, status: SessionStatus) -> Result<()> {
         let req = v1::RoleSessionClosedRequest {
-            session: Some(wire_session(session)),
+            session: Some(session.into()),
             status: v1::SessionStatus::from(status) as i32,
         };
         self.inner.call(req, |mut c, r| async move { c.session_closed(r).await }).await.map(drop)
