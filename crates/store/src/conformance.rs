@@ -15,7 +15,7 @@ use natter_types::{
     WebhookEvent,
 };
 
-use crate::{Appended, Direction, Inserted, Leases, SessionRegistry, Stored, Stores, claim_node_id};
+use crate::{Appended, Direction, Inserted, Leases, SessionRegistry, Stored, Stores, UserLog, claim_node_id};
 
 static RUN: AtomicU64 = AtomicU64::new(0);
 
@@ -34,7 +34,7 @@ fn ids() -> &'static IdGenerator {
     IDS.get_or_init(|| IdGenerator::new(1))
 }
 
-fn text_message(from: &UserId, to: &UserId, client_msg_id: &str, text: &str) -> Message {
+pub fn text_message(from: &UserId, to: &UserId, client_msg_id: &str, text: &str) -> Message {
     let id = ids().next();
     Message {
         id,
@@ -75,6 +75,7 @@ pub async fn run_all(stores: &Stores, retention: u64) {
     groups_lifecycle(stores).await;
     groups_size_limit_is_all_or_nothing(stores).await;
     log_appends_in_order_per_user(stores).await;
+    log_group_sends_follow_membership(stores).await;
     log_retention_expires_old_cursors(stores, retention).await;
     log_ack_only_moves_forward(stores).await;
     presence_subscriptions_expire_cap_and_page(stores).await;
@@ -330,6 +331,76 @@ pub async fn log_appends_in_order_per_user(stores: &Stores) {
     // A cursor ahead of the head means the client knows a log we do not.
     let ahead = stores.log.read(&a, 99, 10).await.unwrap().unwrap_err();
     assert_eq!(ahead.head, 3);
+}
+
+/// A message to group `group` from `from`, the `n`th.
+pub fn group_message(from: &UserId, group: &GroupId, n: usize) -> Message {
+    let id = ids().next();
+    Message {
+        id,
+        client_msg_id: unique(&format!("g{n}")),
+        from: from.clone(),
+        to: group.to_string(),
+        chat_type: ChatType::Group,
+        timestamp: id.timestamp_ms(),
+        body: MessageBody::Text(format!("group message {n}")),
+        ext: Default::default(),
+        from_system: false,
+    }
+}
+
+/// Sends `message` to its group's members as they are now.
+pub async fn send_to_group(stores: &Stores, message: &Message) {
+    let group = GroupId::parse(&message.to, "to").unwrap();
+    let members = stores.groups.member_ids(&group).await.unwrap();
+    stores.messages.insert_and_append(message, &members, stores.log.as_ref()).await.unwrap();
+}
+
+/// `user`'s log holds `want` as its newest entries (retention may have
+/// dropped older ones), and every cursor from the oldest kept reads the same
+/// entries, a page at a time.
+pub async fn assert_log_is(log: &dyn UserLog, user: &UserId, want: &[Message]) {
+    let (head, oldest) = log.bounds(user).await.unwrap();
+    assert_eq!(head, want.len() as u64, "{user}'s head");
+    let all: Vec<_> = (1..).zip(want.iter().map(|m| LogEvent::Message(m.clone()))).collect();
+    for after in oldest.saturating_sub(1)..=head {
+        for limit in 1..=3 {
+            let page = log.read(user, after, limit).await.unwrap().unwrap();
+            let expected: Vec<_> = all.iter().skip(after as usize).take(limit).cloned().collect();
+            assert_eq!(page.events, expected, "{user}'s log after {after}, limit {limit}");
+        }
+    }
+}
+
+/// Group sends reach every member's log in the order they were sent, mixed
+/// with other entries; a member who leaves gets nothing sent after.
+pub async fn log_group_sends_follow_membership(stores: &Stores) {
+    let (a, b, c) = (user("a"), user("b"), user("c"));
+    let group = new_group(&a, 10);
+    let members = [member(&a, GroupRole::Owner), member(&b, GroupRole::Member), member(&c, GroupRole::Member)];
+    stores.groups.create_group(&group, &members).await.unwrap();
+    let mut sent = Vec::new();
+    for (n, from) in [&a, &b, &c].into_iter().enumerate() {
+        sent.push(group_message(from, &group.id, n));
+        send_to_group(stores, &sent[n]).await;
+    }
+    let direct = text_message(&b, &a, &unique("d"), "between the group's messages");
+    stores.messages.insert_and_append(&direct, &[b.clone(), a.clone()], stores.log.as_ref()).await.unwrap();
+    for n in 3..5 {
+        sent.push(group_message(&a, &group.id, n));
+        send_to_group(stores, &sent[n]).await;
+    }
+    assert_eq!(stores.groups.remove_members(&group.id, std::slice::from_ref(&c)).await.unwrap(), vec![c.clone()]);
+    for n in 5..7 {
+        sent.push(group_message(&b, &group.id, n));
+        send_to_group(stores, &sent[n]).await;
+    }
+    let mut with_direct = sent[..3].to_vec();
+    with_direct.push(direct);
+    with_direct.extend_from_slice(&sent[3..]);
+    assert_log_is(stores.log.as_ref(), &a, &with_direct).await;
+    assert_log_is(stores.log.as_ref(), &b, &with_direct).await;
+    assert_log_is(stores.log.as_ref(), &c, &sent[..5]).await;
 }
 
 pub async fn log_retention_expires_old_cursors(stores: &Stores, retention: u64) {

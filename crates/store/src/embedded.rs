@@ -99,6 +99,9 @@ struct Inner {
     user_groups: Keyspace,
     log: Keyspace,
     log_meta: Keyspace,
+    /// Each group conversation's timeline (`conversation \0 pos_be` → the
+    /// entry): what members' open group runs read.
+    timeline: Keyspace,
     subs: Keyspace,
     subs_by_target: Keyspace,
     presence: Keyspace,
@@ -111,12 +114,14 @@ struct Inner {
     /// Shared by the writer (which alone moves `assigned`, `oldest` and,
     /// after each fsync, `durable`) and readers (which stop at `durable`).
     log_heads: Mutex<UserMap<LogHead>>,
+    /// Last position assigned per group timeline, loaded lazily (writer only).
+    timeline_heads: Mutex<HashMap<Arc<str>, u64>>,
     /// Member ids of recently used groups; see [`EmbeddedStore::write_members`].
     member_cache: MemberCache,
 }
 
 impl Inner {
-    fn keyspaces(&self) -> [&Keyspace; 12] {
+    fn keyspaces(&self) -> [&Keyspace; 13] {
         [
             &self.messages,
             &self.dedup,
@@ -125,6 +130,7 @@ impl Inner {
             &self.user_groups,
             &self.log,
             &self.log_meta,
+            &self.timeline,
             &self.subs,
             &self.subs_by_target,
             &self.presence,
@@ -138,7 +144,7 @@ impl Inner {
 /// member several times: foldhash, not SipHash (randomly seeded per process).
 type UserMap<V> = foldhash::HashMap<UserId, V>;
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct LogHead {
     /// Last seq assigned (possibly not yet durable).
     assigned: u64,
@@ -149,12 +155,41 @@ struct LogHead {
     /// First and last seq of the oldest row still stored, once retention
     /// needed it (`None`: not looked up yet).
     first_row: Option<(u64, u64)>,
+    /// The user's newest stored row is an open group run: the log grows with
+    /// that group's timeline without a row per entry.
+    open: Option<OpenRun>,
+}
+
+/// Where an open group run starts: at the user's `seq`, the timeline's `pos`.
+#[derive(Debug, Clone)]
+struct OpenRun {
+    conversation: Arc<str>,
+    seq: u64,
+    pos: u64,
+}
+
+impl OpenRun {
+    /// Whether the user's entry at `seq` being the timeline's `pos` is what
+    /// this run already says it is.
+    fn covers(&self, at: &TimelinePos, seq: u64) -> bool {
+        *self.conversation == *at.conversation && seq.checked_sub(self.seq) == at.pos.checked_sub(self.pos)
+    }
+}
+
+/// An entry's position in its group's timeline.
+#[derive(Debug, Clone)]
+pub(super) struct TimelinePos {
+    conversation: Arc<str>,
+    pos: u64,
 }
 
 /// One user's log entries of a writer round: consecutive seqs from `first`.
 pub(super) struct Run {
     first: u64,
     entries: Vec<fjall::Slice>,
+    /// Set while the entries are consecutive positions of one group's
+    /// timeline, from this one: the row can be a group run.
+    timeline: Option<TimelinePos>,
     /// The user's head before the round, to put back if its rows fail.
     before: LogHead,
 }
@@ -220,6 +255,7 @@ impl EmbeddedStore {
             user_groups: ks("user_groups")?,
             log: ks("user_log")?,
             log_meta: ks("user_log_meta")?,
+            timeline: ks("group_log")?,
             subs: ks("presence_subs")?,
             subs_by_target: ks("presence_subs_by_target")?,
             presence: ks("presence")?,
@@ -229,6 +265,7 @@ impl EmbeddedStore {
             options,
             outbox_heads: Mutex::new(HashMap::new()),
             log_heads: Mutex::new(UserMap::default()),
+            timeline_heads: Mutex::new(HashMap::new()),
             member_cache: MemberCache::new(),
         };
         let keeper = Arc::new(Keeper::start(inner.keyspaces().into_iter().cloned().collect()).map_err(storage_err)?);
@@ -414,9 +451,16 @@ impl MessageStore for EmbeddedStore {
                         conversation: message.conversation().as_str().to_owned(),
                         msg_id: message.id.0,
                     })),
-                    run: Vec::new(),
+                    ..Default::default()
                 };
-                let appended = round.stage_log(users, entry.encode_to_vec().into());
+                let entry: fjall::Slice = entry.encode_to_vec().into();
+                // A retry completing an interrupted fan-out stays out of the
+                // timeline: only new messages go in, in the order they are sent.
+                let at = match (&send.message, message.chat_type) {
+                    (Some(_), natter_types::ChatType::Group) => round.timeline_slot(&message, &users, &entry)?,
+                    _ => None,
+                };
+                let appended = round.stage_log(users, entry, at.as_ref());
                 round.sends.insert(dedup_key, send);
                 Ok(Stored { message, duplicate, appended })
             })
@@ -498,13 +542,29 @@ impl EmbeddedStore {
     }
 
     /// [`write_batch`](Self::write_batch) for a batch that may change group
-    /// `id`'s members: the cached list is dropped once the batch is visible.
+    /// `id`'s members. `build` also returns the members it removes: their
+    /// open runs on the group's timeline are closed in the same batch, after
+    /// the rows the round staged so far (which those runs may cover) are
+    /// written. The cached member list is dropped once the batch is visible.
     async fn write_members<T: Send + 'static>(
         &self,
         id: GroupId,
-        build: impl FnOnce(&Inner, &mut fjall::OwnedWriteBatch) -> Result<T> + Send + 'static,
+        build: impl FnOnce(&Inner, &mut fjall::OwnedWriteBatch) -> Result<(T, Vec<UserId>)> + Send + 'static,
     ) -> Result<T> {
-        self.write_batch_then(build, move |inner| inner.member_cache.invalidate(&id)).await
+        self.writer
+            .write(move |round| {
+                round.flush_rows()?;
+                let inner = round.inner;
+                let mut batch = inner.db.batch();
+                let (value, leaving) = build(inner, &mut batch)?;
+                let closed = inner.close_group_runs(&mut batch, &id, &leaving)?;
+                let commit = round.commit(batch);
+                inner.member_cache.invalidate(&id);
+                commit?;
+                inner.runs_closed(&closed);
+                Ok(value)
+            })
+            .await
     }
 
     /// [`write_batch`](Self::write_batch), then `committed` once readers can
@@ -546,7 +606,7 @@ impl GroupStore for EmbeddedStore {
             for m in &members {
                 inner.put_member(batch, &group.id, m);
             }
-            Ok(())
+            Ok(((), Vec::new()))
         })
         .await
     }
@@ -589,7 +649,7 @@ impl GroupStore for EmbeddedStore {
             group.member_count = count as u32;
             outcome.member_count = group.member_count;
             inner.put_group(batch, group);
-            Ok(outcome)
+            Ok((outcome, Vec::new()))
         })
         .await
     }
@@ -609,7 +669,7 @@ impl GroupStore for EmbeddedStore {
             }
             group.member_count = group.member_count.saturating_sub(removed.len() as u32);
             inner.put_group(batch, group);
-            Ok(removed)
+            Ok((removed.clone(), removed))
         })
         .await
     }
@@ -643,17 +703,17 @@ impl GroupStore for EmbeddedStore {
             if inner.load_group(&id)?.is_none() {
                 return Err(group_not_found(&id));
             }
+            let mut members = Vec::new();
             for item in inner.members.prefix(key2(id.as_str(), &[])) {
                 let (key, _) = item.into_inner().map_err(storage_err)?;
-                let user = &key[id.as_str().len() + 1..];
-                let mut index_key = user.to_vec();
-                index_key.push(0);
-                index_key.extend_from_slice(id.as_str().as_bytes());
-                batch.remove(&inner.user_groups, index_key);
+                let raw = std::str::from_utf8(&key[id.as_str().len() + 1..]).map_err(storage_err)?;
+                let user = UserId::parse(raw, "member")?;
+                batch.remove(&inner.user_groups, key2(user.as_str(), id.as_str().as_bytes()));
                 batch.remove(&inner.members, key);
+                members.push(user);
             }
             batch.remove(&inner.groups, id.as_str());
-            Ok(())
+            Ok(((), members))
         })
         .await
     }
@@ -700,17 +760,43 @@ fn suffix_ids<T>(keyspace: &Keyspace, prefix: &str, parse: impl Fn(&str) -> Resu
 // one writer round appended to that user), keyed by its first seq. Rows
 // follow each other without gaps, so the row after one ending at `n` is the
 // one keyed `n + 1`.
+//
+// A row can instead be a group run: a stretch of a group's timeline
+// (`group_log`, one row per message sent to the group). While it is the
+// user's newest row it is open and grows with the timeline, so a member
+// receiving only that group's messages costs no row per message: the
+// timeline's row is shared by every member. It ends where the user's next
+// row starts, or, when the user leaves the group, is closed with its count.
+//
+// What keeps an open run true: the timeline only grows by messages whose
+// recipients are the group's members at that moment (checked in the writer,
+// where member changes are serialized), and a member's open run is closed in
+// the batch that removes them. So everyone with an open run on a group gets
+// every entry its timeline gains, and their log heads move with it.
 
-/// The entries of a stored row, first seq first.
-fn row_entries(value: &[u8]) -> Result<Vec<v1::StoredLogEntry>> {
-    let row: v1::StoredLogEntry = decode(value)?;
-    Ok(if row.run.is_empty() { vec![row] } else { row.run })
+/// A stored row, decoded.
+enum Row {
+    Entries(Vec<v1::StoredLogEntry>),
+    Group(v1::GroupRun),
 }
 
-/// A row's last seq, from its key and value.
-fn row_last(key: &[u8], value: &[u8]) -> Result<u64> {
-    let len = row_entries(value)?.len() as u64;
-    Ok(seq_of(key) + len.max(1) - 1)
+fn decode_row(value: &[u8]) -> Result<Row> {
+    let row: v1::StoredLogEntry = decode(value)?;
+    Ok(match row.group_run {
+        Some(run) => Row::Group(run),
+        None if row.run.is_empty() => Row::Entries(vec![row]),
+        None => Row::Entries(row.run),
+    })
+}
+
+/// A row's last seq when it does not depend on the rows after it: `None`
+/// for an open group run.
+fn row_fixed_last(first: u64, row: &Row) -> Option<u64> {
+    match row {
+        Row::Entries(entries) => Some(first + (entries.len() as u64).max(1) - 1),
+        Row::Group(run) if run.count > 0 => Some(first + run.count - 1),
+        Row::Group(_) => None,
+    }
 }
 
 /// A run's row: a single entry as it is, several as a `run`.
@@ -732,9 +818,14 @@ fn encode_row(entries: &[fjall::Slice]) -> fjall::Slice {
     }
 }
 
+fn encode_group_run(conversation: &str, first: u64, count: u64) -> Vec<u8> {
+    let run = v1::GroupRun { conversation: conversation.to_owned(), first, count };
+    v1::StoredLogEntry { group_run: Some(run), ..Default::default() }.encode_to_vec()
+}
+
 impl Inner {
     fn head_of(&self, heads: &mut UserMap<LogHead>, user: &UserId) -> Result<LogHead> {
-        self.head_entry(heads, user).map(|head| *head)
+        self.head_entry(heads, user).map(|head| head.clone())
     }
 
     /// The user's head in `heads`, loaded from the log the first time.
@@ -748,13 +839,27 @@ impl Inner {
         let last = log.prefix(&prefix).next_back().map(|g| g.into_inner().map_err(storage_err)).transpose()?;
         let head = match last {
             Some((key, value)) => {
-                let last = row_last(&key, &value)?;
+                let first_seq = seq_of(&key);
+                let row = decode_row(&value)?;
+                let (last, open) = match (row_fixed_last(first_seq, &row), row) {
+                    (Some(last), _) => (last, None),
+                    (None, Row::Group(run)) => {
+                        // Open: as far as its timeline goes. A user whose open
+                        // run the writer is extending right now is a recipient
+                        // of that send, loaded by its job before the timeline
+                        // grew, so what is stored here is what was assigned.
+                        let stored = self.timeline_last(&run.conversation)?;
+                        let open = OpenRun { conversation: run.conversation.into(), seq: first_seq, pos: run.first };
+                        (first_seq + stored.saturating_sub(open.pos), Some(open))
+                    }
+                    (None, Row::Entries(_)) => return Err(Error::internal("log row without a length")),
+                };
                 let first = log.prefix(&prefix).next().map(|g| g.key().map_err(storage_err)).transpose()?;
                 let oldest = first.map_or(last + 1, |k| seq_of(&k));
-                LogHead { assigned: last, durable: last, oldest, first_row: None }
+                LogHead { assigned: last, durable: last, oldest, first_row: None, open }
             }
             // Retention always keeps the newest event, so an empty log is a new one.
-            None => LogHead { assigned: 0, durable: 0, oldest: 1, first_row: None },
+            None => LogHead { assigned: 0, durable: 0, oldest: 1, first_row: None, open: None },
         };
         Ok(heads.entry(user.clone()).or_insert(head))
     }
@@ -763,13 +868,34 @@ impl Inner {
         self.head_of(&mut self.log_heads.lock(), user)
     }
 
+    /// The last position stored in a group's timeline (0: none).
+    fn timeline_last(&self, conversation: &str) -> Result<u64> {
+        let last = self.timeline.prefix(key2(conversation, &[])).next_back();
+        Ok(last.map(|g| g.key().map_err(storage_err)).transpose()?.map_or(0, |k| seq_of(&k)))
+    }
+
+    /// First and last seq of a stored row of the user, while `run` is
+    /// being written after every stored row (so an open group run ends
+    /// before the next stored row, or before `run`).
+    fn stored_span(&self, user: &UserId, key: &[u8], value: &[u8], run: &Run) -> Result<(u64, u64)> {
+        let first = seq_of(key);
+        let row = decode_row(value)?;
+        if let Some(last) = row_fixed_last(first, &row) {
+            return Ok((first, last));
+        }
+        let after = key2(user.as_str(), &(first + 1).to_be_bytes());
+        let next = self.log.range(after..prefix_end(user.as_str())).next();
+        let next = next.map(|g| g.key().map_err(storage_err)).transpose()?.map_or(run.first, |k| seq_of(&k));
+        Ok((first, next - 1))
+    }
+
     /// First and last seq of the user's oldest stored row; `run` (this
     /// round's, not written yet) if there is none before it.
     fn first_row(&self, user: &UserId, run: &Run) -> Result<(u64, u64)> {
         match self.log.prefix(key2(user.as_str(), &[])).next() {
             Some(item) => {
                 let (key, value) = item.into_inner().map_err(storage_err)?;
-                Ok((seq_of(&key), row_last(&key, &value)?))
+                self.stored_span(user, &key, &value, run)
             }
             None => Ok(run.bounds()),
         }
@@ -783,22 +909,28 @@ impl Inner {
         }
         let key = key2(user.as_str(), &first.to_be_bytes());
         match self.log.get(&key).map_err(storage_err)? {
-            Some(value) => Ok(Some((first, row_last(&key, &value)?))),
+            Some(value) => Ok(Some(self.stored_span(user, &key, &value, run)?)),
             None => Ok(None),
         }
     }
 
-    /// Adds the user's run as one row to `batch`, and removes the rows that
-    /// retention no longer keeps: those wholly before the new oldest seq (a
-    /// row across it stays, and reads skip its expired entries).
+    /// Adds the user's run to `batch` (as an open group run if `open`), and
+    /// removes the rows that retention no longer keeps: those wholly before
+    /// the new oldest seq (a row across it stays, and reads skip its expired
+    /// entries).
     fn stage_row(
         &self,
         batch: &mut fjall::OwnedWriteBatch,
         user: &UserId,
         run: &Run,
+        open: bool,
         head: &mut LogHead,
     ) -> Result<()> {
-        batch.insert(&self.log, key2(user.as_str(), &run.first.to_be_bytes()), encode_row(&run.entries));
+        let key = key2(user.as_str(), &run.first.to_be_bytes());
+        match (&run.timeline, open) {
+            (Some(at), true) => batch.insert(&self.log, key, encode_group_run(&at.conversation, at.pos, 0)),
+            _ => batch.insert(&self.log, key, encode_row(&run.entries)),
+        }
         let retention = self.options.log_retention_events.max(1);
         let oldest = head.oldest.max((head.assigned + 1).saturating_sub(retention));
         if oldest == head.oldest {
@@ -814,9 +946,44 @@ impl Inner {
             batch.remove(&self.log, key2(user.as_str(), &first.to_be_bytes()));
             row = self.row_after(user, last, run)?;
         }
-        head.first_row = row;
+        // An open run's bounds grow: found again next time.
+        head.first_row = row.filter(|&(first, _)| !(open && first == run.first));
         head.oldest = oldest;
         Ok(())
+    }
+
+    /// Closes the users' open runs on group `id`'s timeline in `batch`: they
+    /// are leaving it. Returns whose, to mark once the batch is committed.
+    fn close_group_runs<'u>(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        id: &GroupId,
+        users: impl IntoIterator<Item = &'u UserId>,
+    ) -> Result<Vec<UserId>> {
+        let conversation = ConversationKey::group(id);
+        let mut heads = self.log_heads.lock();
+        let mut closed = Vec::new();
+        for user in users {
+            let head = self.head_entry(&mut heads, user)?;
+            if let Some(open) = &head.open
+                && *open.conversation == *conversation.as_str()
+            {
+                let row = encode_group_run(&open.conversation, open.pos, head.assigned - open.seq + 1);
+                batch.insert(&self.log, key2(user.as_str(), &open.seq.to_be_bytes()), row);
+                closed.push(user.clone());
+            }
+        }
+        Ok(closed)
+    }
+
+    /// After the batch of [`close_group_runs`](Self::close_group_runs) committed.
+    fn runs_closed(&self, users: &[UserId]) {
+        let mut heads = self.log_heads.lock();
+        for user in users {
+            if let Some(head) = heads.get_mut(user) {
+                head.open = None;
+            }
+        }
     }
 
     /// After a round's fsync: readers may now see those entries.
@@ -848,6 +1015,21 @@ impl Inner {
         Ok(v1::LogEvent { kind }.try_into()?)
     }
 
+    /// The entries at positions `from..from + count` of a group's timeline.
+    fn timeline_entries(&self, conversation: &str, from: u64, count: u64) -> Result<Vec<LogEvent>> {
+        let start = key2(conversation, &from.to_be_bytes());
+        let end = key2(conversation, &(from + count - 1).to_be_bytes());
+        let entries = self
+            .timeline
+            .range(start..=end)
+            .map(|item| self.log_event(decode(&item.into_inner().map_err(storage_err)?.1)?))
+            .collect::<Result<Vec<_>>>()?;
+        if entries.len() as u64 != count {
+            return Err(Error::internal(format!("group run past the end of timeline {conversation}")));
+        }
+        Ok(entries)
+    }
+
     fn meta_u64(&self, user: &UserId, name: &[u8]) -> Result<u64> {
         let raw = self.log_meta.get(key2(user.as_str(), name)).map_err(storage_err)?;
         Ok(raw.map_or(0, |v| seq_of(&v)))
@@ -857,6 +1039,19 @@ impl Inner {
 impl Run {
     fn bounds(&self) -> (u64, u64) {
         (self.first, self.first + (self.entries.len() as u64).max(1) - 1)
+    }
+
+    /// Adds the next entry; `at`: its place in its group's timeline, if any.
+    fn push(&mut self, entry: fjall::Slice, at: Option<&TimelinePos>) {
+        let next = self.entries.len() as u64;
+        let continues = match (&self.timeline, at) {
+            (Some(run), Some(at)) => at.conversation == run.conversation && at.pos == run.pos + next,
+            _ => false,
+        };
+        if !continues {
+            self.timeline = None;
+        }
+        self.entries.push(entry);
     }
 }
 
@@ -870,10 +1065,40 @@ impl Round<'_> {
         Ok(())
     }
 
+    /// The next position in the group's timeline for a message to
+    /// `recipients`, with the timeline's row staged: `None` unless the
+    /// recipients are the group's members right now (a send that raced a
+    /// member change), which every open run on the timeline relies on.
+    fn timeline_slot(
+        &mut self,
+        message: &Message,
+        recipients: &[UserId],
+        entry: &fjall::Slice,
+    ) -> Result<Option<TimelinePos>> {
+        let Ok(group) = GroupId::parse(&message.to, "to") else { return Ok(None) };
+        let inner = self.inner;
+        let read = || suffix_ids(&inner.members, group.as_str(), |raw| UserId::parse(raw, "member"));
+        let members = inner.member_cache.load(&group, read)?;
+        if *members != *recipients {
+            return Ok(None);
+        }
+        let conversation: Arc<str> = message.conversation().as_str().into();
+        let mut heads = inner.timeline_heads.lock();
+        let last = match heads.get(&conversation) {
+            Some(&last) => last,
+            None => inner.timeline_last(&conversation)?,
+        };
+        self.timeline_before.entry(conversation.clone()).or_insert(last);
+        heads.insert(conversation.clone(), last + 1);
+        self.timeline_rows.push((key2(&conversation, &(last + 1).to_be_bytes()), entry.clone()));
+        Ok(Some(TimelinePos { conversation, pos: last + 1 }))
+    }
+
     /// Appends `entry` to each user's log (twice for a user listed twice):
     /// assigns the seqs now; the round writes the rows after its jobs. The
     /// heads must have been loaded with [`load_heads`](Self::load_heads).
-    fn stage_log(&mut self, users: Vec<UserId>, entry: fjall::Slice) -> Vec<Appended> {
+    /// `at`: the entry's place in its group's timeline, if it has one.
+    fn stage_log(&mut self, users: Vec<UserId>, entry: fjall::Slice, at: Option<&TimelinePos>) -> Vec<Appended> {
         let mut appended = Vec::with_capacity(users.len());
         {
             let mut heads = self.inner.log_heads.lock();
@@ -883,11 +1108,12 @@ impl Round<'_> {
                 head.assigned += 1;
                 appended.push(Appended { seq: head.assigned, prev: head.assigned - 1 });
                 match self.runs.get_mut(user) {
-                    Some(run) => run.entries.push(entry.clone()),
+                    Some(run) => run.push(entry.clone(), at),
                     None => {
-                        let mut before = *head;
+                        let mut before = head.clone();
                         before.assigned -= 1;
-                        let run = Run { first: head.assigned, entries: vec![entry.clone()], before };
+                        let run =
+                            Run { first: head.assigned, entries: vec![entry.clone()], timeline: at.cloned(), before };
                         self.runs.insert(user.clone(), run);
                     }
                 }
@@ -897,11 +1123,13 @@ impl Round<'_> {
         appended
     }
 
-    /// Writes the round's log rows and sends in one batch. If that
-    /// fails, the heads go back to where the round found them (and every job
-    /// of the round fails with it).
+    /// Writes the round's log rows, timeline rows and sends so far in one
+    /// batch. If that fails, the log heads and timelines go back to where
+    /// the round found them (and every job of the round fails with it).
     pub(super) fn write_rows(&mut self) -> Result<()> {
-        if self.runs.is_empty() && self.sends.is_empty() {
+        let timeline_before = std::mem::take(&mut self.timeline_before);
+        let timeline_rows = std::mem::take(&mut self.timeline_rows);
+        if self.runs.is_empty() && self.sends.is_empty() && timeline_rows.is_empty() {
             return Ok(());
         }
         self.dirty = true;
@@ -914,10 +1142,26 @@ impl Round<'_> {
             }
             batch.insert(&inner.dedup, key, send.record.encode_to_vec());
         }
+        for (key, entry) in timeline_rows {
+            batch.insert(&inner.timeline, key, entry);
+        }
         let mut heads = inner.log_heads.lock();
-        let staged = runs.iter().try_for_each(|(user, run)| match heads.get_mut(user) {
-            Some(head) => inner.stage_row(&mut batch, user, run, head),
-            None => Err(Error::internal("log head of a staged run vanished")),
+        let staged = runs.iter().try_for_each(|(user, run)| {
+            let head = heads.get_mut(user).ok_or_else(|| Error::internal("log head of a staged run vanished"))?;
+            match &run.timeline {
+                // The user's open run already says so: nothing to write.
+                Some(at) if head.open.as_ref().is_some_and(|open| open.covers(at, run.first)) => Ok(()),
+                Some(at) => {
+                    inner.stage_row(&mut batch, user, run, true, head)?;
+                    head.open = Some(OpenRun { conversation: at.conversation.clone(), seq: run.first, pos: at.pos });
+                    Ok(())
+                }
+                None => {
+                    inner.stage_row(&mut batch, user, run, false, head)?;
+                    head.open = None;
+                    Ok(())
+                }
+            }
         });
         drop(heads);
         let written = staged.and_then(|()| batch.commit().map_err(storage_err));
@@ -925,6 +1169,10 @@ impl Round<'_> {
             let mut heads = inner.log_heads.lock();
             for (user, run) in runs {
                 heads.insert(user, run.before);
+            }
+            let mut timelines = inner.timeline_heads.lock();
+            for (conversation, last) in timeline_before {
+                timelines.insert(conversation, last);
             }
         }
         written
@@ -940,7 +1188,7 @@ impl UserLog for EmbeddedStore {
         self.writer
             .write(move |round| {
                 round.load_heads(&users)?;
-                Ok(round.stage_log(users, entry))
+                Ok(round.stage_log(users, entry, None))
             })
             .await
     }
@@ -959,14 +1207,40 @@ impl UserLog for EmbeddedStore {
         };
         let end = key2(user.as_str(), &head.durable.to_be_bytes());
         let mut events = Vec::new();
-        'rows: for item in log.range(start..=end) {
-            let (key, value) = item.into_inner().map_err(storage_err)?;
-            for (seq, entry) in (seq_of(&key)..).zip(row_entries(&value)?) {
-                if events.len() >= limit || seq > head.durable {
-                    break 'rows;
+        let mut rows = log.range(start..=end).map(|item| item.into_inner().map_err(storage_err)).peekable();
+        while let Some(row) = rows.next() {
+            if events.len() >= limit {
+                break;
+            }
+            let (key, value) = row?;
+            let first = seq_of(&key);
+            match decode_row(&value)? {
+                Row::Entries(entries) => {
+                    for (seq, entry) in (first..).zip(entries) {
+                        if events.len() >= limit || seq > head.durable {
+                            break;
+                        }
+                        if seq > after {
+                            events.push((seq, self.inner.log_event(entry)?));
+                        }
+                    }
                 }
-                if seq > after {
-                    events.push((seq, self.inner.log_event(entry)?));
+                Row::Group(run) => {
+                    let last = match (run.count, rows.peek()) {
+                        (0, Some(Ok((next, _)))) => seq_of(next) - 1,
+                        (0, _) => head.durable,
+                        (count, _) => first + count - 1,
+                    };
+                    let from = first.max(after + 1);
+                    let to = last.min(head.durable).min(from + (limit - events.len()) as u64 - 1);
+                    if from <= to {
+                        let entries = self.inner.timeline_entries(
+                            &run.conversation,
+                            run.first + (from - first),
+                            to - from + 1,
+                        )?;
+                        events.extend((from..).zip(entries));
+                    }
                 }
             }
         }
@@ -1593,6 +1867,177 @@ mod tests {
         assert!(stored.len() < 40, "a reference, not the message ({} bytes)", stored.len());
         let page = store.read(&ben, 0, 10).await.unwrap().unwrap();
         assert_eq!(page.events, vec![(1, LogEvent::Message(whole)), (2, LogEvent::Message(sent))]);
+    }
+
+    /// A leave in the same writer round as a send to the leaver: the send's
+    /// rows are written before the leave closes the run, so the run ends
+    /// with that send and not later.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_leave_in_the_round_of_a_send_closes_the_run_after_it() {
+        use crate::conformance::{assert_log_is, group_message, send_to_group};
+        let dir = tempfile::tempdir().unwrap();
+        let [ann, cat] = ["ann", "cat"].map(|n| UserId::parse(n, "u").unwrap());
+        let group = Group {
+            id: GroupId::from_id(8),
+            name: "g".into(),
+            description: String::new(),
+            owner: ann.clone(),
+            created_at: 0,
+            member_count: 0,
+            max_members: 10,
+        };
+        let (first, second) = (group_message(&ann, &group.id, 0), group_message(&ann, &group.id, 1));
+        {
+            let store = open(dir.path(), 1000);
+            let stores = store.stores();
+            let members =
+                [&ann, &cat].map(|u| GroupMember { user_id: u.clone(), role: GroupRole::Member, joined_at: 0 });
+            stores.groups.create_group(&group, &members).await.unwrap();
+            let (release, holder) = store.writer.hold().await;
+            let send = tokio::spawn({
+                let (stores, first) = (stores.clone(), first.clone());
+                async move { send_to_group(&stores, &first).await }
+            });
+            while store.writer.queued() < 1 {
+                tokio::task::yield_now().await;
+            }
+            let leave = tokio::spawn({
+                let (stores, id, cat) = (stores.clone(), group.id.clone(), cat.clone());
+                async move { stores.groups.remove_members(&id, &[cat]).await }
+            });
+            while store.writer.queued() < 2 {
+                tokio::task::yield_now().await;
+            }
+            release.send(()).unwrap();
+            holder.await.unwrap().unwrap();
+            send.await.unwrap();
+            leave.await.unwrap().unwrap();
+            send_to_group(&stores, &second).await;
+        }
+        let store = open(dir.path(), 1000);
+        assert_log_is(&store, &cat, std::slice::from_ref(&first)).await;
+        assert_log_is(&store, &ann, &[first, second]).await;
+    }
+
+    /// A member who only gets the group's messages costs no log row per
+    /// message: one open group run covers them, also across a reopen; other
+    /// entries end it, a leave closes it, and a send that raced a member
+    /// change stays out of the timeline.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn group_sends_share_the_timeline_through_open_runs() {
+        use crate::conformance::{assert_log_is, group_message, send_to_group};
+        let dir = tempfile::tempdir().unwrap();
+        let [ann, ben, cat] = ["ann", "ben", "cat"].map(|n| UserId::parse(n, "u").unwrap());
+        let group = Group {
+            id: GroupId::from_id(7),
+            name: "g".into(),
+            description: String::new(),
+            owner: ann.clone(),
+            created_at: 0,
+            member_count: 0,
+            max_members: 10,
+        };
+        let timeline_rows = |store: &EmbeddedStore| store.inner.timeline.prefix(key2("g:7", &[])).count();
+        let mut sent = Vec::new();
+        let direct;
+        {
+            let store = open(dir.path(), 1000);
+            let stores = store.stores();
+            let members =
+                [&ann, &ben, &cat].map(|u| GroupMember { user_id: u.clone(), role: GroupRole::Member, joined_at: 0 });
+            stores.groups.create_group(&group, &members).await.unwrap();
+            for n in 0..3 {
+                sent.push(group_message(&ann, &group.id, n));
+                send_to_group(&stores, &sent[n]).await;
+            }
+            // Concurrent sends of one round.
+            let batch: Vec<_> = (3..6).map(|n| group_message(&ben, &group.id, n)).collect();
+            let jobs = batch
+                .iter()
+                .map(|m| {
+                    let (stores, m) = (stores.clone(), m.clone());
+                    Box::pin(async move { send_to_group(&stores, &m).await }) as futures::future::BoxFuture<'static, ()>
+                })
+                .collect();
+            in_one_round(&store, jobs).await;
+            let mut in_round: Vec<_> = store.read(&ann, 3, 10).await.unwrap().unwrap().events;
+            let order: Vec<_> = in_round.drain(..).map(|(_, e)| e).collect();
+            for m in &batch {
+                assert!(order.contains(&LogEvent::Message(m.clone())));
+            }
+            sent.extend(order.into_iter().map(|e| match e {
+                LogEvent::Message(m) => m,
+                other => panic!("not a message: {other:?}"),
+            }));
+            assert_eq!(rows_of(&store, "ann"), vec![1], "six messages, one row");
+            assert_eq!(rows_of(&store, "cat"), vec![1]);
+            assert_eq!(timeline_rows(&store), 6);
+
+            // A 1:1 message ends ann's and ben's runs; the next group send opens new ones.
+            direct = crate::conformance::text_message(&ben, &ann, "d1", "aside");
+            store.insert_and_append(&direct, &[ben.clone(), ann.clone()], &store).await.unwrap();
+            for n in 6..8 {
+                sent.push(group_message(&cat, &group.id, n));
+                send_to_group(&stores, &sent[n]).await;
+            }
+            assert_eq!(rows_of(&store, "ann"), vec![1, 7, 8]);
+            assert_eq!(rows_of(&store, "cat"), vec![1], "cat's run went on");
+
+            // cat leaves: its run is closed where it stands.
+            stores.groups.remove_members(&group.id, std::slice::from_ref(&cat)).await.unwrap();
+            sent.push(group_message(&ann, &group.id, 8));
+            send_to_group(&stores, &sent[8]).await;
+            assert_eq!(store.bounds(&cat).await.unwrap().0, 8);
+            assert_eq!(rows_of(&store, "ann"), vec![1, 7, 8]);
+        }
+        let with_direct = |sent: &[Message]| {
+            let mut all = sent[..6].to_vec();
+            all.push(direct.clone());
+            all.extend_from_slice(&sent[6..]);
+            all
+        };
+        let store = open(dir.path(), 1000);
+        let stores = store.stores();
+        assert_log_is(&store, &ann, &with_direct(&sent)).await;
+        assert_log_is(&store, &cat, &sent[..8]).await;
+        // After the reopen ann's open run goes on from where the timeline is.
+        sent.push(group_message(&ben, &group.id, 9));
+        send_to_group(&stores, &sent[9]).await;
+        assert_eq!(rows_of(&store, "ann"), vec![1, 7, 8]);
+        assert_log_is(&store, &ann, &with_direct(&sent)).await;
+        assert_log_is(&store, &cat, &sent[..8]).await;
+
+        // Recipients that are not the members (a send that raced cat's
+        // leave): plain rows, the timeline does not move.
+        let raced = group_message(&ben, &group.id, 10);
+        store.insert_and_append(&raced, &[ann.clone(), ben.clone(), cat.clone()], &store).await.unwrap();
+        assert_eq!(timeline_rows(&store), 10);
+        assert_eq!(rows_of(&store, "ann"), vec![1, 7, 8, 12]);
+        let mut cat_log = sent[..8].to_vec();
+        cat_log.push(raced.clone());
+        assert_log_is(&store, &cat, &cat_log).await;
+        sent.push(raced);
+        sent.push(group_message(&ann, &group.id, 11));
+        send_to_group(&stores, &sent[11]).await;
+        assert_eq!(rows_of(&store, "ann"), vec![1, 7, 8, 12, 13]);
+        assert_log_is(&store, &ann, &with_direct(&sent)).await;
+        assert_log_is(&store, &cat, &cat_log).await;
+
+        // Recipients read before dan joined miss dan, whose run is open:
+        // were that send in the timeline, dan's run would claim it.
+        let dan = UserId::parse("dan", "u").unwrap();
+        let joining = GroupMember { user_id: dan.clone(), role: GroupRole::Member, joined_at: 0 };
+        stores.groups.add_members(&group.id, &[joining]).await.unwrap();
+        let welcome = group_message(&ann, &group.id, 12);
+        send_to_group(&stores, &welcome).await;
+        let stale = group_message(&ben, &group.id, 13);
+        store.insert_and_append(&stale, &[ann.clone(), ben.clone()], &store).await.unwrap();
+        drop((stores, store));
+        let store = open(dir.path(), 1000);
+        assert_log_is(&store, &dan, std::slice::from_ref(&welcome)).await;
+        sent.push(welcome);
+        sent.push(stale);
+        assert_log_is(&store, &ann, &with_direct(&sent)).await;
     }
 
     #[tokio::test]

@@ -59,6 +59,14 @@ pub(super) struct Round<'a> {
     /// The sends fanned out in this round, by idempotency key; the batch
     /// that writes their log entries writes them too.
     pub(super) sends: HashMap<Vec<u8>, RoundSend>,
+    /// Group timeline rows of this round, written with the log rows.
+    pub(super) timeline_rows: Vec<(Vec<u8>, fjall::Slice)>,
+    /// The timelines this round moved, and where they were, to put back if
+    /// its rows fail.
+    pub(super) timeline_before: HashMap<Arc<str>, u64>,
+    /// A rows batch written early ([`Round::flush_rows`]) failed: so does
+    /// the round, and its later jobs do not run.
+    failed: Option<Error>,
 }
 
 /// A send fanned out in a round.
@@ -80,6 +88,16 @@ impl Round<'_> {
     /// Makes the appended log entries readable once the round is durable.
     pub(super) fn appended(&mut self, users: Vec<UserId>, at: Vec<Appended>) {
         self.appended.push((users, at));
+    }
+
+    /// Writes the rows the round's jobs staged so far, before a job's own
+    /// batch that must follow them in the journal.
+    pub(super) fn flush_rows(&mut self) -> Result<()> {
+        let written = self.write_rows();
+        if let Err(e) = &written {
+            self.failed = Some(e.clone());
+        }
+        written
     }
 
     /// Forces an fsync at the end of the round (for `sync_all`).
@@ -141,7 +159,7 @@ impl Writer {
         op: impl FnOnce(&mut Round<'_>) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let (answer, answered) = oneshot::channel();
-        let job: Job = Box::new(move |round| match op(round) {
+        let job: Job = Box::new(move |round| match round.failed.clone().map_or_else(|| op(round), Err) {
             Ok(value) if durable => Some(Box::new(move |synced: Result<()>| {
                 let _ = answer.send(synced.map(|()| value));
             })),
@@ -243,8 +261,16 @@ impl Rounds {
                 let take = state.queue.len().min(MAX_ROUND);
                 state.queue.drain(..take).collect()
             };
-            let mut round =
-                Round { inner, dirty: false, appended: Vec::new(), runs: UserMap::default(), sends: HashMap::new() };
+            let mut round = Round {
+                inner,
+                dirty: false,
+                appended: Vec::new(),
+                runs: UserMap::default(),
+                sends: HashMap::new(),
+                timeline_rows: Vec::new(),
+                timeline_before: HashMap::new(),
+                failed: None,
+            };
             for job in jobs {
                 // A bug in one job must not stop every later write: its caller
                 // gets an error (its answer is dropped), the others go on.
@@ -254,7 +280,11 @@ impl Rounds {
                     Err(_) => tracing::error!("store write job panicked"),
                 }
             }
-            let synced = round.write_rows().and_then(|()| {
+            let rows = match round.failed.take() {
+                Some(e) => Err(e),
+                None => round.write_rows(),
+            };
+            let synced = rows.and_then(|()| {
                 if round.dirty { inner.db.persist(PersistMode::SyncAll).map_err(storage_err) } else { Ok(()) }
             });
             if synced.is_ok() {
