@@ -1869,6 +1869,22 @@ mod tests {
         assert_eq!(page.events, vec![(1, LogEvent::Message(whole)), (2, LogEvent::Message(sent))]);
     }
 
+    fn a_group(id: u64, owner: &UserId) -> Group {
+        Group {
+            id: GroupId::from_id(id),
+            name: "g".into(),
+            description: String::new(),
+            owner: owner.clone(),
+            created_at: 0,
+            member_count: 0,
+            max_members: 10,
+        }
+    }
+
+    fn members_of(users: &[&UserId]) -> Vec<GroupMember> {
+        users.iter().map(|u| GroupMember { user_id: (*u).clone(), role: GroupRole::Member, joined_at: 0 }).collect()
+    }
+
     /// A leave in the same writer round as a send to the leaver: the send's
     /// rows are written before the leave closes the run, so the run ends
     /// with that send and not later.
@@ -1877,22 +1893,12 @@ mod tests {
         use crate::conformance::{assert_log_is, group_message, send_to_group};
         let dir = tempfile::tempdir().unwrap();
         let [ann, cat] = ["ann", "cat"].map(|n| UserId::parse(n, "u").unwrap());
-        let group = Group {
-            id: GroupId::from_id(8),
-            name: "g".into(),
-            description: String::new(),
-            owner: ann.clone(),
-            created_at: 0,
-            member_count: 0,
-            max_members: 10,
-        };
+        let group = a_group(8, &ann);
         let (first, second) = (group_message(&ann, &group.id, 0), group_message(&ann, &group.id, 1));
         {
             let store = open(dir.path(), 1000);
             let stores = store.stores();
-            let members =
-                [&ann, &cat].map(|u| GroupMember { user_id: u.clone(), role: GroupRole::Member, joined_at: 0 });
-            stores.groups.create_group(&group, &members).await.unwrap();
+            stores.groups.create_group(&group, &members_of(&[&ann, &cat])).await.unwrap();
             let (release, holder) = store.writer.hold().await;
             let send = tokio::spawn({
                 let (stores, first) = (stores.clone(), first.clone());
@@ -1928,24 +1934,14 @@ mod tests {
         use crate::conformance::{assert_log_is, group_message, send_to_group};
         let dir = tempfile::tempdir().unwrap();
         let [ann, ben, cat] = ["ann", "ben", "cat"].map(|n| UserId::parse(n, "u").unwrap());
-        let group = Group {
-            id: GroupId::from_id(7),
-            name: "g".into(),
-            description: String::new(),
-            owner: ann.clone(),
-            created_at: 0,
-            member_count: 0,
-            max_members: 10,
-        };
+        let group = a_group(7, &ann);
         let timeline_rows = |store: &EmbeddedStore| store.inner.timeline.prefix(key2("g:7", &[])).count();
         let mut sent = Vec::new();
         let direct;
         {
             let store = open(dir.path(), 1000);
             let stores = store.stores();
-            let members =
-                [&ann, &ben, &cat].map(|u| GroupMember { user_id: u.clone(), role: GroupRole::Member, joined_at: 0 });
-            stores.groups.create_group(&group, &members).await.unwrap();
+            stores.groups.create_group(&group, &members_of(&[&ann, &ben, &cat])).await.unwrap();
             for n in 0..3 {
                 sent.push(group_message(&ann, &group.id, n));
                 send_to_group(&stores, &sent[n]).await;
@@ -2026,8 +2022,7 @@ mod tests {
         // Recipients read before dan joined miss dan, whose run is open:
         // were that send in the timeline, dan's run would claim it.
         let dan = UserId::parse("dan", "u").unwrap();
-        let joining = GroupMember { user_id: dan.clone(), role: GroupRole::Member, joined_at: 0 };
-        stores.groups.add_members(&group.id, &[joining]).await.unwrap();
+        stores.groups.add_members(&group.id, &members_of(&[&dan])).await.unwrap();
         let welcome = group_message(&ann, &group.id, 12);
         send_to_group(&stores, &welcome).await;
         let stale = group_message(&ben, &group.id, 13);
