@@ -14,9 +14,12 @@
 //! assigns the seqs, and the round writes each user's entries of the whole
 //! round as one row, in one batch after its jobs and before the fsync. A
 //! group's concurrent sends to the same members then cost one row per member
-//! and round, not per message. A send's message and idempotency record go
-//! into that batch too, so a send is atomic; later jobs of the round see it
-//! through the round (`Round::sends`).
+//! and round, not per message, and none for a member whose open group run
+//! already covers them (the user log section of `embedded.rs`). A send's
+//! message and idempotency record go into that batch too, so a send is
+//! atomic; later jobs of the round see it through the round
+//! (`Round::sends`). A job whose own batch must come after those rows in
+//! the journal writes them first ([`Round::flush_rows`]).
 //!
 //! Rounds run on tokio's blocking pool, one task while jobs are queued: it
 //! ends when the queue is empty (an idle store holds no thread) and under load
