@@ -1066,9 +1066,11 @@ impl Round<'_> {
     }
 
     /// The next position in the group's timeline for a message to
-    /// `recipients`, with the timeline's row staged: `None` unless the
-    /// recipients are the group's members right now (a send that raced a
-    /// member change), which every open run on the timeline relies on.
+    /// `recipients`, with the timeline's row staged. `None` unless the
+    /// recipients are the group's members right now, which every open run on
+    /// the timeline relies on: not for a send that raced a member change, and
+    /// not for a group whose member list is not cached (too large for the
+    /// cache, or just changed), as reading it here would hold up every write.
     fn timeline_slot(
         &mut self,
         message: &Message,
@@ -1077,10 +1079,11 @@ impl Round<'_> {
     ) -> Result<Option<TimelinePos>> {
         let Ok(group) = GroupId::parse(&message.to, "to") else { return Ok(None) };
         let inner = self.inner;
-        let read = || suffix_ids(&inner.members, group.as_str(), |raw| UserId::parse(raw, "member"));
-        let members = inner.member_cache.load(&group, read)?;
-        if *members != *recipients {
-            return Ok(None);
+        // Exact when present: the cache drops a list in the writer job that
+        // changes it, and a list read before a change is never cached.
+        match inner.member_cache.cached(&group) {
+            Some(members) if *members == *recipients => {}
+            _ => return Ok(None),
         }
         let conversation: Arc<str> = message.conversation().as_str().into();
         let mut heads = inner.timeline_heads.lock();

@@ -53,6 +53,11 @@ impl MemberCache {
         Ok(members)
     }
 
+    /// The group's member ids if cached, without reading the keyspace.
+    pub(super) fn cached(&self, id: &GroupId) -> Option<Arc<[UserId]>> {
+        self.groups.get(id)
+    }
+
     /// Forgets the group's members. Called after a batch that changes them
     /// is committed (readers see it from then on), whether or not it was.
     pub(super) fn invalidate(&self, id: &GroupId) {
