@@ -855,7 +855,10 @@ impl Inner {
                     (None, Row::Entries(_)) => return Err(Error::internal("log row without a length")),
                 };
                 let first = log.prefix(&prefix).next().map(|g| g.key().map_err(storage_err)).transpose()?;
-                let oldest = first.map_or(last + 1, |k| seq_of(&k));
+                // What retention kept before a restart, not the start of a
+                // row that straddled it (an open run can be long).
+                let retention = self.options.log_retention_events.max(1);
+                let oldest = first.map_or(last + 1, |k| seq_of(&k)).max((last + 1).saturating_sub(retention));
                 LogHead { assigned: last, durable: last, oldest, first_row: None, open }
             }
             // Retention always keeps the newest event, so an empty log is a new one.
@@ -874,10 +877,10 @@ impl Inner {
         Ok(last.map(|g| g.key().map_err(storage_err)).transpose()?.map_or(0, |k| seq_of(&k)))
     }
 
-    /// First and last seq of a stored row of the user, while `run` is
-    /// being written after every stored row (so an open group run ends
-    /// before the next stored row, or before `run`).
-    fn stored_span(&self, user: &UserId, key: &[u8], value: &[u8], run: &Run) -> Result<(u64, u64)> {
+    /// First and last seq of a stored row of the user. An open group run
+    /// ends before the next stored row, or else at `stored_end` (where the
+    /// stored rows end: before the row a round is writing, or at the head).
+    fn stored_span(&self, user: &UserId, key: &[u8], value: &[u8], stored_end: u64) -> Result<(u64, u64)> {
         let first = seq_of(key);
         let row = decode_row(value)?;
         if let Some(last) = row_fixed_last(first, &row) {
@@ -885,39 +888,48 @@ impl Inner {
         }
         let after = key2(user.as_str(), &(first + 1).to_be_bytes());
         let next = self.log.range(after..prefix_end(user.as_str())).next();
-        let next = next.map(|g| g.key().map_err(storage_err)).transpose()?.map_or(run.first, |k| seq_of(&k));
-        Ok((first, next - 1))
+        let last = match next {
+            Some(item) => seq_of(&item.key().map_err(storage_err)?) - 1,
+            None => stored_end,
+        };
+        Ok((first, last))
     }
 
-    /// First and last seq of the user's oldest stored row; `run` (this
-    /// round's, not written yet) if there is none before it.
-    fn first_row(&self, user: &UserId, run: &Run) -> Result<(u64, u64)> {
+    /// First and last seq of the user's oldest row: stored, or `new_row`
+    /// (the bounds of the row being written) if none is.
+    fn first_row(&self, user: &UserId, new_row: Option<(u64, u64)>, stored_end: u64) -> Result<(u64, u64)> {
         match self.log.prefix(key2(user.as_str(), &[])).next() {
             Some(item) => {
                 let (key, value) = item.into_inner().map_err(storage_err)?;
-                self.stored_span(user, &key, &value, run)
+                self.stored_span(user, &key, &value, stored_end)
             }
-            None => Ok(run.bounds()),
+            None => new_row.ok_or_else(|| Error::internal("a log with entries but no rows")),
         }
     }
 
-    /// The row after the one ending at `last`: stored, or this round's `run`.
-    fn row_after(&self, user: &UserId, last: u64, run: &Run) -> Result<Option<(u64, u64)>> {
+    /// The row after the one ending at `last`: stored, or `new_row`.
+    fn row_after(
+        &self,
+        user: &UserId,
+        last: u64,
+        new_row: Option<(u64, u64)>,
+        stored_end: u64,
+    ) -> Result<Option<(u64, u64)>> {
         let first = last + 1;
-        if first == run.first {
-            return Ok(Some(run.bounds()));
+        if let Some(row) = new_row
+            && row.0 == first
+        {
+            return Ok(Some(row));
         }
         let key = key2(user.as_str(), &first.to_be_bytes());
         match self.log.get(&key).map_err(storage_err)? {
-            Some(value) => Ok(Some(self.stored_span(user, &key, &value, run)?)),
+            Some(value) => Ok(Some(self.stored_span(user, &key, &value, stored_end)?)),
             None => Ok(None),
         }
     }
 
-    /// Adds the user's run to `batch` (as an open group run if `open`), and
-    /// removes the rows that retention no longer keeps: those wholly before
-    /// the new oldest seq (a row across it stays, and reads skip its expired
-    /// entries).
+    /// Adds the user's run to `batch` (as an open group run if `open`), then
+    /// applies retention ([`trim`](Self::trim)).
     fn stage_row(
         &self,
         batch: &mut fjall::OwnedWriteBatch,
@@ -931,23 +943,40 @@ impl Inner {
             (Some(at), true) => batch.insert(&self.log, key, encode_group_run(&at.conversation, at.pos, 0)),
             _ => batch.insert(&self.log, key, encode_row(&run.entries)),
         }
+        self.trim(batch, user, head, Some(run.bounds()))
+    }
+
+    /// Moves the user's oldest kept seq up to what retention keeps, and adds
+    /// to `batch` the removal of the rows wholly before it (a row across it
+    /// stays, and reads skip its expired entries). `new_row`: the bounds of
+    /// the row this round writes after every stored row; without one, the
+    /// newest stored row (an open run growing) ends at the head.
+    fn trim(
+        &self,
+        batch: &mut fjall::OwnedWriteBatch,
+        user: &UserId,
+        head: &mut LogHead,
+        new_row: Option<(u64, u64)>,
+    ) -> Result<()> {
         let retention = self.options.log_retention_events.max(1);
         let oldest = head.oldest.max((head.assigned + 1).saturating_sub(retention));
         if oldest == head.oldest {
             return Ok(());
         }
+        let stored_end = new_row.map_or(head.assigned, |(first, _)| first - 1);
         let mut row = match head.first_row {
             Some(row) => Some(row),
-            None => Some(self.first_row(user, run)?),
+            None => Some(self.first_row(user, new_row, stored_end)?),
         };
         while let Some((first, last)) = row
             && last < oldest
         {
             batch.remove(&self.log, key2(user.as_str(), &first.to_be_bytes()));
-            row = self.row_after(user, last, run)?;
+            row = self.row_after(user, last, new_row, stored_end)?;
         }
-        // An open run's bounds grow: found again next time.
-        head.first_row = row.filter(|&(first, _)| !(open && first == run.first));
+        // Only a row that holds the newest entry can still grow (an open
+        // run): its bounds are looked up again next time.
+        head.first_row = row.filter(|&(_, last)| last < head.assigned);
         head.oldest = oldest;
         Ok(())
     }
@@ -1152,8 +1181,11 @@ impl Round<'_> {
         let staged = runs.iter().try_for_each(|(user, run)| {
             let head = heads.get_mut(user).ok_or_else(|| Error::internal("log head of a staged run vanished"))?;
             match &run.timeline {
-                // The user's open run already says so: nothing to write.
-                Some(at) if head.open.as_ref().is_some_and(|open| open.covers(at, run.first)) => Ok(()),
+                // The user's open run already says so: nothing to write but
+                // what retention drops.
+                Some(at) if head.open.as_ref().is_some_and(|open| open.covers(at, run.first)) => {
+                    inner.trim(&mut batch, user, head, None)
+                }
                 Some(at) => {
                     inner.stage_row(&mut batch, user, run, true, head)?;
                     head.open = Some(OpenRun { conversation: at.conversation.clone(), seq: run.first, pos: at.pos });
@@ -1714,7 +1746,11 @@ mod tests {
             assert_eq!(rows_of(&store, "ann"), vec![4, 7]);
         }
         let store = open(dir.path(), 4);
-        assert_eq!(store.bounds(&ann[0]).await.unwrap(), (8, 4), "head from the last row's last entry");
+        assert_eq!(
+            store.bounds(&ann[0]).await.unwrap(),
+            (8, 5),
+            "head from the last row's last entry, oldest as before"
+        );
         UserLog::append(&store, &ann, &group_created_n(9)).await.unwrap();
         assert_eq!(store.bounds(&ann[0]).await.unwrap(), (9, 6));
         assert_eq!(rows_of(&store, "ann"), vec![4, 7, 9], "row 4-6 still holds seq 6");
@@ -1886,6 +1922,42 @@ mod tests {
 
     fn members_of(users: &[&UserId]) -> Vec<GroupMember> {
         users.iter().map(|u| GroupMember { user_id: (*u).clone(), role: GroupRole::Member, joined_at: 0 }).collect()
+    }
+
+    /// Retention goes on while an open run grows without rows being
+    /// written: the oldest kept seq moves with the head, and rows wholly
+    /// behind it go.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retention_trims_behind_an_open_run() {
+        use crate::conformance::{assert_log_is, group_message, send_to_group, text_message};
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), 3);
+        let stores = store.stores();
+        let [ann, ben] = ["ann", "ben"].map(|n| UserId::parse(n, "u").unwrap());
+        let group = a_group(9, &ann);
+        stores.groups.create_group(&group, &members_of(&[&ann, &ben])).await.unwrap();
+        let mut log = Vec::new();
+        for n in 0..2 {
+            log.push(group_message(&ann, &group.id, n));
+            send_to_group(&stores, &log[n]).await;
+        }
+        let direct = text_message(&ben, &ann, "d", "aside");
+        store.insert_and_append(&direct, &[ben.clone(), ann.clone()], &store).await.unwrap();
+        log.push(direct);
+        assert_eq!(rows_of(&store, "ann"), vec![1, 3]);
+        for n in 3..9 {
+            log.push(group_message(&ben, &group.id, n));
+            send_to_group(&stores, &log[n]).await;
+        }
+        assert_eq!(rows_of(&store, "ann"), vec![4], "the rows behind the open run are gone");
+        assert_eq!(store.bounds(&ann).await.unwrap(), (9, 7));
+        let expired = store.read(&ann, 5, 10).await.unwrap().unwrap_err();
+        assert_eq!((expired.oldest, expired.head), (7, 9));
+        assert_log_is(&store, &ann, &log).await;
+        drop((stores, store));
+        let store = open(dir.path(), 3);
+        assert_eq!(store.bounds(&ann).await.unwrap(), (9, 7), "kept what it kept before the restart");
+        assert_log_is(&store, &ann, &log).await;
     }
 
     /// A leave in the same writer round as a send to the leaver: the send's
