@@ -153,12 +153,16 @@ struct LogHead {
     /// Oldest retained seq (`assigned + 1` when the log is empty).
     oldest: u64,
     /// First and last seq of the oldest row still stored, once retention
-    /// needed it (`None`: not looked up yet).
+    /// needed it (`None`: not looked up yet; last [`HOLDS_NEWEST`]: it holds
+    /// the newest entry, and may be an open run still growing).
     first_row: Option<(u64, u64)>,
     /// The user's newest stored row is an open group run: the log grows with
     /// that group's timeline without a row per entry.
     open: Option<OpenRun>,
 }
+
+/// The end of a cached oldest row that also holds the log's newest entry.
+const HOLDS_NEWEST: u64 = u64::MAX;
 
 /// Where an open group run starts: at the user's `seq`, the timeline's `pos`.
 #[derive(Debug, Clone)]
@@ -964,7 +968,11 @@ impl Inner {
             return Ok(());
         }
         let stored_end = new_row.map_or(head.assigned, |(first, _)| first - 1);
-        let mut row = match head.first_row {
+        // A cached oldest row that held the newest entry (an open run may
+        // have grown since) is looked up again once a row follows it; until
+        // then nothing is behind it, and an open run costs no read here.
+        let cached = head.first_row.filter(|&(_, last)| last != HOLDS_NEWEST || new_row.is_none());
+        let mut row = match cached {
             Some(row) => Some(row),
             None => Some(self.first_row(user, new_row, stored_end)?),
         };
@@ -974,9 +982,7 @@ impl Inner {
             batch.remove(&self.log, key2(user.as_str(), &first.to_be_bytes()));
             row = self.row_after(user, last, new_row, stored_end)?;
         }
-        // Only a row that holds the newest entry can still grow (an open
-        // run): its bounds are looked up again next time.
-        head.first_row = row.filter(|&(_, last)| last < head.assigned);
+        head.first_row = row.map(|(first, last)| (first, if last >= head.assigned { HOLDS_NEWEST } else { last }));
         head.oldest = oldest;
         Ok(())
     }
@@ -1933,9 +1939,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path(), 3);
         let stores = store.stores();
-        let [ann, ben] = ["ann", "ben"].map(|n| UserId::parse(n, "u").unwrap());
+        let [ann, ben, cat] = ["ann", "ben", "cat"].map(|n| UserId::parse(n, "u").unwrap());
         let group = a_group(9, &ann);
-        stores.groups.create_group(&group, &members_of(&[&ann, &ben])).await.unwrap();
+        stores.groups.create_group(&group, &members_of(&[&ann, &ben, &cat])).await.unwrap();
         let mut log = Vec::new();
         for n in 0..2 {
             log.push(group_message(&ann, &group.id, n));
@@ -1954,9 +1960,20 @@ mod tests {
         let expired = store.read(&ann, 5, 10).await.unwrap().unwrap_err();
         assert_eq!((expired.oldest, expired.head), (7, 9));
         assert_log_is(&store, &ann, &log).await;
+        // cat's oldest row is its only one, an open run: once a row follows
+        // it, it goes when retention passes its end.
+        assert_eq!(rows_of(&store, "cat"), vec![1]);
+        let to_cat = text_message(&ann, &cat, "c", "to cat");
+        store.insert_and_append(&to_cat, &[ann.clone(), cat.clone()], &store).await.unwrap();
+        log.push(to_cat);
+        for n in 10..12 {
+            log.push(group_message(&ben, &group.id, n));
+            send_to_group(&stores, &log[n]).await;
+        }
+        assert_eq!(rows_of(&store, "cat"), vec![9, 10]);
         drop((stores, store));
         let store = open(dir.path(), 3);
-        assert_eq!(store.bounds(&ann).await.unwrap(), (9, 7), "kept what it kept before the restart");
+        assert_eq!(store.bounds(&ann).await.unwrap(), (12, 10), "kept what it kept before the restart");
         assert_log_is(&store, &ann, &log).await;
     }
 
