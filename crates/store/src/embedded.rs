@@ -542,14 +542,22 @@ impl EmbeddedStore {
         &self,
         build: impl FnOnce(&Inner, &mut fjall::OwnedWriteBatch) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        self.write_batch_then(build, |_| ()).await
+        self.writer
+            .write(move |round| {
+                let mut batch = round.inner.db.batch();
+                let value = build(round.inner, &mut batch)?;
+                round.commit(batch).map(|()| value)
+            })
+            .await
     }
 
     /// [`write_batch`](Self::write_batch) for a batch that may change group
     /// `id`'s members. `build` also returns the members it removes: their
     /// open runs on the group's timeline are closed in the same batch, after
     /// the rows the round staged so far (which those runs may cover) are
-    /// written. The cached member list is dropped once the batch is visible.
+    /// written. The cached member list is dropped once the batch is visible,
+    /// whether or not the commit succeeded, in the writer's job: a caller
+    /// that goes away once the job ran must not skip it.
     async fn write_members<T: Send + 'static>(
         &self,
         id: GroupId,
@@ -567,26 +575,6 @@ impl EmbeddedStore {
                 commit?;
                 inner.runs_closed(&closed);
                 Ok(value)
-            })
-            .await
-    }
-
-    /// [`write_batch`](Self::write_batch), then `committed` once readers can
-    /// see the batch (whether or not the commit succeeded). In the writer's
-    /// job, not after it: a caller that goes away once the job ran must not
-    /// skip it.
-    async fn write_batch_then<T: Send + 'static>(
-        &self,
-        build: impl FnOnce(&Inner, &mut fjall::OwnedWriteBatch) -> Result<T> + Send + 'static,
-        committed: impl FnOnce(&Inner) + Send + 'static,
-    ) -> Result<T> {
-        self.writer
-            .write(move |round| {
-                let mut batch = round.inner.db.batch();
-                let value = build(round.inner, &mut batch)?;
-                let commit = round.commit(batch);
-                committed(round.inner);
-                commit.map(|()| value)
             })
             .await
     }
@@ -1120,11 +1108,12 @@ impl Round<'_> {
             Some(members) if *members == *recipients => {}
             _ => return Ok(None),
         }
-        let conversation: Arc<str> = message.conversation().as_str().into();
+        let key = message.conversation();
         let mut heads = inner.timeline_heads.lock();
-        let last = match heads.get(&conversation) {
-            Some(&last) => last,
-            None => inner.timeline_last(&conversation)?,
+        // One shared name per timeline, not one per message.
+        let (conversation, last) = match heads.get_key_value(key.as_str()) {
+            Some((conversation, &last)) => (conversation.clone(), last),
+            None => (Arc::from(key.as_str()), inner.timeline_last(key.as_str())?),
         };
         self.timeline_before.entry(conversation.clone()).or_insert(last);
         heads.insert(conversation.clone(), last + 1);
