@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use natter_types::{GroupChange, GroupChangeKind, GroupId, LogEvent, SessionId, UserId};
+use natter_types::{Appended, GroupChange, GroupChangeKind, GroupId, LogEvent, SessionId, UserId};
 
 use crate::{Bus, Control, Live, LiveEvent, SharedEvent, Transient};
 
@@ -50,6 +50,7 @@ async fn nothing<T: std::fmt::Debug>(stream: &mut BoxStream<'static, T>) {
 
 pub async fn run_all(bus: &dyn Bus) {
     live_events_reach_every_subscriber_of_that_user_only(bus).await;
+    a_fan_out_gives_each_recipient_its_own_place(bus).await;
     transient_frames_reach_the_named_users(bus).await;
     control_reaches_the_gateway(bus).await;
 }
@@ -72,6 +73,25 @@ pub async fn live_events_reach_every_subscriber_of_that_user_only(bus: &dyn Bus)
     drop(one);
     // Nobody listening is not an error: the event is in the durable log.
     bus.publish_user(&alice, live(4)).await.unwrap();
+}
+
+/// One `publish_event` for several users: each subscriber gets the event
+/// with its own user's seq and prev, and only its own user's.
+pub async fn a_fan_out_gives_each_recipient_its_own_place(bus: &dyn Bus) {
+    let (alice, bob, carol, dan) = (user("alice"), user("bob"), user("carol"), user("dan"));
+    let mut a = bus.subscribe_user(&alice).await.unwrap();
+    let mut b1 = bus.subscribe_user(&bob).await.unwrap();
+    let mut b2 = bus.subscribe_user(&bob).await.unwrap();
+    let mut d = bus.subscribe_user(&dan).await.unwrap();
+    let event = live(9).event;
+    let at = [Appended { seq: 9, prev: 8 }, Appended { seq: 3, prev: 2 }, Appended { seq: 1, prev: 0 }];
+    // Carol has no subscriber: not an error, and the others still get theirs.
+    bus.publish_event(event.clone(), &[alice, bob, carol], &at).await.unwrap();
+    assert_eq!(next(&mut a).await, Live::Event(LiveEvent { seq: 9, prev: 8, event: event.clone() }));
+    for stream in [&mut b1, &mut b2] {
+        assert_eq!(next(stream).await, Live::Event(LiveEvent { seq: 3, prev: 2, event: event.clone() }));
+    }
+    nothing(&mut d).await;
 }
 
 pub async fn transient_frames_reach_the_named_users(bus: &dyn Bus) {

@@ -20,7 +20,7 @@ use std::sync::{Arc, OnceLock};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
-use natter_types::{LogEvent, Result, SessionId, UserId};
+use natter_types::{Appended, LogEvent, Result, SessionId, UserId};
 
 /// A durable log event on its way to a user's live sessions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,8 +104,17 @@ pub enum Control {
 
 #[async_trait]
 pub trait Bus: Send + Sync + 'static {
-    /// Sends a durable event to the user's live subscribers, if any.
-    async fn publish_user(&self, user: &UserId, event: LiveEvent) -> Result<()>;
+    /// Sends a durable event to each recipient's live subscribers, if any:
+    /// `users[i]` has it at `at[i]` in their log. One call for a whole
+    /// fan-out, so a 1000-member group message is one call (and on NATS one
+    /// encoding of the event), not a thousand.
+    async fn publish_event(&self, event: Arc<SharedEvent>, users: &[UserId], at: &[Appended]) -> Result<()>;
+
+    /// [`publish_event`](Self::publish_event) to one user.
+    async fn publish_user(&self, user: &UserId, live: LiveEvent) -> Result<()> {
+        let at = Appended { seq: live.seq, prev: live.prev };
+        self.publish_event(live.event, std::slice::from_ref(user), &[at]).await
+    }
 
     /// Sends a live-only frame to every live session of each user.
     async fn publish_transient(&self, users: &[UserId], frame: Arc<Transient>) -> Result<()>;

@@ -10,12 +10,12 @@ use async_trait::async_trait;
 use dashmap::DashMap;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
-use natter_types::{Result, UserId};
+use natter_types::{Appended, Result, UserId};
 use parking_lot::Mutex;
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 
-use crate::{Bus, Control, Live, LiveEvent, Transient};
+use crate::{Bus, Control, Live, LiveEvent, SharedEvent, Transient};
 
 /// Events queued per subscriber before it is told it lagged (and re-reads
 /// its durable log: it loses nothing). The queue grows only as far as it is
@@ -143,9 +143,11 @@ impl Drop for UserStream {
 
 #[async_trait]
 impl Bus for LocalBus {
-    async fn publish_user(&self, user: &UserId, event: LiveEvent) -> Result<()> {
+    async fn publish_event(&self, event: Arc<SharedEvent>, users: &[UserId], at: &[Appended]) -> Result<()> {
         // No subscriber is fine: the event is in the durable log.
-        self.push(user, || Live::Event(event.clone()));
+        for (user, at) in users.iter().zip(at) {
+            self.push(user, || Live::Event(LiveEvent { seq: at.seq, prev: at.prev, event: event.clone() }));
+        }
         Ok(())
     }
 

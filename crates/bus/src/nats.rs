@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use natter_proto::v1;
-use natter_types::{Error, Result, SessionId, UserId};
+use natter_types::{Appended, Error, Result, SessionId, UserId};
 use prost::Message as _;
 
 use crate::{Bus, Control, Live, LiveEvent, SharedEvent, Transient};
@@ -109,9 +109,19 @@ fn decode(payload: &[u8]) -> Option<v1::bus_message::Body> {
 
 #[async_trait]
 impl Bus for NatsBus {
-    async fn publish_user(&self, user: &UserId, event: LiveEvent) -> Result<()> {
-        let wire = v1::LiveEventWire { seq: event.seq, prev: event.prev, event: Some(event.event.event().into()) };
-        self.publish(self.user_subject(user), v1::bus_message::Body::Live(wire)).await
+    async fn publish_event(&self, event: Arc<SharedEvent>, users: &[UserId], at: &[Appended]) -> Result<()> {
+        // The event is converted and encoded once; each recipient's message
+        // only adds its seq and prev.
+        let body = natter_proto::live_event_body(event.event());
+        let mut failed = None;
+        for (user, at) in users.iter().zip(at) {
+            let payload = natter_proto::live_bus_message_bytes(at.seq, at.prev, &body);
+            // One recipient's failure does not keep the others from theirs.
+            if let Err(e) = self.client.publish(self.user_subject(user), payload.into()).await {
+                failed = Some(unavailable("publish", e));
+            }
+        }
+        failed.map_or(Ok(()), Err)
     }
 
     async fn publish_transient(&self, users: &[UserId], frame: Arc<Transient>) -> Result<()> {

@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use natter_bus::{Bus, LiveEvent, SharedEvent};
+use natter_bus::{Bus, SharedEvent};
 use natter_store::{Appended, Stored, Stores};
 use natter_types::{
     Actor, ChatType, Error, Group, GroupId, IdGenerator, Limits, LogEvent, Message, NewMessage, Result, UserId,
@@ -86,14 +86,10 @@ impl MessageService {
     /// Tells the recipients' live sessions about an event already durable in
     /// their logs.
     async fn publish(&self, recipients: &[UserId], appended: &[Appended], event: LogEvent) {
-        let event = SharedEvent::new(event);
-        for (user, at) in recipients.iter().zip(appended) {
-            let live = LiveEvent { seq: at.seq, prev: at.prev, event: event.clone() };
-            if let Err(e) = self.bus.publish_user(user, live).await {
-                // The event is durable; the user's sessions will find it in
-                // their log at the next event or reconnect.
-                tracing::warn!(user = %user, error = %e, "live publish failed");
-            }
+        if let Err(e) = self.bus.publish_event(SharedEvent::new(event), recipients, appended).await {
+            // The event is durable; the recipients' sessions will find it in
+            // their logs at the next event or reconnect.
+            tracing::warn!(recipients = recipients.len(), error = %e, "live publish failed");
         }
     }
 }

@@ -435,19 +435,40 @@ pub fn event_body(event: &t::LogEvent) -> Vec<u8> {
 /// without converting and encoding the event again for each recipient of a
 /// fan-out.
 pub fn event_frame_bytes(seq: u64, body: &[u8]) -> Vec<u8> {
-    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
-    // client.proto: ServerFrame.event = 4, Event.seq = 1, written first as
-    // prost writes fields in field order; proto3 leaves a zero seq out.
-    const SERVER_FRAME_EVENT: u32 = 4;
-    const EVENT_SEQ: u32 = 1;
-    let seq_len = if seq == 0 { 0 } else { 1 + encoded_len_varint(seq) };
-    let event_len = (seq_len + body.len()) as u64;
-    let mut out = Vec::with_capacity(1 + encoded_len_varint(event_len) + event_len as usize);
-    encode_key(SERVER_FRAME_EVENT, WireType::LengthDelimited, &mut out);
-    encode_varint(event_len, &mut out);
-    if seq != 0 {
-        encode_key(EVENT_SEQ, WireType::Varint, &mut out);
-        encode_varint(seq, &mut out);
+    // client.proto: ServerFrame.event = 4, Event.seq = 1.
+    wrap_fields(4, &[(1, seq)], body)
+}
+
+/// A log event as the `event` field of a `LiveEventWire`, encoded: what the
+/// bus messages of all the recipients of a fan-out share (see
+/// [`live_bus_message_bytes`]).
+pub fn live_event_body(event: &t::LogEvent) -> Vec<u8> {
+    use prost::Message as _;
+    v1::LiveEventWire { seq: 0, prev: 0, event: Some(event.into()) }.encode_to_vec()
+}
+
+/// The protobuf `BusMessage { live: LiveEventWire { seq, prev, .. } }`
+/// around [`live_event_body`]'s bytes: byte for byte what prost makes of the
+/// whole message.
+pub fn live_bus_message_bytes(seq: u64, prev: u64, body: &[u8]) -> Vec<u8> {
+    // events.proto: BusMessage.live = 1, LiveEventWire.seq = 1, .prev = 2.
+    wrap_fields(1, &[(1, seq), (2, prev)], body)
+}
+
+/// Field `outer` (a message) holding the `varints` (field, value) and then
+/// `body`, the message's remaining fields already encoded. That is what
+/// prost writes when the varint fields are the message's first: it writes
+/// fields in field order, and proto3 leaves zeros out.
+fn wrap_fields(outer: u32, varints: &[(u32, u64)], body: &[u8]) -> Vec<u8> {
+    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+    let set = || varints.iter().filter(|(_, value)| *value != 0);
+    let inner = set().map(|&(field, value)| key_len(field) + encoded_len_varint(value)).sum::<usize>() + body.len();
+    let mut out = Vec::with_capacity(key_len(outer) + encoded_len_varint(inner as u64) + inner);
+    encode_key(outer, WireType::LengthDelimited, &mut out);
+    encode_varint(inner as u64, &mut out);
+    for &(field, value) in set() {
+        encode_key(field, WireType::Varint, &mut out);
+        encode_varint(value, &mut out);
     }
     out.extend_from_slice(body);
     out
@@ -596,10 +617,11 @@ mod tests {
 
     use super::*;
 
-    /// The frame written around a shared body is the one prost writes, for
-    /// every kind of event and seqs of every varint length.
+    /// The frame and the bus message written around a shared body are the
+    /// ones prost writes, for every kind of event and seqs of every varint
+    /// length.
     #[test]
-    fn event_frame_bytes_match_the_encoded_server_frame() {
+    fn shared_bodies_wrapped_match_what_prost_encodes() {
         use prost::Message as _;
         let alice = t::UserId::parse("alice", "user").unwrap();
         let message = |body| t::Message {
@@ -633,6 +655,12 @@ mod tests {
             for seq in [0, 1, 127, 128, 300, 1 << 35, u64::MAX] {
                 let whole = v1::ServerFrame { body: Some(v1::server_frame::Body::Event(event_frame(seq, event))) };
                 assert_eq!(event_frame_bytes(seq, &body), whole.encode_to_vec(), "seq {seq}, {event:?}");
+            }
+            let body = live_event_body(event);
+            for (seq, prev) in [(0, 0), (1, 0), (128, 127), (1 << 35, 300), (u64::MAX, u64::MAX - 1)] {
+                let live = v1::LiveEventWire { seq, prev, event: Some(event.into()) };
+                let whole = v1::BusMessage { body: Some(v1::bus_message::Body::Live(live)) };
+                assert_eq!(live_bus_message_bytes(seq, prev, &body), whole.encode_to_vec(), "seq {seq}, {event:?}");
             }
         }
     }

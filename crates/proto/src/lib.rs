@@ -54,5 +54,5 @@ mod convert;
 pub mod remote;
 pub use convert::{
     DecodeError, actor, chat_type, error_from_status, event_body, event_frame, event_frame_bytes, group_role,
-    new_message, send_body, session_status, status_from_error,
+    live_bus_message_bytes, live_event_body, new_message, send_body, session_status, status_from_error,
 };

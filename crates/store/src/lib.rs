@@ -31,6 +31,7 @@ use natter_types::{
 };
 
 pub use leases::{LocalLeases, NODE_ID_LEASE_PREFIX, claim_node_id};
+pub use natter_types::Appended;
 
 /// How long an idempotency record `(sender, client_msg_id)` holds by
 /// default: a send with the same client message id within this time of the
@@ -172,15 +173,6 @@ pub trait GroupStore: Send + Sync + 'static {
 
     /// Groups the user is a member of.
     async fn user_groups(&self, user: &UserId) -> Result<Vec<GroupId>>;
-}
-
-/// Where an appended event landed in one user's log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Appended {
-    pub seq: u64,
-    /// Seq of the user's previous event (what a live receiver must have
-    /// delivered already to deliver this one without a gap).
-    pub prev: u64,
 }
 
 /// What a read of a user's log returns.

@@ -13,7 +13,7 @@ pub use error::{Error, ErrorCode, Result};
 pub use group::{Group, GroupChange, GroupChangeKind, GroupMember, GroupRole};
 pub use ids::{ConversationKey, GroupId, IdGenerator, MessageId, SessionId, UserId};
 pub use limits::Limits;
-pub use message::{Actor, ChatType, LogEvent, Message, MessageBody, NewMessage};
+pub use message::{Actor, Appended, ChatType, LogEvent, Message, MessageBody, NewMessage};
 pub use presence::{DeviceStatus, Presence, SessionInfo, SessionStatus, Subscription, WebhookEvent};
 
 /// Milliseconds since the Unix epoch by the server's clock.

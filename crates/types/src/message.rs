@@ -144,6 +144,15 @@ pub enum LogEvent {
     GroupChange(GroupChange),
 }
 
+/// Where an appended event landed in one user's log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub seq: u64,
+    /// Seq of the user's previous event (what a live receiver must have
+    /// delivered already to deliver this one without a gap).
+    pub prev: u64,
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
