@@ -78,7 +78,8 @@ enum Command {
         groups: usize,
         #[arg(long, default_value_t = 32)]
         senders: usize,
-        #[arg(long, default_value_t = 1500)]
+        /// Messages per group (the suite's 1000-member run sends 4000)
+        #[arg(long, default_value_t = 4000)]
         messages: usize,
         #[arg(long, default_value_t = 32)]
         window: usize,
