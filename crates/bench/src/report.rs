@@ -11,6 +11,15 @@ fn opt(v: Option<f64>, unit: &str) -> String {
     v.map_or("–".into(), |v| format!("{v:.0}{unit}"))
 }
 
+/// The server's CPU time per message or delivery: what one costs it, which
+/// compares builds without the window's rate in the way.
+fn cpu_per(cpu_percent: Option<f64>, per_sec: f64) -> String {
+    match cpu_percent {
+        Some(cpu) if per_sec > 0.0 => format!("{:.2}", cpu / 100.0 / per_sec * 1e6),
+        _ => "–".into(),
+    }
+}
+
 fn kib(bytes: f64) -> String {
     format!("{:.1} KiB", bytes / 1024.0)
 }
@@ -107,14 +116,14 @@ pub fn markdown(r: &SuiteReport) -> String {
         }
         let _ = writeln!(
             md,
-            "| Server | Load | Offered msg/s | Achieved msg/s | p50 / p99 / p99.9 / max | Ack p50 / p99 | Errors | Undelivered | Server CPU | Bench CPU | Other CPU |"
+            "| Server | Load | Offered msg/s | Achieved msg/s | p50 / p99 / p99.9 / max | Ack p50 / p99 | Errors | Undelivered | Server CPU | Server CPU per message (µs) | Bench CPU | Other CPU |"
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
         for d in &r.direct {
             for s in d.steps.iter().chain(d.saturation.iter()) {
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {:.0}% | {:.0}% |",
+                    "| {} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {:.0}% | {:.0}% |",
                     d.target,
                     if s.mode == "closed" { "saturation (closed loop)" } else { "fixed (open loop)" },
                     s.offered_per_sec.map_or("–".into(), thousands),
@@ -125,6 +134,7 @@ pub fn markdown(r: &SuiteReport) -> String {
                     s.errors,
                     s.undelivered,
                     opt(s.usage.server_cpu_percent, "%"),
+                    cpu_per(s.usage.server_cpu_percent, s.throughput_per_sec),
                     s.usage.bench_cpu_percent,
                     s.usage.other_cpu_percent,
                 );
@@ -137,9 +147,9 @@ pub fn markdown(r: &SuiteReport) -> String {
         let _ = writeln!(md, "## Group fan-out (every member online)\n");
         let _ = writeln!(
             md,
-            "| Server | Group size × groups | Senders | Messages | Deliveries | Deliveries/s | vs natter | Time to last recipient p50 / p99 / p99.9 / max (ms) | Ack p99 (ms) | Server CPU | Bench CPU | Other CPU |"
+            "| Server | Group size × groups | Senders | Messages | Deliveries | Deliveries/s | vs natter | Time to last recipient p50 / p99 / p99.9 / max (ms) | Ack p99 (ms) | Server CPU | Server CPU per delivery (µs) | Bench CPU | Other CPU |"
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for f in &r.fanout {
             let natter =
                 r.fanout.iter().find(|n| n.target == "natter" && n.group_size == f.group_size && n.groups == f.groups);
@@ -155,7 +165,7 @@ pub fn markdown(r: &SuiteReport) -> String {
             });
             let _ = writeln!(
                 md,
-                "| {} | {} × {} | {} | {} | {}{} | {} | {} | {} | {} | {} | {:.0}% | {:.0}% |",
+                "| {} | {} × {} | {} | {} | {}{} | {} | {} | {} | {} | {} | {} | {:.0}% | {:.0}% |",
                 f.target,
                 f.group_size,
                 f.groups,
@@ -173,6 +183,7 @@ pub fn markdown(r: &SuiteReport) -> String {
                 // No acks from a baseline that has none (NATS).
                 if f.ack_latency.count == 0 { "–".to_owned() } else { ms(f.ack_latency.p99_ms) },
                 opt(f.usage.server_cpu_percent, "%"),
+                if f.complete { cpu_per(f.usage.server_cpu_percent, f.deliveries_per_sec) } else { "–".into() },
                 f.usage.bench_cpu_percent,
                 f.usage.other_cpu_percent,
             );
@@ -257,4 +268,19 @@ pub fn write(report: &SuiteReport, dir: &Path) -> anyhow::Result<(PathBuf, PathB
     std::fs::write(&json, serde_json::to_string_pretty(report)?)?;
     std::fs::write(&md, markdown(report))?;
     Ok((json, md))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_per_unit_is_in_microseconds_and_needs_both_figures() {
+        // 100 % of one core for 500,000 deliveries a second: 2 µs each.
+        assert_eq!(cpu_per(Some(100.0), 500_000.0), "2.00");
+        assert_eq!(cpu_per(Some(140.0), 20_000.0), "70.00");
+        // A server whose CPU was not sampled (given by address), or nothing done.
+        assert_eq!(cpu_per(None, 500_000.0), "–");
+        assert_eq!(cpu_per(Some(100.0), 0.0), "–");
+    }
 }
