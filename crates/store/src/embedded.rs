@@ -53,6 +53,11 @@ pub struct EmbeddedOptions {
     /// How long an idempotency record holds ([`crate::DEFAULT_IDEMPOTENCY_WINDOW`]);
     /// older ones are dropped when their table is compacted.
     pub idempotency_window: Duration,
+    /// Users' log heads (and groups' timeline positions) kept in memory at
+    /// most, ~150 bytes each. Past it, a quarter of them is dropped between
+    /// two writer rounds and read back from disk when next needed, so memory
+    /// does not grow with every user who ever got a message.
+    pub heads_cached: usize,
 }
 
 /// The keyspace of the idempotency records.
@@ -73,6 +78,7 @@ impl Default for EmbeddedOptions {
             log_retention_events: 10_000,
             memtable_bytes: DEFAULT_MEMTABLE_BYTES,
             idempotency_window: crate::DEFAULT_IDEMPOTENCY_WINDOW,
+            heads_cached: 1 << 18,
         }
     }
 }
@@ -1006,6 +1012,36 @@ impl Inner {
             if let Some(head) = heads.get_mut(user) {
                 head.open = None;
             }
+        }
+    }
+
+    /// Keeps the head caches within [`EmbeddedOptions::heads_cached`]. The
+    /// writer calls it between rounds, when all it wrote is durable and
+    /// published: a dropped head is then read back from disk as it was, as
+    /// after a restart. A head with a seq not yet durable (a failed round's)
+    /// stays. Dropping walks the whole map, a few milliseconds at the
+    /// default size, once per quarter of it that is new.
+    pub(super) fn trim_heads(&self) {
+        let cap = self.options.heads_cached.max(1);
+        let keep = cap - cap / 4;
+        let mut heads = self.log_heads.lock();
+        if heads.len() > cap {
+            let mut excess = heads.len() - keep;
+            heads.retain(|_, head| {
+                let gone = excess > 0 && head.assigned == head.durable;
+                excess -= usize::from(gone);
+                !gone
+            });
+        }
+        drop(heads);
+        let mut timelines = self.timeline_heads.lock();
+        if timelines.len() > cap {
+            let mut excess = timelines.len() - keep;
+            timelines.retain(|_, _| {
+                let gone = excess > 0;
+                excess -= usize::from(gone);
+                !gone
+            });
         }
     }
 
@@ -1964,6 +2000,71 @@ mod tests {
         let store = open(dir.path(), 3);
         assert_eq!(store.bounds(&ann).await.unwrap(), (12, 10), "kept what it kept before the restart");
         assert_log_is(&store, &ann, &log).await;
+    }
+
+    /// Log heads dropped from memory (past `heads_cached`) are read back
+    /// from disk as they were: a store that keeps one head at a time answers
+    /// every read and assigns every seq as one that keeps them all, through
+    /// 1:1 rows, open group runs, a leave that closes a run, and a restart.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropped_log_heads_are_read_back_as_they_were() {
+        use crate::conformance::{group_message, send_to_group, text_message};
+        let (small_dir, full_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let small_options = EmbeddedOptions { heads_cached: 1, ..EmbeddedOptions::default() };
+        let mut small = EmbeddedStore::open(small_dir.path(), small_options.clone()).unwrap();
+        let full = open(full_dir.path(), 10_000);
+        let users = ["ann", "ben", "cat", "dan"].map(|n| UserId::parse(n, "u").unwrap());
+        let [ann, ben, cat, dan] = users.clone();
+        let group = a_group(5, &ann);
+        let same = |small: EmbeddedStore, full: EmbeddedStore, users: [UserId; 4], step: &'static str| async move {
+            for user in &users {
+                assert_eq!(small.bounds(user).await.unwrap(), full.bounds(user).await.unwrap(), "{step}: {user}");
+                for after in [0, 2, 4] {
+                    let (got, want) =
+                        (small.read(user, after, 100).await.unwrap(), full.read(user, after, 100).await.unwrap());
+                    assert_eq!(got, want, "{step}: {user} after {after}");
+                }
+            }
+        };
+        for store in [&small, &full] {
+            store.stores().groups.create_group(&group, &members_of(&[&ann, &ben, &cat])).await.unwrap();
+        }
+        let mut sent = Vec::new();
+        for n in 0..3 {
+            sent.push(group_message(&users[n % 3], &group.id, n));
+        }
+        sent.push(text_message(&dan, &cat, "d1", "to cat"));
+        for n in 3..6 {
+            sent.push(group_message(&ben, &group.id, n));
+        }
+        for (step, message) in sent.iter().enumerate() {
+            for store in [&small, &full] {
+                if message.to == cat.as_str() {
+                    store.insert_and_append(message, &[dan.clone(), cat.clone()], store).await.unwrap();
+                } else {
+                    send_to_group(&store.stores(), message).await;
+                }
+            }
+            let step = ["g0", "g1", "g2", "1:1", "g3", "g4", "g5"][step];
+            same(small.clone(), full.clone(), users.clone(), step).await;
+        }
+        let after_leave = group_message(&ann, &group.id, 9);
+        for store in [&small, &full] {
+            store.stores().groups.remove_members(&group.id, std::slice::from_ref(&cat)).await.unwrap();
+            send_to_group(&store.stores(), &after_leave).await;
+        }
+        same(small.clone(), full.clone(), users.clone(), "after the leave").await;
+        // Between rounds the small store holds at most one head.
+        small.sync_all().await.unwrap();
+        assert!(small.inner.log_heads.lock().len() <= 1, "{:?}", small.inner.log_heads.lock().len());
+        drop(small);
+        small = EmbeddedStore::open(small_dir.path(), small_options).unwrap();
+        same(small.clone(), full.clone(), users.clone(), "after a restart").await;
+        let after_restart = group_message(&ben, &group.id, 10);
+        for store in [&small, &full] {
+            send_to_group(&store.stores(), &after_restart).await;
+        }
+        same(small, full, users, "a send after the restart").await;
     }
 
     /// A leave in the same writer round as a send to the leaver: the send's

@@ -264,6 +264,7 @@ impl Rounds {
                 let take = state.queue.len().min(MAX_ROUND);
                 state.queue.drain(..take).collect()
             };
+            inner.trim_heads();
             let mut round = Round {
                 inner,
                 dirty: false,
