@@ -118,7 +118,14 @@ pub struct StoreConfig {
     /// How long a client message id makes its sends idempotent, counted
     /// from the stored message's timestamp; records are dropped after it.
     pub idempotency_window_secs: u64,
+    /// Single node: users' log heads kept in memory at most (~150 bytes
+    /// each); the rest are read from disk when needed.
+    pub heads_cached: usize,
 }
+
+/// Fewest `store.heads_cached`: below it, busy users' heads would be read
+/// from disk at nearly every round.
+const MIN_HEADS_CACHED: usize = 1024;
 
 /// Longest `store.idempotency_window_secs`: a year.
 const MAX_IDEMPOTENCY_WINDOW_SECS: u64 = 365 * 24 * 3600;
@@ -129,6 +136,7 @@ impl Default for StoreConfig {
             log_retention_events: 10_000,
             memtable_mib: natter_store::embedded::DEFAULT_MEMTABLE_BYTES >> 20,
             idempotency_window_secs: natter_store::DEFAULT_IDEMPOTENCY_WINDOW.as_secs(),
+            heads_cached: natter_store::embedded::EmbeddedOptions::default().heads_cached,
         }
     }
 }
@@ -294,6 +302,9 @@ impl Config {
         if !(1..=1024).contains(&self.store.memtable_mib) {
             anyhow::bail!("store.memtable_mib = {} must be between 1 and 1024", self.store.memtable_mib);
         }
+        if self.store.heads_cached < MIN_HEADS_CACHED {
+            anyhow::bail!("store.heads_cached = {} must be at least {MIN_HEADS_CACHED}", self.store.heads_cached);
+        }
         let window = self.store.idempotency_window_secs;
         if !(60..=MAX_IDEMPOTENCY_WINDOW_SECS).contains(&window) {
             anyhow::bail!(
@@ -348,6 +359,11 @@ mod tests {
             let err = Config::load(None, &Overrides::default()).unwrap_err().to_string();
             assert!(err.contains("store.memtable_mib = 0") && err.contains("1 and 1024"), "{err}");
             jail.set_env("NATTER_STORE__MEMTABLE_MIB", "16");
+            jail.set_env("NATTER_STORE__HEADS_CACHED", "10");
+            let err = Config::load(None, &Overrides::default()).unwrap_err().to_string();
+            assert!(err.contains("store.heads_cached = 10") && err.contains("at least 1024"), "{err}");
+            jail.set_env("NATTER_STORE__HEADS_CACHED", "5000");
+            assert_eq!(Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?.store.heads_cached, 5000);
             assert_eq!(Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?.store.memtable_mib, 16);
             jail.set_env("NATTER_STORE__IDEMPOTENCY_WINDOW_SECS", "59");
             let err = Config::load(None, &Overrides::default()).unwrap_err().to_string();

@@ -92,7 +92,7 @@ impl Node {
                 log_retention_events: config.store.log_retention_events,
                 memtable_bytes: config.store.memtable_mib << 20,
                 idempotency_window: config.store.idempotency_window(),
-                ..EmbeddedOptions::default()
+                heads_cached: config.store.heads_cached,
             },
         )
         .map_err(|e| anyhow::anyhow!("opening the store in {}: {e}", data_dir.display()))?;
