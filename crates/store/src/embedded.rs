@@ -926,21 +926,27 @@ impl Inner {
         }
     }
 
-    /// Adds the user's run to `batch` (as an open group run if `open`), then
-    /// applies retention ([`trim`](Self::trim)).
+    /// Adds the user's run to `batch` as one row, an open group run if its
+    /// entries are a stretch of one timeline, then applies retention
+    /// ([`trim`](Self::trim)).
     fn stage_row(
         &self,
         batch: &mut fjall::OwnedWriteBatch,
         user: &UserId,
         run: &Run,
-        open: bool,
         head: &mut LogHead,
     ) -> Result<()> {
         let key = key2(user.as_str(), &run.first.to_be_bytes());
-        match (&run.timeline, open) {
-            (Some(at), true) => batch.insert(&self.log, key, encode_group_run(&at.conversation, at.pos, 0)),
-            _ => batch.insert(&self.log, key, encode_row(&run.entries)),
-        }
+        head.open = match &run.timeline {
+            Some(at) => {
+                batch.insert(&self.log, key, encode_group_run(&at.conversation, at.pos, 0));
+                Some(OpenRun { conversation: at.conversation.clone(), seq: run.first, pos: at.pos })
+            }
+            None => {
+                batch.insert(&self.log, key, encode_row(&run.entries));
+                None
+            }
+        };
         self.trim(batch, user, head, Some(run.bounds()))
     }
 
@@ -1217,16 +1223,7 @@ impl Round<'_> {
                 Some(at) if head.open.as_ref().is_some_and(|open| open.covers(at, run.first)) => {
                     inner.trim(&mut batch, user, head, None)
                 }
-                Some(at) => {
-                    inner.stage_row(&mut batch, user, run, true, head)?;
-                    head.open = Some(OpenRun { conversation: at.conversation.clone(), seq: run.first, pos: at.pos });
-                    Ok(())
-                }
-                None => {
-                    inner.stage_row(&mut batch, user, run, false, head)?;
-                    head.open = None;
-                    Ok(())
-                }
+                _ => inner.stage_row(&mut batch, user, run, head),
             }
         });
         drop(heads);
