@@ -7,11 +7,12 @@
 //! Modules: `client` (load clients and connecting), `wire` (frames),
 //! `scenarios` (idle, direct, fanout, nats, presence), `bare` (the baseline
 //! server), `nats_server` (the NATS baseline's nats-server),
-//! `stats` / `procfs` (measurement), `progress` (the live line), `suite`
+//! `stats` / `procfs` / `disk` (measurement), `progress` (the live line), `suite`
 //! (what runs, checks against the targets) and `report` (JSON, Markdown).
 
 pub mod bare;
 pub mod client;
+pub mod disk;
 pub mod nats_server;
 pub mod procfs;
 pub mod progress;

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+use crate::scenarios::Usage;
 use crate::stats::LatencySummary;
 use crate::suite::SuiteReport;
 
@@ -30,6 +31,15 @@ fn ms(v: f64) -> String {
 
 fn lat(l: &LatencySummary) -> String {
     format!("{} / {} / {} / {}", ms(l.p50_ms), ms(l.p99_ms), ms(l.p999_ms), ms(l.max_ms))
+}
+
+/// The disk probe's sync p99 and max over a window, and how many syncs
+/// took over 10 ms.
+fn disk(usage: &Usage) -> String {
+    match &usage.disk_syncs {
+        Some(d) => format!("{} / {} ({})", ms(d.latency.p99_ms), ms(d.latency.max_ms), d.stalls),
+        None => "–".into(),
+    }
 }
 
 fn thousands(v: f64) -> String {
@@ -116,14 +126,14 @@ pub fn markdown(r: &SuiteReport) -> String {
         }
         let _ = writeln!(
             md,
-            "| Server | Load | Offered msg/s | Achieved msg/s | p50 / p99 / p99.9 / max | Ack p50 / p99 | Errors | Undelivered | Server CPU | Server CPU per message (µs) | Bench CPU | Other CPU |"
+            "| Server | Load | Offered msg/s | Achieved msg/s | p50 / p99 / p99.9 / max | Ack p50 / p99 | Errors | Undelivered | Server CPU | Server CPU per message (µs) | Bench CPU | Other CPU | Disk sync p99 / max, ms (over 10 ms) |"
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for d in &r.direct {
             for s in d.steps.iter().chain(d.saturation.iter()) {
                 let _ = writeln!(
                     md,
-                    "| {} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {:.0}% | {:.0}% |",
+                    "| {} | {} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {:.0}% | {:.0}% | {} |",
                     d.target,
                     if s.mode == "closed" { "saturation (closed loop)" } else { "fixed (open loop)" },
                     s.offered_per_sec.map_or("–".into(), thousands),
@@ -137,6 +147,7 @@ pub fn markdown(r: &SuiteReport) -> String {
                     cpu_per(s.usage.server_cpu_percent, s.throughput_per_sec),
                     s.usage.bench_cpu_percent,
                     s.usage.other_cpu_percent,
+                    disk(&s.usage),
                 );
             }
         }
@@ -147,9 +158,9 @@ pub fn markdown(r: &SuiteReport) -> String {
         let _ = writeln!(md, "## Group fan-out (every member online)\n");
         let _ = writeln!(
             md,
-            "| Server | Group size × groups | Senders | Messages | Deliveries | Deliveries/s | vs natter | Time to last recipient p50 / p99 / p99.9 / max (ms) | Ack p99 (ms) | Server CPU | Server CPU per delivery (µs) | Bench CPU | Other CPU |"
+            "| Server | Group size × groups | Senders | Messages | Deliveries | Deliveries/s | vs natter | Time to last recipient p50 / p99 / p99.9 / max (ms) | Ack p99 (ms) | Server CPU | Server CPU per delivery (µs) | Bench CPU | Other CPU | Disk sync p99 / max, ms (over 10 ms) |"
         );
-        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         for f in &r.fanout {
             let natter =
                 r.fanout.iter().find(|n| n.target == "natter" && n.group_size == f.group_size && n.groups == f.groups);
@@ -165,7 +176,7 @@ pub fn markdown(r: &SuiteReport) -> String {
             });
             let _ = writeln!(
                 md,
-                "| {} | {} × {} | {} | {} | {}{} | {} | {} | {} | {} | {} | {} | {:.0}% | {:.0}% |",
+                "| {} | {} × {} | {} | {} | {}{} | {} | {} | {} | {} | {} | {} | {:.0}% | {:.0}% | {} |",
                 f.target,
                 f.group_size,
                 f.groups,
@@ -186,6 +197,7 @@ pub fn markdown(r: &SuiteReport) -> String {
                 if f.complete { cpu_per(f.usage.server_cpu_percent, f.deliveries_per_sec) } else { "–".into() },
                 f.usage.bench_cpu_percent,
                 f.usage.other_cpu_percent,
+                disk(&f.usage),
             );
         }
         md.push('\n');

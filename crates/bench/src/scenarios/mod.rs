@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::client::ClientOptions;
+use crate::disk::{self, DiskProbe, DiskSyncs};
 use crate::procfs::{self, ProcSample};
 use crate::stats::{Counters, Latency};
 use crate::target::Target;
@@ -70,6 +71,10 @@ pub struct Usage {
     /// softirq time not charged to either process), percent of one core:
     /// how noisy the window was.
     pub other_cpu_percent: f64,
+    /// The disk's sync latency over the window, probed in the temp dir
+    /// (where a natter the bench starts keeps its data): how the disk
+    /// itself behaved while the store synced.
+    pub disk_syncs: Option<DiskSyncs>,
 }
 
 /// Start of a measured window.
@@ -79,6 +84,7 @@ pub struct Window {
     pids: Vec<u32>,
     machine_ticks: u64,
     at: std::time::Instant,
+    disk: Option<DiskProbe>,
 }
 
 impl Window {
@@ -89,10 +95,13 @@ impl Window {
             pids: server_pids.to_vec(),
             machine_ticks: procfs::machine_busy_ticks(),
             at: std::time::Instant::now(),
+            disk: DiskProbe::start(&std::env::temp_dir(), disk::INTERVAL)
+                .inspect_err(|e| tracing::warn!(error = %e, "no disk probe for this window"))
+                .ok(),
         }
     }
 
-    pub fn close(&self) -> Usage {
+    pub fn close(self) -> Usage {
         let server = procfs::sample_all(&self.pids);
         let bench = procfs::sample(None).ok();
         let mib = |s: &ProcSample| s.rss_bytes as f64 / 1048576.0;
@@ -111,6 +120,7 @@ impl Window {
             bench_rss_mib: bench.as_ref().map_or(0.0, mib),
             // Ticks are 1/100 s, so ticks per second is percent of a core.
             other_cpu_percent: (machine - server_cpu.unwrap_or(0.0) - bench_cpu).max(0.0),
+            disk_syncs: self.disk.map(DiskProbe::stop),
         }
     }
 }
