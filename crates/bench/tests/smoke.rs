@@ -53,6 +53,8 @@ async fn smoke_suite_measures_every_scenario_against_a_real_server() {
         assert_eq!(step.acked, step.sent, "every send answered: {step:?}");
         assert_eq!(step.delivered, step.acked, "every message reaches its peer: {step:?}");
         assert!(step.latency.count > 0 && step.latency.p50_ms > 0.0, "{step:?}");
+        let disk = step.usage.disk_syncs.as_ref().expect("the disk was probed over the step");
+        assert!(disk.latency.count > 0, "{disk:?}");
     }
     assert!(report.direct.iter().any(|d| d.target == "bare"), "1:1 bare baseline ran");
 
@@ -68,6 +70,7 @@ async fn smoke_suite_measures_every_scenario_against_a_real_server() {
         assert_eq!(f.deliveries, f.expected_deliveries, "{f:?}");
         assert_eq!(f.time_to_last.count, f.messages, "{f:?}");
         assert!(f.deliveries_per_sec > 0.0, "{f:?}");
+        assert!(f.usage.disk_syncs.as_ref().is_some_and(|d| d.latency.count > 0), "{f:?}");
     }
 
     let md = report::markdown(&report);
@@ -76,6 +79,7 @@ async fn smoke_suite_measures_every_scenario_against_a_real_server() {
     }
     assert!(report.nats.is_none());
     assert!(md.contains("NATS publish/subscribe baseline was not measured"), "the skip is reported:\n{md}");
+    assert!(md.contains("Disk sync p99 / max"), "the disk probe's column:\n{md}");
     let json = serde_json::to_value(&report).expect("report serializes");
     assert!(json["fanout"].as_array().is_some_and(|a| a.len() == 3));
 
