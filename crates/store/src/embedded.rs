@@ -2104,6 +2104,34 @@ mod tests {
         assert_log_is(&store, &ann, &[first, second]).await;
     }
 
+    /// Deleting a group closes its members' open runs: a group made again
+    /// under the same id starts its timeline where the old one ended, and a
+    /// run left open would cover the new group's messages for someone who
+    /// is not in it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deleting_a_group_closes_its_members_runs() {
+        use crate::conformance::{assert_log_is, group_message, send_to_group};
+        let dir = tempfile::tempdir().unwrap();
+        let [ann, cat] = ["ann", "cat"].map(|n| UserId::parse(n, "u").unwrap());
+        let group = a_group(9, &ann);
+        let sent: Vec<Message> = (0..3).map(|n| group_message(&ann, &group.id, n)).collect();
+        {
+            let store = open(dir.path(), 1000);
+            let stores = store.stores();
+            stores.groups.create_group(&group, &members_of(&[&ann, &cat])).await.unwrap();
+            send_to_group(&stores, &sent[0]).await;
+            send_to_group(&stores, &sent[1]).await;
+            stores.groups.delete_group(&group.id).await.unwrap();
+            stores.groups.create_group(&group, &members_of(&[&ann])).await.unwrap();
+            send_to_group(&stores, &sent[2]).await;
+            assert_log_is(&store, &cat, &sent[..2]).await;
+            assert_log_is(&store, &ann, &sent).await;
+        }
+        let store = open(dir.path(), 1000);
+        assert_log_is(&store, &cat, &sent[..2]).await;
+        assert_log_is(&store, &ann, &sent).await;
+    }
+
     /// A member who only gets the group's messages costs no log row per
     /// message: one open group run covers them, also across a reopen; other
     /// entries end it, a leave closes it, and a send that raced a member
