@@ -494,7 +494,7 @@ fn notes(report: &SuiteReport, config: &SuiteConfig, nats_source: &NatsSource) -
     let mut notes = vec![
         "The load generator runs on the same machine and shares its two cores; its own CPU is reported next to the server's. CPU is in percent of one core (200% = both cores); \"Other CPU\" is everything else on the machine in the same window (other builds and tests, kernel time charged to neither process).".to_owned(),
         format!(
-            "\"Disk sync\" is a probe of the disk itself over the same window: a 4 KiB overwrite and fdatasync in the temp dir (where a natter the bench starts keeps its data) every {} ms, with no allocation or metadata to commit, so it takes the device's write and flush plus whatever the device has queued (the time the probe's thread waited for a core is taken out). A store's fsync cannot be faster; a max of hundreds of ms means the disk stalled, whoever queued the writes.",
+            "\"Disk sync\" is a probe of the disk itself over the same window: a 4 KiB overwrite and fdatasync in the temp dir (where a natter the bench starts keeps its data; with --url, the bench's own disk) every {} ms, with no allocation or metadata to commit, so it takes the device's write and flush plus whatever the device has queued (the time the probe's thread waited for a core is taken out). A store's fsync cannot be faster; a max of hundreds of ms means the disk stalled, whoever queued the writes.",
             crate::disk::INTERVAL.as_millis()
         ),
     ];
