@@ -16,7 +16,7 @@
 use std::fs::File;
 use std::io::Write as _;
 use std::os::unix::fs::FileExt as _;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -51,25 +51,21 @@ pub struct DiskSyncs {
 pub struct DiskProbe {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<DiskSyncs>>,
-    path: PathBuf,
 }
 
 impl DiskProbe {
-    /// Starts syncing a file in `dir` every `interval`.
+    /// Starts syncing a file of its own in `dir` every `interval`; the file
+    /// goes when the probe stops.
     pub fn start(dir: &Path, interval: Duration) -> std::io::Result<Self> {
-        let path = dir.join(format!("natter-bench-sync-probe-{}", std::process::id()));
-        let mut file = File::create(&path)?;
+        let mut file = tempfile::Builder::new().prefix("natter-bench-sync-probe-").tempfile_in(dir)?;
         file.write_all(&[0; BLOCK * BLOCKS as usize])?;
-        file.sync_all()?;
+        file.as_file().sync_all()?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("disk-probe".into())
-            .spawn(move || probe(&file, interval, &flag))
-            .inspect_err(|_| {
-                let _ = std::fs::remove_file(&path);
-            })?;
-        Ok(Self { stop, thread: Some(thread), path })
+            .spawn(move || probe(file.as_file(), interval, &flag))?;
+        Ok(Self { stop, thread: Some(thread) })
     }
 
     /// Stops the probe and says what it saw.
@@ -79,9 +75,7 @@ impl DiskProbe {
 
     fn halt(&mut self) -> Option<DiskSyncs> {
         self.stop.store(true, Ordering::Relaxed);
-        let seen = self.thread.take()?.join().ok();
-        let _ = std::fs::remove_file(&self.path);
-        seen
+        self.thread.take()?.join().ok()
     }
 }
 
