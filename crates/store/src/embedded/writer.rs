@@ -32,6 +32,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use fjall::PersistMode;
 use natter_proto::v1;
@@ -44,6 +45,8 @@ use crate::Appended;
 
 /// Jobs per round at most, so one round's callers wait a bounded time.
 const MAX_ROUND: usize = 1024;
+/// A round this long is logged (at debug) with the time of each phase.
+const SLOW_ROUND: Duration = Duration::from_millis(20);
 
 /// Called once the round's fsync is done (or failed).
 type Reply = Box<dyn FnOnce(Result<()>) + Send>;
@@ -264,6 +267,7 @@ impl Rounds {
                 let take = state.queue.len().min(MAX_ROUND);
                 state.queue.drain(..take).collect()
             };
+            let (count, started) = (jobs.len(), Instant::now());
             inner.trim_heads();
             let mut round = Round {
                 inner,
@@ -284,13 +288,29 @@ impl Rounds {
                     Err(_) => tracing::error!("store write job panicked"),
                 }
             }
+            let jobs_done = Instant::now();
             let rows = match round.failed.take() {
                 Some(e) => Err(e),
                 None => round.write_rows(),
             };
+            let rows_done = Instant::now();
             let synced = rows.and_then(|()| {
                 if round.dirty { inner.db.persist(PersistMode::SyncAll).map_err(storage_err) } else { Ok(()) }
             });
+            let synced_at = Instant::now();
+            if synced_at - started >= SLOW_ROUND {
+                // Every message of the round waited this long; which phase
+                // says what held it (docs/PERFORMANCE.md, "1:1 tail").
+                let ms = |from: Instant, to: Instant| (to - from).as_secs_f64() * 1e3;
+                tracing::debug!(
+                    jobs = count,
+                    total_ms = ms(started, synced_at),
+                    jobs_ms = ms(started, jobs_done),
+                    rows_ms = ms(jobs_done, rows_done),
+                    fsync_ms = ms(rows_done, synced_at),
+                    "slow store round"
+                );
+            }
             if synced.is_ok() {
                 inner.publish_durable(&round.appended);
             }
