@@ -34,6 +34,7 @@ pub struct LiveEvent {
 
 /// A durable event as a fan-out hands it to every recipient: one copy of
 /// the event, and one encoding of it for all their sessions, not one each.
+/// It dereferences to the event.
 #[derive(Debug)]
 pub struct SharedEvent {
     event: LogEvent,
@@ -43,10 +44,6 @@ pub struct SharedEvent {
 impl SharedEvent {
     pub fn new(event: LogEvent) -> Arc<Self> {
         Arc::new(Self { event, encoded: OnceLock::new() })
-    }
-
-    pub fn event(&self) -> &LogEvent {
-        &self.event
     }
 
     /// What `encode` makes of the event, made by the first caller only. Every

@@ -112,7 +112,7 @@ impl Bus for NatsBus {
     async fn publish_event(&self, event: Arc<SharedEvent>, users: &[UserId], at: &[Appended]) -> Result<()> {
         // The event is converted and encoded once; each recipient's message
         // only adds its seq and prev.
-        let body = natter_proto::live_event_body(event.event());
+        let body = natter_proto::live_event_body(&event);
         let mut failed = None;
         for (user, at) in users.iter().zip(at) {
             let payload = natter_proto::live_bus_message_bytes(at.seq, at.prev, &body);
