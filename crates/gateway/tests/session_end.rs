@@ -44,34 +44,13 @@ async fn connect(harness: &Harness, user: &str, token_ttl_secs: u64) -> Ws {
     ws
 }
 
-/// What the server said until it closed: the pings, the goodbye, and the
+/// What the server wrote until it closed: the pings, the goodbye, and the
 /// close frame's code and reason.
 struct Ending {
     pings: usize,
     goodbye: v1::Goodbye,
     close_code: u16,
     close_reason: String,
-}
-
-async fn read_to_close(ws: &mut Ws) -> Ending {
-    let (mut pings, mut goodbye) = (0, None);
-    while let Some(message) = ws.next().await {
-        let message = message.unwrap();
-        match (&message, body(&message)) {
-            (Message::Ping(_), _) => pings += 1,
-            (_, Some(Body::Goodbye(g))) => goodbye = Some(g),
-            (Message::Close(Some(close)), _) => {
-                return Ending {
-                    pings,
-                    goodbye: goodbye.expect("a goodbye before the close"),
-                    close_code: close.code.into(),
-                    close_reason: close.reason.to_string(),
-                };
-            }
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    panic!("the socket ended without a close frame");
 }
 
 /// Everything the server wrote until it closed the connection, read as raw
@@ -142,9 +121,9 @@ async fn a_client_that_answers_pings_is_not_idle() {
 #[tokio::test(start_paused = true)]
 async fn a_session_ends_when_its_token_expires() {
     let harness = Harness::start_with(options(Duration::from_secs(25), Duration::from_secs(600))).await;
-    let mut ws = connect(&harness, "expiring", 60).await;
+    let ws = connect(&harness, "expiring", 60).await;
     let started = tokio::time::Instant::now();
-    let ending = read_to_close(&mut ws).await;
+    let ending = raw_frames_to_close(ws).await;
     assert_eq!(ending.goodbye.reason, v1::GoodbyeReason::TokenExpired as i32);
     assert_eq!((ending.close_code, ending.close_reason.as_str()), (4003, "token expired"));
     // At `exp`, 60 s after minting (whole seconds: within one of it).
