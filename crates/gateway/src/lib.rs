@@ -246,12 +246,15 @@ async fn ws_handler(
     // with a LIMIT_EXCEEDED error frame; past that tungstenite fails the read
     // and the socket is dropped.
     let hard_cap = limits.max_frame_bytes.saturating_mul(4).max(1 << 20);
-    let session = SessionId(format!("{}-{}", shared.options.gateway_id, session::next_session_number()));
+    // Unique: the gateway id makes the process's session number global.
+    let number = session::next_session_number();
+    let session = SessionId(format!("{}-{:x}-{number}", shared.options.gateway_id, natter_types::now_ms()));
     let connection = session::Connection {
         user,
         // Without a stable device id every connection is its own device.
         device: if device.is_empty() { session.to_string() } else { device },
         session,
+        number,
         format,
         platform: (*platform).to_owned(),
         client_addr: addr.to_string(),

@@ -51,16 +51,31 @@ const WRITE_BATCH: usize = 64;
 /// A request waiting for the worker: its id and body.
 type Request = Box<(u64, v1::client_frame::Body)>;
 
-static SESSION_NUMBER: AtomicU64 = AtomicU64::new(0);
+/// From 1: session 0's heartbeat phase would be 0, a ping with its hello.
+static SESSION_NUMBER: AtomicU64 = AtomicU64::new(1);
 
-/// Unique within this gateway process (the gateway id makes it global).
-pub(crate) fn next_session_number() -> String {
-    format!("{:x}-{}", now_ms(), SESSION_NUMBER.fetch_add(1, Ordering::Relaxed))
+/// A new session's number, unique within this gateway process.
+pub(crate) fn next_session_number() -> u64 {
+    SESSION_NUMBER.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Where in the ping interval session `number`'s heartbeat ticks, as a
+/// fraction of the interval. Sessions that connect together (after a
+/// gateway restart, or a load test's setup) would otherwise ping together
+/// for as long as they live: 2000 pings and their pongs at once held back
+/// every message of the next ~50 ms (docs/PERFORMANCE.md). Multiples of the
+/// golden ratio's fractional part fill [0, 1) evenly however many sessions
+/// connect, and consecutive ones land far apart.
+pub(crate) fn heartbeat_phase(number: u64) -> f64 {
+    const GOLDEN_FRACTION: f64 = 0.618_033_988_749_895;
+    (number as f64 * GOLDEN_FRACTION).fract()
 }
 
 pub(crate) struct Connection {
     pub(crate) user: UserId,
     pub(crate) session: SessionId,
+    /// From [`next_session_number`]; sets the heartbeat's phase.
+    pub(crate) number: u64,
     pub(crate) device: String,
     pub(crate) format: Format,
     pub(crate) platform: String,
@@ -147,8 +162,8 @@ impl Session {
         let options = &self.shared.options;
         let limits = options.limits.clone();
         let mut bucket = TokenBucket::new(limits.requests_per_second, limits.request_burst);
-        let mut heartbeat = tokio::time::interval(options.ping_interval);
-        heartbeat.reset();
+        let first_ping = options.ping_interval.mul_f64(heartbeat_phase(self.conn.number));
+        let mut heartbeat = tokio::time::interval_at(Instant::now() + first_ping, options.ping_interval);
         let idle_timeout = options.idle_timeout;
         let mut last_heard = Instant::now();
         let token_left = Duration::from_secs(self.conn.expires_at.saturating_sub(crate::auth::unix_now()));
@@ -552,4 +567,25 @@ fn error_response(req_id: u64, error: &Error) -> Out {
 
 fn socket_error(e: axum::Error) -> Error {
     Error::unavailable(format!("socket: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::heartbeat_phase;
+
+    /// However many sessions connect at once, their pings spread over the
+    /// whole interval: no tenth of it takes much more than its share.
+    #[test]
+    fn heartbeat_phases_fill_the_interval_evenly() {
+        for (first, count) in [(0, 1000), (7, 20), (1_000_000_000, 500)] {
+            let mut tenths = [0usize; 10];
+            for number in first..first + count {
+                let phase = heartbeat_phase(number);
+                assert!((0.0..1.0).contains(&phase), "{phase}");
+                tenths[(phase * 10.0) as usize] += 1;
+            }
+            let share = count as usize / 10;
+            assert!(tenths.iter().all(|&n| n.abs_diff(share) <= 2), "{first}..+{count}: {tenths:?}");
+        }
+    }
 }

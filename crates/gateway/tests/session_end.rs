@@ -89,13 +89,45 @@ async fn a_client_silent_past_the_idle_timeout_is_closed_at_a_heartbeat() {
     let (ping, idle) = (Duration::from_secs(10), Duration::from_secs(30));
     let harness = Harness::start_with(options(ping, idle)).await;
     let ws = connect(&harness, "quiet", 3600).await;
-    tokio::time::sleep(idle + ping).await;
+    let started = tokio::time::Instant::now();
     let ending = raw_frames_to_close(ws).await;
+    let lasted = started.elapsed();
     assert_eq!(ending.goodbye.reason, v1::GoodbyeReason::ProtocolError as i32);
     assert_eq!(ending.goodbye.message, "no frame or pong within the idle timeout");
     assert_eq!((ending.close_code, ending.close_reason.as_str()), (1001, "no frame or pong within the idle timeout"));
-    // The check runs on ticks: the close comes at the first one past the timeout.
-    assert_eq!(ending.pings, 2, "pings at 10 and 20 s, the close at 30 s");
+    // The check runs on the heartbeat's ticks, the first within one interval
+    // of connecting: the close comes at the first tick past the timeout, and
+    // each tick before it pinged.
+    assert!(lasted >= idle && lasted < idle + ping, "closed after {lasted:?}");
+    assert_eq!(ending.pings, 3, "pings at p, p + 10 and p + 20 s (0 <= p < 10), the close at p + 30 s");
+}
+
+/// Sessions that connect together (a gateway restart) must not ping
+/// together for as long as they live: each one's heartbeat has its own
+/// phase within the interval.
+#[tokio::test(start_paused = true)]
+async fn sessions_that_connect_together_ping_at_different_times() {
+    let ping = Duration::from_secs(10);
+    let harness = Harness::start_with(options(ping, Duration::from_secs(60))).await;
+    let mut clients = Vec::new();
+    for i in 0..20 {
+        clients.push(connect(&harness, &format!("herd{i}"), 3600).await);
+    }
+    let started = tokio::time::Instant::now();
+    let first_pings = futures::future::join_all(clients.into_iter().map(|mut ws| async move {
+        match ws.next().await.unwrap().unwrap() {
+            Message::Ping(_) => started.elapsed(),
+            other => panic!("unexpected {other:?}"),
+        }
+    }))
+    .await;
+    assert!(first_pings.iter().all(|&at| at <= ping), "{first_pings:?}");
+    let mut tenths = [0usize; 10];
+    for at in &first_pings {
+        tenths[((at.as_secs_f64() / ping.as_secs_f64() * 10.0) as usize).min(9)] += 1;
+    }
+    // Evenly spread would be 2 per tenth; all at once would be 20 in one.
+    assert!(tenths.iter().all(|&n| n <= 5) && tenths.iter().filter(|&&n| n > 0).count() >= 6, "{tenths:?}");
 }
 
 #[tokio::test(start_paused = true)]
