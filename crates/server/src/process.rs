@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use natter_gateway::{Gateway, GatewayOptions};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
@@ -84,12 +84,32 @@ pub(crate) fn serve_http(
     let addr = listener.local_addr()?;
     let router = gateway.router().route("/healthz", axum::routing::get(|| async { "ok\n" }));
     tasks.spawn("http", async move {
-        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        axum::serve(without_nagle(listener), router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(cancel.cancelled_owned())
             .await
             .context("http server")
     });
     Ok(addr)
+}
+
+/// Accepts sockets with Nagle's algorithm off. With it on, a frame written
+/// while the client had not yet acknowledged the one before waited for that
+/// acknowledgement, which a client delays by up to 40 ms: a 1:1 message
+/// at 10,000 msg/s had a p99.9 of 45 ms (docs/PERFORMANCE.md).
+fn without_nagle(listener: TcpListener) -> axum::serve::TapIo<TcpListener, fn(&mut TcpStream)> {
+    use axum::serve::ListenerExt as _;
+    fn set_nodelay(stream: &mut TcpStream) {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "setting TCP_NODELAY on an accepted socket failed");
+        }
+    }
+    listener.tap_io(set_nodelay)
+}
+
+/// The gRPC server's sockets, with Nagle's algorithm off as for the
+/// gateway's ([`without_nagle`]); tonic leaves it on for a listener it is given.
+fn grpc_incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 /// Serves `routes` plus grpc.health.v1 and reflection until `cancel`.
@@ -122,7 +142,7 @@ pub(crate) async fn serve_grpc(
         };
         tonic::transport::Server::builder()
             .add_routes(routes)
-            .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), stopping)
+            .serve_with_incoming_shutdown(grpc_incoming(listener), stopping)
             .await
             .context("grpc server")
     });
@@ -156,4 +176,32 @@ pub(crate) fn random_hex(n: usize) -> anyhow::Result<String> {
     let mut bytes = vec![0u8; n];
     std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).context("reading /dev/urandom")?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use axum::serve::Listener as _;
+    use futures::StreamExt as _;
+
+    use super::*;
+
+    /// Both servers' accepted sockets write small frames at once.
+    #[tokio::test]
+    async fn accepted_sockets_have_nagle_off() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut http = without_nagle(listener);
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (stream, _) = http.accept().await;
+        assert!(stream.nodelay().unwrap(), "http");
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut grpc = grpc_incoming(listener);
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let stream = grpc.next().await.unwrap().unwrap();
+        assert!(stream.nodelay().unwrap(), "grpc");
+    }
 }
