@@ -254,8 +254,16 @@ impl EmbeddedStore {
             .open()
             .map_err(storage_err)?;
         let memtable = options.memtable_bytes;
+        // Compactions write tables of a memtable's size, not fjall's 64 MiB:
+        // a compaction syncs its last table while it holds the keyspace's
+        // version lock, which every write waits for, and a 64 MiB sync held
+        // writes back tens of ms (docs/PERFORMANCE.md). fjall records the
+        // size with the keyspace, as it does the memtable's.
+        let compaction = Arc::new(fjall::compaction::Leveled::default().with_table_target_size(memtable));
         let ks = |name: &str| {
-            db.keyspace(name, || KeyspaceCreateOptions::default().max_memtable_size(memtable)).map_err(storage_err)
+            let create =
+                || KeyspaceCreateOptions::default().max_memtable_size(memtable).compaction_strategy(compaction.clone());
+            db.keyspace(name, create).map_err(storage_err)
         };
         let inner = Inner {
             messages: ks("messages")?,
@@ -1695,6 +1703,33 @@ mod tests {
             }
             assert_eq!(store.inner.log.disk_space() > 0, flushed, "memtable of {memtable_bytes} bytes");
         }
+    }
+
+    /// Compactions write tables of a memtable's size, so that the one a
+    /// compaction syncs under fjall's version lock is small.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn compactions_write_tables_of_a_memtables_size() {
+        let (users, event) = (users(50), kilobyte_event());
+        let dir = tempfile::tempdir().unwrap();
+        let memtable_bytes = 256 << 10;
+        let store =
+            EmbeddedStore::open(dir.path(), EmbeddedOptions { memtable_bytes, ..EmbeddedOptions::default() }).unwrap();
+        // ~3 MB into `user_log`, every table spanning all 50 users' keys, so
+        // that L0 tables merge with the tables below rather than move down.
+        for _ in 0..60 {
+            UserLog::append(&store, &users, &event).await.unwrap();
+        }
+        let log = &store.inner.log;
+        // Flushes and compactions run on fjall's worker thread. A flush may
+        // write several sealed memtables into one L0 table; compactions cut
+        // their output at the target size: below L0, 3 MB makes about a
+        // dozen tables of 256 KiB, or a single one at fjall's 64 MiB.
+        let below_l0 = || log.table_count() - log.l0_table_count();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while below_l0() < 4 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(below_l0() >= 4, "{} table(s) below L0 after 30 s: compactions wrote larger tables", below_l0());
     }
 
     /// Flushed memtables are freed by the keeper, not by fjall under its
