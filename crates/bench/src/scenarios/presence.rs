@@ -144,7 +144,12 @@ async fn subscriber(
             () = cancel.cancelled() => return Ok(()),
             m = ws.next() => m,
         };
-        let Some(Ok(Message::Binary(bytes))) = message else { return Ok(()) };
+        let bytes = match message {
+            Some(Ok(Message::Binary(bytes))) => bytes,
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return Ok(()),
+            // The server's pings (tungstenite answers them as it reads).
+            Some(Ok(_)) => continue,
+        };
         if let Some(Incoming::Other(frame)) = wire::read_server_frame(&bytes)
             && let Some(v1::server_frame::Body::OnPresenceStatusChange(p)) = frame.body
             && p.user_id == target
