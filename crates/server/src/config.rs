@@ -111,8 +111,9 @@ impl Default for GatewayConfig {
 pub struct StoreConfig {
     /// Events kept in each user's log for resuming devices.
     pub log_retention_events: u64,
-    /// Single node: memtable size of each keyspace in MiB, fixed when the
-    /// keyspace is created (a new data directory). Larger memtables measured
+    /// Single node: memtable size of each keyspace in MiB, and the size of
+    /// the tables its compactions write; fixed when the keyspace is created
+    /// (a new data directory). Larger memtables measured
     /// longer write stalls (`DEFAULT_MEMTABLE_BYTES`, docs/PERFORMANCE.md).
     pub memtable_mib: u64,
     /// How long a client message id makes its sends idempotent, counted

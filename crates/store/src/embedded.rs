@@ -46,9 +46,10 @@ pub struct EmbeddedOptions {
     /// Events kept per user log; older ones are dropped (a device resuming
     /// from before them is told to resync).
     pub log_retention_events: u64,
-    /// Size at which a keyspace's memtable is sealed and flushed. fjall
-    /// records it when it creates a keyspace, so a change reaches only
-    /// keyspaces created afterwards (a new data directory).
+    /// Size at which a keyspace's memtable is sealed and flushed, and at
+    /// which compactions cut their output tables. fjall records both when it
+    /// creates a keyspace, so a change reaches only keyspaces created
+    /// afterwards (a new data directory).
     pub memtable_bytes: u64,
     /// How long an idempotency record holds ([`crate::DEFAULT_IDEMPOTENCY_WINDOW`]);
     /// older ones are dropped when their table is compacted.
