@@ -1725,7 +1725,7 @@ mod tests {
         // write several sealed memtables into one L0 table; compactions cut
         // their output at the target size: below L0, 3 MB makes about a
         // dozen tables of 256 KiB, or a single one at fjall's 64 MiB.
-        let below_l0 = || log.table_count() - log.l0_table_count();
+        let below_l0 = || log.table_count().saturating_sub(log.l0_table_count());
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while below_l0() < 4 && std::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
