@@ -232,7 +232,13 @@ async fn assert_sent_again_are_duplicates<'a>(alice: &Client, bob: &str, acks: i
 #[tokio::test]
 async fn kill9_gateway_while_messages_flow() {
     const N: usize = 200;
-    let mut cluster = Cluster::start().await;
+    // alice sends as fast as her sends are acknowledged, past the default
+    // rate limit of a connection (50/s, burst 100) once nothing delays acks.
+    let mut cluster = Cluster::start_with(|c| {
+        c.limits.requests_per_second = 10_000;
+        c.limits.request_burst = 10_000;
+    })
+    .await;
     let bob = cluster.user("bob");
     let (alice, _alice_events) = cluster.client_on("alice", 0).await;
     let balancer = Balancer::start(vec![cluster.ws_addr(1), cluster.ws_addr(0)]).await;
