@@ -7,14 +7,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use natter_api::{MessageRoleServer, PresenceRoleServer, RemoteMessages, RemotePresence};
 use natter_bus::local::LocalBus;
 use natter_client::{ClientError, ClientOptions, v1};
 use natter_e2e::{WAIT, connect_caught_up, text_of};
 use natter_gateway::{Gateway, GatewayDeps, GatewayOptions, Tokens};
-use natter_message::remote::{MessageRoleServer, RemoteMessages};
 use natter_message::{MessageOptions, MessageService};
 use natter_presence::local::LocalSessionRegistry;
-use natter_presence::remote::{PresenceRoleServer, RemotePresence};
+
 use natter_presence::{PresenceOptions, PresenceService};
 use natter_store::embedded::{EmbeddedOptions, EmbeddedStore};
 use natter_types::{Limits, UserId};

@@ -25,9 +25,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use dashmap::DashMap;
 use futures::StreamExt;
+use natter_api::{MessageApi, PresenceApi};
 use natter_bus::{Bus, Control};
-use natter_message::MessageApi;
-use natter_presence::PresenceApi;
 use natter_store::UserLog;
 use natter_types::{Error, ErrorCode, Limits, SessionId};
 use serde::Deserialize;
@@ -37,7 +36,6 @@ use tokio_util::task::TaskTracker;
 
 pub use auth::Tokens;
 pub use codec::Format;
-pub use dispatch::{group_and_members, member_page, member_page_to_wire, presence_list, subscription_page_to_wire};
 
 #[derive(Debug, Clone)]
 pub struct GatewayOptions {

@@ -7,11 +7,11 @@
 //! and leaving members included — through their durable logs.
 
 use natter_types::{
-    Actor, Error, Group, GroupChange, GroupChangeKind, GroupId, GroupMember, GroupRole, LogEvent, Result, UserId,
-    now_ms,
+    Actor, Error, Group, GroupChange, GroupChangeKind, GroupId, GroupMember, GroupRole, LogEvent, NewGroup, Result,
+    UserId, now_ms,
 };
 
-use crate::{MessageService, NewGroup};
+use crate::MessageService;
 
 impl MessageService {
     /// The actor's role in the group; FORBIDDEN for non-members. `None` for
@@ -230,7 +230,9 @@ mod tests {
     use natter_types::{ChatType, ErrorCode, Limits, MessageBody, NewMessage};
 
     use super::*;
-    use crate::{MessageApi, MessageOptions};
+    use natter_api::MessageApi;
+
+    use crate::MessageOptions;
 
     fn user(name: &str) -> UserId {
         UserId::parse(name, "user").unwrap()

@@ -4,10 +4,11 @@ use async_trait::async_trait;
 use natter_bus::{Bus, SharedEvent};
 use natter_store::{Appended, Stored, Stores};
 use natter_types::{
-    Actor, ChatType, Error, Group, GroupId, IdGenerator, Limits, LogEvent, Message, NewMessage, Result, UserId,
+    Actor, ChatType, Error, Group, GroupId, IdGenerator, Limits, LogEvent, MemberPage, Message, NewGroup, NewMessage,
+    Result, SendOutcome, UserId,
 };
 
-use crate::{MemberPage, MessageApi, NewGroup, SendOutcome};
+use natter_api::MessageApi;
 
 #[derive(Debug, Clone, Default)]
 pub struct MessageOptions {

@@ -20,7 +20,10 @@ use tokio_util::task::TaskTracker;
 use crate::clock::Clock;
 use crate::sweeper::Sweeper;
 use crate::webhook::{Webhook, WebhookOptions};
-use crate::{PresenceApi, SessionInfo, SessionRegistry, SubscriptionPage};
+use natter_api::PresenceApi;
+use natter_types::SubscriptionPage;
+
+use crate::{SessionInfo, SessionRegistry};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

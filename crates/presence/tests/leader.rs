@@ -9,10 +9,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use natter_api::PresenceApi;
 use natter_bus::local::LocalBus;
 use natter_presence::local::LocalSessionRegistry;
 use natter_presence::webhook::WebhookOptions;
-use natter_presence::{PresenceApi, PresenceOptions, PresenceService, SessionInfo, SessionRegistry};
+use natter_presence::{PresenceOptions, PresenceService, SessionInfo, SessionRegistry};
 use natter_store::embedded::{EmbeddedOptions, EmbeddedStore};
 use natter_store::{Leases, LocalLeases, Stores, WebhookOutbox};
 use natter_types::{Error, Limits, Result, SessionId, UserId, WebhookEvent};

@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
+use natter_api::PresenceApi;
 use natter_bus::local::LocalBus;
 use natter_bus::{Bus, Live};
 use natter_presence::local::LocalSessionRegistry;
-use natter_presence::{PresenceApi, PresenceOptions, PresenceService, SessionInfo, SessionRegistry};
+use natter_presence::{PresenceOptions, PresenceService, SessionInfo, SessionRegistry};
 use natter_proto::v1;
 use natter_store::embedded::{EmbeddedOptions, EmbeddedStore};
 use natter_types::{ErrorCode, Limits, SessionId, SessionStatus, UserId};

@@ -596,18 +596,7 @@ impl TryFrom<v1::SessionInfo> for t::SessionInfo {
     type Error = DecodeError;
 
     fn try_from(s: v1::SessionInfo) -> Result<Self, DecodeError> {
-        if s.session_id.is_empty() {
-            return Err(DecodeError("session without an id".into()));
-        }
-        Ok(Self {
-            user: t::UserId::parse(&s.user_id, "user_id")?,
-            session: t::SessionId(s.session_id),
-            device: s.device,
-            gateway: s.gateway,
-            platform: s.platform,
-            client_addr: s.client_addr,
-            connected_at: s.connected_at,
-        })
+        Ok(crate::api::session_info(s, "session")?)
     }
 }
 

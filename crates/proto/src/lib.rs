@@ -50,8 +50,8 @@ mod tests {
     }
 }
 
+pub mod api;
 mod convert;
-pub mod remote;
 pub use convert::{
     DecodeError, actor, chat_type, error_from_status, event_body, event_frame, event_frame_bytes, group_role,
     live_bus_message_bytes, live_event_body, new_message, send_body, session_status, status_from_error,

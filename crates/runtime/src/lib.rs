@@ -213,8 +213,10 @@ mod tests {
 
     use super::*;
 
+    type Seen = Arc<Mutex<Vec<&'static str>>>;
+
     /// Records the order in which tasks saw their stage's token fire.
-    fn recorder() -> (Arc<Mutex<Vec<&'static str>>>, impl Fn(&'static str, Duration, &Tasks, Stage)) {
+    fn recorder() -> (Seen, impl Fn(&'static str, Duration, &Tasks, Stage)) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
         let spawn = move |name: &'static str, linger: Duration, tasks: &Tasks, stage: Stage| {

@@ -18,12 +18,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use natter_api::{MessageRoleServer, PresenceRoleServer, RemoteMessages, RemotePresence};
 use natter_bus::nats::NatsBus;
 use natter_gateway::{Gateway, GatewayDeps, Tokens};
-use natter_message::remote::{MessageRoleServer, RemoteMessages};
 use natter_message::{MessageOptions, MessageService};
 use natter_presence::PresenceService;
-use natter_presence::remote::{PresenceRoleServer, RemotePresence};
 use natter_proto::v1::backend_server::BackendServer;
 use natter_store::Leases;
 use natter_store::cql::{CqlCredentials, CqlOptions, CqlStore, migrate, open_session};

@@ -1,15 +1,15 @@
 //! The backend gRPC API (`natter.v1.Backend`) for the app's own servers,
-//! behind an API key, with grpc.health.v1 and server reflection.
+//! behind an API key, with grpc.health.v1 and server reflection. A thin map
+//! onto the service APIs; the conversions are `natter_proto::api`'s.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use natter_api::{MessageApi, PresenceApi};
 use natter_gateway::Tokens;
-use natter_message::{MessageApi, NewGroup};
-use natter_presence::PresenceApi;
+use natter_proto::api::{self as wire, reply};
 use natter_proto::status_from_error;
 use natter_proto::v1::{self, backend_server::Backend};
-use natter_types::{Actor, Error, ErrorCode, GroupId, NewMessage, UserId};
+use natter_types::{Actor, Error, ErrorCode};
 use tonic::{Request, Response, Status};
 
 pub struct BackendApi {
@@ -25,128 +25,84 @@ fn status(e: Error) -> Status {
     status_from_error(&e)
 }
 
-/// Empty operator: the system, which may do anything.
-fn operator(raw: &str) -> Result<Actor, Status> {
-    if raw.is_empty() { Ok(Actor::System) } else { UserId::parse(raw, "operator").map(Actor::User).map_err(status) }
-}
-
-fn group_id(raw: &str) -> Result<GroupId, Status> {
-    GroupId::parse(raw, "group_id").map_err(status)
+/// A request field that does not decode: the caller's error, as a status.
+fn field<T>(decoded: natter_types::Result<T>) -> Result<T, Status> {
+    decoded.map_err(status)
 }
 
 #[tonic::async_trait]
 impl Backend for BackendApi {
     async fn mint_token(&self, request: Request<v1::MintTokenRequest>) -> Reply<v1::MintTokenResponse> {
         let req = request.into_inner();
-        let user = UserId::parse(&req.user_id, "user_id").map_err(status)?;
+        let user = field(wire::user(&req.user_id, "user_id"))?;
         let (token, expires_at) = self.tokens.mint(&user, req.ttl_seconds).map_err(status)?;
         Ok(Response::new(v1::MintTokenResponse { token, expires_at: expires_at as i64 }))
     }
 
     async fn send_message(&self, request: Request<v1::BackendSendRequest>) -> Reply<v1::SendResult> {
         let req = request.into_inner();
-        let from = operator(&req.from)?;
-        let Some(m) = req.message else {
-            return Err(status(Error::bad_request("message", "is required")));
-        };
-        let new = NewMessage::validate(
-            m.client_msg_id,
-            natter_proto::chat_type(m.chat_type),
-            &m.to,
-            natter_proto::send_body(m.body),
-            m.ext.into_iter().collect::<BTreeMap<_, _>>(),
-            &self.limits,
-        )
-        .map_err(|e| status(e.within("message")))?;
-        let sent = self.messages.send(from, new).await.map_err(status)?;
-        Ok(Response::new(v1::SendResult {
-            client_msg_id: sent.client_msg_id,
-            server_msg_id: sent.id.0,
-            timestamp: sent.timestamp,
-            duplicate: sent.duplicate,
-        }))
+        let from = field(wire::operator(&req.from))?;
+        let message = req.message.ok_or_else(|| status(Error::bad_request("message", "is required")))?;
+        let new = field(natter_proto::new_message(message, &self.limits).map_err(|e| e.within("message")))?;
+        reply(self.messages.send(from, new).await)
     }
 
     async fn create_group(&self, request: Request<v1::BackendCreateGroupRequest>) -> Reply<v1::Group> {
         let req = request.into_inner();
-        let owner = UserId::parse(&req.owner, "owner").map_err(status)?;
-        let g = req.group.unwrap_or_default();
-        let members = g
-            .members
-            .iter()
-            .map(|m| UserId::parse(m, "group.members"))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(status)?;
-        let new = NewGroup { name: g.name, description: g.description, members, max_members: g.max_members };
-        let group = self.messages.create_group(&owner, new).await.map_err(|e| status(e.within("group")))?;
-        Ok(Response::new((&group).into()))
+        let owner = field(wire::user(&req.owner, "owner"))?;
+        let new = field(wire::new_group(req.group.unwrap_or_default()).map_err(|e| e.within("group")))?;
+        reply(self.messages.create_group(&owner, new).await.map_err(|e| e.within("group")))
     }
 
     async fn get_group(&self, request: Request<v1::BackendGroupRequest>) -> Reply<v1::Group> {
         let req = request.into_inner();
-        let group =
-            self.messages.get_group(&operator(&req.operator)?, &group_id(&req.group_id)?).await.map_err(status)?;
-        Ok(Response::new((&group).into()))
+        let (operator, group) =
+            (field(wire::operator(&req.operator))?, field(wire::group_id(&req.group_id, "group_id"))?);
+        reply(self.messages.get_group(&operator, &group).await)
     }
 
     async fn add_members(&self, request: Request<v1::BackendMembersRequest>) -> Reply<v1::Group> {
         let req = request.into_inner();
-        let (group, members) = natter_gateway::group_and_members(&req.group_id, &req.members).map_err(status)?;
-        let group = self.messages.add_members(&operator(&req.operator)?, &group, members).await.map_err(status)?;
-        Ok(Response::new((&group).into()))
+        let (group, members) = field(wire::group_and_members(&req.group_id, &req.members))?;
+        reply(self.messages.add_members(&field(wire::operator(&req.operator))?, &group, members).await)
     }
 
     async fn remove_members(&self, request: Request<v1::BackendMembersRequest>) -> Reply<v1::Group> {
         let req = request.into_inner();
-        let (group, members) = natter_gateway::group_and_members(&req.group_id, &req.members).map_err(status)?;
-        let group = self.messages.remove_members(&operator(&req.operator)?, &group, members).await.map_err(status)?;
-        Ok(Response::new((&group).into()))
+        let (group, members) = field(wire::group_and_members(&req.group_id, &req.members))?;
+        reply(self.messages.remove_members(&field(wire::operator(&req.operator))?, &group, members).await)
     }
 
     async fn set_admin(&self, request: Request<v1::BackendSetAdminRequest>) -> Reply<v1::Group> {
         let req = request.into_inner();
-        let user = UserId::parse(&req.user_id, "user_id").map_err(status)?;
-        let group = self
-            .messages
-            .set_admin(&operator(&req.operator)?, &group_id(&req.group_id)?, &user, req.admin)
-            .await
-            .map_err(status)?;
-        Ok(Response::new((&group).into()))
+        let user = field(wire::user(&req.user_id, "user_id"))?;
+        let (operator, group) =
+            (field(wire::operator(&req.operator))?, field(wire::group_id(&req.group_id, "group_id"))?);
+        reply(self.messages.set_admin(&operator, &group, &user, req.admin).await)
     }
 
     async fn dissolve_group(&self, request: Request<v1::BackendGroupRequest>) -> Reply<v1::Empty> {
         let req = request.into_inner();
-        self.messages.dissolve_group(&operator(&req.operator)?, &group_id(&req.group_id)?).await.map_err(status)?;
-        Ok(Response::new(v1::Empty {}))
+        let (operator, group) =
+            (field(wire::operator(&req.operator))?, field(wire::group_id(&req.group_id, "group_id"))?);
+        reply(self.messages.dissolve_group(&operator, &group).await)
     }
 
     async fn list_members(&self, request: Request<v1::BackendListMembersRequest>) -> Reply<v1::MemberPage> {
         let req = request.into_inner();
-        let (after, limit) = natter_gateway::member_page(&req.cursor, req.page_size).map_err(status)?;
-        let page = self
-            .messages
-            .list_members(&Actor::System, &group_id(&req.group_id)?, after, limit)
-            .await
-            .map_err(status)?;
-        Ok(Response::new(natter_gateway::member_page_to_wire(page)))
+        let (after, limit) = field(wire::member_page(&req.cursor, req.page_size))?;
+        let group = field(wire::group_id(&req.group_id, "group_id"))?;
+        reply(self.messages.list_members(&Actor::System, &group, after, limit).await)
     }
 
     async fn list_user_groups(&self, request: Request<v1::BackendUserRequest>) -> Reply<v1::GroupList> {
-        let user = UserId::parse(&request.into_inner().user_id, "user_id").map_err(status)?;
-        let groups = self.messages.user_groups(&user).await.map_err(status)?;
-        Ok(Response::new(v1::GroupList { groups: groups.iter().map(Into::into).collect() }))
+        let user = field(wire::user(&request.into_inner().user_id, "user_id"))?;
+        reply(self.messages.user_groups(&user).await)
     }
 
     async fn query_presence(&self, request: Request<v1::BackendPresenceRequest>) -> Reply<v1::PresenceList> {
-        let users = request
-            .into_inner()
-            .user_ids
-            .iter()
-            .map(|u| UserId::parse(u, "user_ids"))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(status)?;
-        let presences = self.presence.query(users).await.map_err(status)?;
-        Ok(Response::new(natter_gateway::presence_list(&presences)))
+        let users = field(wire::users(&request.into_inner().user_ids, "user_ids"))?;
+        reply(self.presence.query(users).await)
     }
 
     async fn list_presence_subscriptions(
@@ -154,9 +110,8 @@ impl Backend for BackendApi {
         request: Request<v1::BackendSubscriptionsRequest>,
     ) -> Reply<v1::SubscriptionPage> {
         let req = request.into_inner();
-        let user = UserId::parse(&req.user_id, "user_id").map_err(status)?;
-        let page = self.presence.subscriptions(&user, req.page_num, req.page_size).await.map_err(status)?;
-        Ok(Response::new(natter_gateway::subscription_page_to_wire(&page)))
+        let user = field(wire::user(&req.user_id, "user_id"))?;
+        reply(self.presence.subscriptions(&user, req.page_num, req.page_size).await)
     }
 }
 

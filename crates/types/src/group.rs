@@ -53,3 +53,20 @@ pub struct GroupChange {
     pub members: Vec<UserId>,
     pub time: i64,
 }
+
+/// A group as requested by its creator (validated by the message service).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NewGroup {
+    pub name: String,
+    pub description: String,
+    pub members: Vec<UserId>,
+    /// 0 means the configured default maximum.
+    pub max_members: u32,
+}
+
+/// A page of members; `next` is the cursor of the following page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberPage {
+    pub members: Vec<GroupMember>,
+    pub next: Option<UserId>,
+}

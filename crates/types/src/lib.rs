@@ -10,11 +10,11 @@ mod message;
 mod presence;
 
 pub use error::{Error, ErrorCode, Result};
-pub use group::{Group, GroupChange, GroupChangeKind, GroupMember, GroupRole};
+pub use group::{Group, GroupChange, GroupChangeKind, GroupMember, GroupRole, MemberPage, NewGroup};
 pub use ids::{ConversationKey, GroupId, IdGenerator, MessageId, SessionId, UserId};
 pub use limits::Limits;
-pub use message::{Actor, Appended, ChatType, LogEvent, Message, MessageBody, NewMessage};
-pub use presence::{DeviceStatus, Presence, SessionInfo, SessionStatus, Subscription, WebhookEvent};
+pub use message::{Actor, Appended, ChatType, LogEvent, Message, MessageBody, NewMessage, SendOutcome};
+pub use presence::{DeviceStatus, Presence, SessionInfo, SessionStatus, Subscription, SubscriptionPage, WebhookEvent};
 
 /// Milliseconds since the Unix epoch by the server's clock.
 pub fn now_ms() -> i64 {

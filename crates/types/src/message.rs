@@ -193,3 +193,13 @@ mod tests {
         assert_eq!(e.field.as_deref(), Some("body"));
     }
 }
+
+/// The R1 server ack: the message is durably stored under `id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendOutcome {
+    pub client_msg_id: String,
+    pub id: MessageId,
+    pub timestamp: i64,
+    /// True when this was a retry of a message stored before.
+    pub duplicate: bool,
+}

@@ -81,3 +81,10 @@ pub struct SessionInfo {
     pub client_addr: String,
     pub connected_at: i64,
 }
+
+/// A page of a user's subscriptions (P6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionPage {
+    pub subscriptions: Vec<Subscription>,
+    pub total: usize,
+}

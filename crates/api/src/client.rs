@@ -1,16 +1,15 @@
-//! Shared plumbing of the remote (gRPC) service clients: lazy channels and
+//! What every remote (gRPC) service client shares: lazy channels and
 //! [`RoleClient`], unary calls with a deadline and the API key that map a
 //! failed status back to the domain error it carried.
 
 use std::future::Future;
 use std::time::Duration;
 
-use natter_types::{Error, Result, UserId};
+use natter_proto::error_from_status;
+use natter_types::{Error, Result};
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
-
-use crate::{DecodeError, error_from_status};
 
 /// A channel to `uri` that connects on first use and reconnects by itself,
 /// so a role may start before its peer. `field` names the setting in errors.
@@ -71,16 +70,4 @@ impl<C: Clone> RoleClient<C> {
             ))),
         }
     }
-}
-
-/// Decodes a wire value into its domain type (validating it).
-pub fn decode<T, W>(wire: W) -> Result<T>
-where
-    T: TryFrom<W, Error = DecodeError>,
-{
-    T::try_from(wire).map_err(Error::from)
-}
-
-pub fn user_strings(users: &[UserId]) -> Vec<String> {
-    users.iter().map(ToString::to_string).collect()
 }

@@ -1,23 +1,46 @@
-//! `MessageApi` over gRPC (`natter.v1.MessageRole`, proto/natter/v1/internal.proto).
-//!
-//! [`MessageRoleServer`] serves any `MessageApi` (the local
-//! [`MessageService`](crate::MessageService) in the message role);
-//! [`RemoteMessages`] is the `MessageApi` a gateway holds in the distributed
-//! mode. Errors cross the wire unchanged (code, field, message).
+//! [`MessageApi`]: sending and groups. Implemented by the message service;
+//! served to other processes as `natter.v1.MessageRole` by
+//! [`MessageRoleServer`] and called there through [`RemoteMessages`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use natter_proto::remote::{RoleClient, decode, user_strings};
+use natter_proto::api::{self as wire, decode, reply, user_strings};
+use natter_proto::status_from_error;
+use natter_proto::v1;
 use natter_proto::v1::message_role_client::MessageRoleClient;
 use natter_proto::v1::message_role_server::{MessageRole, MessageRoleServer as GrpcServer};
-use natter_proto::{status_from_error, v1};
-use natter_types::{Actor, Error, Group, GroupId, GroupMember, Limits, MessageId, NewMessage, Result, UserId};
+use natter_types::{
+    Actor, Error, Group, GroupId, Limits, MemberPage, NewGroup, NewMessage, Result, SendOutcome, UserId,
+};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::{MemberPage, MessageApi, NewGroup, SendOutcome};
+use crate::client::{RoleClient, lazy_channel};
+
+#[async_trait]
+pub trait MessageApi: Send + Sync + 'static {
+    /// R1: answers once the message and every recipient's event are durable.
+    async fn send(&self, from: Actor, message: NewMessage) -> Result<SendOutcome>;
+
+    async fn create_group(&self, owner: &UserId, group: NewGroup) -> Result<Group>;
+    async fn get_group(&self, actor: &Actor, group: &GroupId) -> Result<Group>;
+    async fn add_members(&self, actor: &Actor, group: &GroupId, members: Vec<UserId>) -> Result<Group>;
+    async fn remove_members(&self, actor: &Actor, group: &GroupId, members: Vec<UserId>) -> Result<Group>;
+    async fn set_admin(&self, actor: &Actor, group: &GroupId, user: &UserId, admin: bool) -> Result<Group>;
+    async fn leave_group(&self, user: &UserId, group: &GroupId) -> Result<()>;
+    async fn dissolve_group(&self, actor: &Actor, group: &GroupId) -> Result<()>;
+    /// `after` is exclusive; the service clamps `limit` to 1–1000.
+    async fn list_members(
+        &self,
+        actor: &Actor,
+        group: &GroupId,
+        after: Option<UserId>,
+        limit: usize,
+    ) -> Result<MemberPage>;
+    async fn user_groups(&self, user: &UserId) -> Result<Vec<Group>>;
+}
 
 /// Per-call deadline of [`RemoteMessages`] unless told otherwise.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -45,106 +68,85 @@ impl MessageRoleServer {
 
 type Reply<T> = std::result::Result<Response<T>, Status>;
 
-fn status(e: Error) -> Status {
-    status_from_error(&e)
-}
-
-fn user(raw: &str, field: &str) -> std::result::Result<UserId, Status> {
-    UserId::parse(raw, field).map_err(status)
-}
-
-fn users(raw: &[String], field: &str) -> std::result::Result<Vec<UserId>, Status> {
-    raw.iter().map(|u| UserId::parse(u, field)).collect::<Result<_>>().map_err(status)
-}
-
-fn group_id(raw: &str) -> std::result::Result<GroupId, Status> {
-    GroupId::parse(raw, "group_id").map_err(status)
+/// A request field that does not decode: the caller's error, as a status.
+fn field<T>(decoded: Result<T>) -> std::result::Result<T, Status> {
+    decoded.map_err(|e| status_from_error(&e))
 }
 
 fn actor(raw: Option<v1::Actor>) -> std::result::Result<Actor, Status> {
-    natter_proto::actor(raw, "actor").map_err(status)
+    field(natter_proto::actor(raw, "actor"))
 }
 
-fn group_reply(g: Result<Group>) -> Reply<v1::Group> {
-    g.map(|g| Response::new((&g).into())).map_err(status)
+fn group_id(raw: &str) -> std::result::Result<GroupId, Status> {
+    field(wire::group_id(raw, "group_id"))
+}
+
+fn required<T>(value: Option<T>, name: &str) -> std::result::Result<T, Status> {
+    value.ok_or_else(|| status_from_error(&Error::bad_request(name, "is required")))
 }
 
 #[tonic::async_trait]
 impl MessageRole for MessageRoleServer {
     async fn send(&self, request: Request<v1::RoleSendRequest>) -> Reply<v1::SendResult> {
         let req = request.into_inner();
-        let from = natter_proto::actor(req.from, "from").map_err(status)?;
-        let message = req.message.ok_or_else(|| status(Error::bad_request("message", "is required")))?;
-        let new = natter_proto::new_message(message, &self.limits).map_err(|e| status(e.within("message")))?;
-        let sent = self.api.send(from, new).await.map_err(status)?;
-        Ok(Response::new(v1::SendResult {
-            client_msg_id: sent.client_msg_id,
-            server_msg_id: sent.id.0,
-            timestamp: sent.timestamp,
-            duplicate: sent.duplicate,
-        }))
+        let from = field(natter_proto::actor(req.from, "from"))?;
+        let message = field(
+            natter_proto::new_message(required(req.message, "message")?, &self.limits).map_err(|e| e.within("message")),
+        )?;
+        reply(self.api.send(from, message).await)
     }
 
     async fn create_group(&self, request: Request<v1::RoleCreateGroupRequest>) -> Reply<v1::Group> {
         let req = request.into_inner();
-        let owner = user(&req.owner, "owner")?;
-        let g = req.group.ok_or_else(|| status(Error::bad_request("group", "is required")))?;
-        let members = users(&g.members, "group.members")?;
-        let new = NewGroup { name: g.name, description: g.description, members, max_members: g.max_members };
-        group_reply(self.api.create_group(&owner, new).await)
+        let owner = field(wire::user(&req.owner, "owner"))?;
+        let group = field(wire::new_group(required(req.group, "group")?).map_err(|e| e.within("group")))?;
+        reply(self.api.create_group(&owner, group).await)
     }
 
     async fn get_group(&self, request: Request<v1::RoleGroupRequest>) -> Reply<v1::Group> {
         let req = request.into_inner();
-        group_reply(self.api.get_group(&actor(req.actor)?, &group_id(&req.group_id)?).await)
+        reply(self.api.get_group(&actor(req.actor)?, &group_id(&req.group_id)?).await)
     }
 
     async fn add_members(&self, request: Request<v1::RoleMembersRequest>) -> Reply<v1::Group> {
         let req = request.into_inner();
-        let (actor, group, members) = (actor(req.actor)?, group_id(&req.group_id)?, users(&req.members, "members")?);
-        group_reply(self.api.add_members(&actor, &group, members).await)
+        let (group, members) = field(wire::group_and_members(&req.group_id, &req.members))?;
+        reply(self.api.add_members(&actor(req.actor)?, &group, members).await)
     }
 
     async fn remove_members(&self, request: Request<v1::RoleMembersRequest>) -> Reply<v1::Group> {
         let req = request.into_inner();
-        let (actor, group, members) = (actor(req.actor)?, group_id(&req.group_id)?, users(&req.members, "members")?);
-        group_reply(self.api.remove_members(&actor, &group, members).await)
+        let (group, members) = field(wire::group_and_members(&req.group_id, &req.members))?;
+        reply(self.api.remove_members(&actor(req.actor)?, &group, members).await)
     }
 
     async fn set_admin(&self, request: Request<v1::RoleSetAdminRequest>) -> Reply<v1::Group> {
         let req = request.into_inner();
-        let (actor, group, target) = (actor(req.actor)?, group_id(&req.group_id)?, user(&req.user_id, "user_id")?);
-        group_reply(self.api.set_admin(&actor, &group, &target, req.admin).await)
+        let user = field(wire::user(&req.user_id, "user_id"))?;
+        reply(self.api.set_admin(&actor(req.actor)?, &group_id(&req.group_id)?, &user, req.admin).await)
     }
 
     async fn leave_group(&self, request: Request<v1::RoleLeaveGroupRequest>) -> Reply<v1::Empty> {
         let req = request.into_inner();
-        self.api.leave_group(&user(&req.user_id, "user_id")?, &group_id(&req.group_id)?).await.map_err(status)?;
-        Ok(Response::new(v1::Empty {}))
+        let user = field(wire::user(&req.user_id, "user_id"))?;
+        reply(self.api.leave_group(&user, &group_id(&req.group_id)?).await)
     }
 
     async fn dissolve_group(&self, request: Request<v1::RoleGroupRequest>) -> Reply<v1::Empty> {
         let req = request.into_inner();
-        self.api.dissolve_group(&actor(req.actor)?, &group_id(&req.group_id)?).await.map_err(status)?;
-        Ok(Response::new(v1::Empty {}))
+        reply(self.api.dissolve_group(&actor(req.actor)?, &group_id(&req.group_id)?).await)
     }
 
     async fn list_members(&self, request: Request<v1::RoleListMembersRequest>) -> Reply<v1::MemberPage> {
         let req = request.into_inner();
-        let after = if req.after.is_empty() { None } else { Some(user(&req.after, "after")?) };
+        let after = field(wire::optional_user(&req.after, "after"))?;
         let limit = usize::try_from(req.limit).unwrap_or(usize::MAX);
-        let page =
-            self.api.list_members(&actor(req.actor)?, &group_id(&req.group_id)?, after, limit).await.map_err(status)?;
-        Ok(Response::new(v1::MemberPage {
-            members: page.members.iter().map(Into::into).collect(),
-            next_cursor: page.next.map(|u| u.to_string()).unwrap_or_default(),
-        }))
+        reply(self.api.list_members(&actor(req.actor)?, &group_id(&req.group_id)?, after, limit).await)
     }
 
     async fn user_groups(&self, request: Request<v1::RoleUserRequest>) -> Reply<v1::GroupList> {
-        let user = user(&request.into_inner().user_id, "user_id")?;
-        let groups = self.api.user_groups(&user).await.map_err(status)?;
-        Ok(Response::new(v1::GroupList { groups: groups.iter().map(Into::into).collect() }))
+        let user = field(wire::user(&request.into_inner().user_id, "user_id"))?;
+        reply(self.api.user_groups(&user).await)
     }
 }
 
@@ -168,7 +170,7 @@ impl RemoteMessages {
     /// A client for the role at `uri` (e.g. `http://message:7002`) that
     /// connects on first use.
     pub fn connect_lazy(uri: &str, timeout: Duration) -> Result<Self> {
-        Ok(Self::new(natter_proto::remote::lazy_channel(uri, timeout, "message_role")?, timeout))
+        Ok(Self::new(lazy_channel(uri, timeout, "message_role")?, timeout))
     }
 
     /// Sends the cluster's API key with every call (the role requires it).
@@ -177,52 +179,38 @@ impl RemoteMessages {
     }
 }
 
+fn group_request(actor: &Actor, group: &GroupId) -> v1::RoleGroupRequest {
+    v1::RoleGroupRequest { actor: Some(actor.into()), group_id: group.to_string() }
+}
+
+fn members_request(actor: &Actor, group: &GroupId, members: &[UserId]) -> v1::RoleMembersRequest {
+    v1::RoleMembersRequest { actor: Some(actor.into()), group_id: group.to_string(), members: user_strings(members) }
+}
+
 #[async_trait]
 impl MessageApi for RemoteMessages {
     async fn send(&self, from: Actor, message: NewMessage) -> Result<SendOutcome> {
         let req = v1::RoleSendRequest { from: Some((&from).into()), message: Some((&message).into()) };
-        let r = self.inner.call(req, |mut c, r| async move { c.send(r).await }).await?;
-        Ok(SendOutcome {
-            client_msg_id: r.client_msg_id,
-            id: MessageId(r.server_msg_id),
-            timestamp: r.timestamp,
-            duplicate: r.duplicate,
-        })
+        decode(self.inner.call(req, |mut c, r| async move { c.send(r).await }).await?)
     }
 
     async fn create_group(&self, owner: &UserId, group: NewGroup) -> Result<Group> {
-        let req = v1::RoleCreateGroupRequest {
-            owner: owner.to_string(),
-            group: Some(v1::CreateGroup {
-                name: group.name,
-                description: group.description,
-                members: user_strings(&group.members),
-                max_members: group.max_members,
-            }),
-        };
+        let req = v1::RoleCreateGroupRequest { owner: owner.to_string(), group: Some((&group).into()) };
         decode(self.inner.call(req, |mut c, r| async move { c.create_group(r).await }).await?)
     }
 
     async fn get_group(&self, actor: &Actor, group: &GroupId) -> Result<Group> {
-        let req = v1::RoleGroupRequest { actor: Some(actor.into()), group_id: group.to_string() };
+        let req = group_request(actor, group);
         decode(self.inner.call(req, |mut c, r| async move { c.get_group(r).await }).await?)
     }
 
     async fn add_members(&self, actor: &Actor, group: &GroupId, members: Vec<UserId>) -> Result<Group> {
-        let req = v1::RoleMembersRequest {
-            actor: Some(actor.into()),
-            group_id: group.to_string(),
-            members: user_strings(&members),
-        };
+        let req = members_request(actor, group, &members);
         decode(self.inner.call(req, |mut c, r| async move { c.add_members(r).await }).await?)
     }
 
     async fn remove_members(&self, actor: &Actor, group: &GroupId, members: Vec<UserId>) -> Result<Group> {
-        let req = v1::RoleMembersRequest {
-            actor: Some(actor.into()),
-            group_id: group.to_string(),
-            members: user_strings(&members),
-        };
+        let req = members_request(actor, group, &members);
         decode(self.inner.call(req, |mut c, r| async move { c.remove_members(r).await }).await?)
     }
 
@@ -242,7 +230,7 @@ impl MessageApi for RemoteMessages {
     }
 
     async fn dissolve_group(&self, actor: &Actor, group: &GroupId) -> Result<()> {
-        let req = v1::RoleGroupRequest { actor: Some(actor.into()), group_id: group.to_string() };
+        let req = group_request(actor, group);
         self.inner.call(req, |mut c, r| async move { c.dissolve_group(r).await }).await.map(drop)
     }
 
@@ -259,19 +247,11 @@ impl MessageApi for RemoteMessages {
             after: after.map(|u| u.to_string()).unwrap_or_default(),
             limit: u64::try_from(limit).unwrap_or(u64::MAX),
         };
-        let page = self.inner.call(req, |mut c, r| async move { c.list_members(r).await }).await?;
-        let members = page.members.into_iter().map(decode::<GroupMember, _>).collect::<Result<Vec<_>>>()?;
-        let next = if page.next_cursor.is_empty() {
-            None
-        } else {
-            Some(UserId::parse(&page.next_cursor, "next_cursor").map_err(|e| Error::internal(e.message))?)
-        };
-        Ok(MemberPage { members, next })
+        decode(self.inner.call(req, |mut c, r| async move { c.list_members(r).await }).await?)
     }
 
     async fn user_groups(&self, user: &UserId) -> Result<Vec<Group>> {
         let req = v1::RoleUserRequest { user_id: user.to_string() };
-        let list = self.inner.call(req, |mut c, r| async move { c.user_groups(r).await }).await?;
-        list.groups.into_iter().map(decode::<Group, _>).collect()
+        decode(self.inner.call(req, |mut c, r| async move { c.user_groups(r).await }).await?)
     }
 }

@@ -8,11 +8,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use natter_api::{MessageApi, MessageRoleServer, RemoteMessages};
 use natter_bus::local::LocalBus;
-use natter_message::remote::{MessageRoleServer, RemoteMessages};
-use natter_message::{MessageApi, MessageOptions, MessageService, NewGroup};
+use natter_message::{MessageOptions, MessageService};
 use natter_proto::v1;
 use natter_store::embedded::{EmbeddedOptions, EmbeddedStore};
+use natter_types::NewGroup;
 use natter_types::{Actor, ChatType, ErrorCode, GroupRole, Limits, MessageBody, NewMessage, UserId};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use natter_api::{PresenceApi, PresenceRoleServer, RemotePresence};
 use natter_bus::local::LocalBus;
 use natter_presence::local::LocalSessionRegistry;
-use natter_presence::remote::{PresenceRoleServer, RemotePresence};
-use natter_presence::{PresenceApi, PresenceOptions, PresenceService, SessionInfo};
+use natter_presence::{PresenceOptions, PresenceService, SessionInfo};
 use natter_proto::v1;
 use natter_store::embedded::{EmbeddedOptions, EmbeddedStore};
 use natter_types::{ErrorCode, Limits, SessionId, SessionStatus, UserId};
