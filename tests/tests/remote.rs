@@ -11,31 +11,28 @@ use natter_api::{MessageRoleServer, PresenceRoleServer, RemoteMessages, RemotePr
 use natter_bus::local::LocalBus;
 use natter_client::{ClientError, ClientOptions, v1};
 use natter_e2e::{WAIT, connect_caught_up, text_of};
-use natter_gateway::{Gateway, GatewayDeps, GatewayOptions, Tokens};
-use natter_message::{MessageOptions, MessageService};
+use natter_gateway::{GatewayOptions, Tokens};
+use natter_message::MessageOptions;
+use natter_presence::PresenceOptions;
 use natter_presence::local::LocalSessionRegistry;
-
-use natter_presence::{PresenceOptions, PresenceService};
+use natter_runtime::{Stage, Tasks};
+use natter_server::wiring::{self, Apis, Backends};
 use natter_store::embedded::{EmbeddedOptions, EmbeddedStore};
 use natter_types::{Limits, UserId};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves one role's gRPC routes on a fresh port; returns its `http://` URI.
-async fn serve_grpc(routes: tonic::service::Routes, cancel: CancellationToken) -> String {
+async fn serve_grpc(routes: tonic::service::Routes, tasks: &Tasks) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
+    tasks.spawn(Stage::Ingress, "grpc", |stop| async move {
         tonic::transport::Server::builder()
             .add_routes(routes)
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener),
-                cancel.cancelled_owned(),
-            )
-            .await
-            .unwrap();
+            .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), stop.cancelled_owned())
+            .await?;
+        Ok(())
     });
     format!("http://{addr}")
 }
@@ -43,47 +40,29 @@ async fn serve_grpc(routes: tonic::service::Routes, cancel: CancellationToken) -
 #[tokio::test]
 async fn gateway_over_remote_roles_delivers_one_to_one() {
     let dir = tempfile::tempdir().unwrap();
+    let tasks = Tasks::new();
     let stores = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap().stores();
-    let bus = Arc::new(LocalBus::new());
-    let cancel = CancellationToken::new();
+    let backends = Backends { stores, bus: Arc::new(LocalBus::new()), sessions: Arc::new(LocalSessionRegistry::new()) };
     let limits = Limits::default();
 
-    // The message role and the presence role, each behind its gRPC server.
-    let messages = Arc::new(MessageService::new(
-        MessageOptions { node_id: 1, limits: limits.clone() },
-        stores.clone(),
-        bus.clone(),
-    ));
-    let presence = PresenceService::new(
-        PresenceOptions::default(),
-        limits.clone(),
-        Arc::new(LocalSessionRegistry::new()),
-        stores.presence.clone(),
-        stores.outbox.clone(),
-        bus.clone(),
-        cancel.child_token(),
-    )
-    .unwrap();
-    presence.start().await.unwrap();
+    // The message role and the presence role, wired as their processes wire
+    // them, each behind its gRPC server.
+    let messages = wiring::message_service(MessageOptions { node_id: 1, limits: limits.clone() }, &backends);
+    let presence =
+        wiring::presence_service(PresenceOptions::default(), limits.clone(), &backends, None, &tasks).await.unwrap();
     let message_uri = serve_grpc(
         tonic::service::Routes::new(MessageRoleServer::new(messages, limits.clone()).into_service()),
-        cancel.clone(),
+        &tasks,
     )
     .await;
-    let presence_uri = serve_grpc(
-        tonic::service::Routes::new(PresenceRoleServer::new(presence.clone()).into_service()),
-        cancel.clone(),
-    )
-    .await;
+    let presence_uri =
+        serve_grpc(tonic::service::Routes::new(PresenceRoleServer::new(presence.clone()).into_service()), &tasks).await;
 
     // The gateway knows the roles only through the remote clients.
     let tokens = Tokens::new(b"remote-test-secret", 3600);
-    let deps = GatewayDeps {
+    let apis = Apis {
         messages: Arc::new(RemoteMessages::connect_lazy(&message_uri, CALL_TIMEOUT).unwrap()),
-        log: stores.log.clone(),
-        bus,
         presence: Arc::new(RemotePresence::connect_lazy(&presence_uri, CALL_TIMEOUT).unwrap()),
-        tokens: tokens.clone(),
     };
     let options = GatewayOptions {
         gateway_id: "gw-remote".into(),
@@ -91,18 +70,16 @@ async fn gateway_over_remote_roles_delivers_one_to_one() {
         lease_renew_interval: presence.lease() / 3,
         ..GatewayOptions::default()
     };
-    let gateway = Gateway::new(options, deps, cancel.child_token());
+    let gateway = wiring::gateway(options, &backends, &apis, tokens.clone(), &tasks);
     let router = gateway.router();
     let ws_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ws_addr = ws_listener.local_addr().unwrap();
-    let http_cancel = cancel.clone();
-    tokio::spawn(async move {
+    tasks.spawn(Stage::Ingress, "http", |stop| async move {
         axum::serve(ws_listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(http_cancel.cancelled_owned())
-            .await
-            .unwrap();
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await?;
+        Ok(())
     });
-    let gateway_task = tokio::spawn(gateway.run());
 
     let options = |name: &str| {
         let token = tokens.mint(&UserId::parse(name, "user").unwrap(), 3600).unwrap().0;
@@ -140,6 +117,5 @@ async fn gateway_over_remote_roles_delivers_one_to_one() {
     }
 
     drop((alice, bob));
-    cancel.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(5), gateway_task).await;
+    tasks.stop(Duration::from_secs(5)).await.unwrap();
 }

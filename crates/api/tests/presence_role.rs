@@ -9,12 +9,12 @@ use std::time::Duration;
 use natter_api::{PresenceApi, PresenceRoleServer, RemotePresence};
 use natter_bus::local::LocalBus;
 use natter_presence::local::LocalSessionRegistry;
-use natter_presence::{PresenceOptions, PresenceService, SessionInfo};
+use natter_presence::{PresenceDeps, PresenceOptions, PresenceService, SessionInfo};
 use natter_proto::v1;
+use natter_runtime::{Stage, Tasks};
 use natter_store::embedded::{EmbeddedOptions, EmbeddedStore};
 use natter_types::{ErrorCode, Limits, SessionId, SessionStatus, UserId};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 
 fn user(name: &str) -> UserId {
     UserId::parse(name, "user").unwrap()
@@ -24,44 +24,36 @@ struct Harness {
     local: Arc<PresenceService>,
     remote: RemotePresence,
     addr: std::net::SocketAddr,
-    cancel: CancellationToken,
+    /// Dropped with the harness, which stops the service and the server.
+    _tasks: Tasks,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        self.cancel.cancel();
-    }
 }
 
 async fn harness() -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let stores = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap().stores();
-    let cancel = CancellationToken::new();
-    let local = PresenceService::new(
-        PresenceOptions::default(),
-        Limits { max_sessions_per_user: 2, ..Limits::default() },
-        Arc::new(LocalSessionRegistry::new()),
-        stores.presence.clone(),
-        stores.outbox.clone(),
-        Arc::new(LocalBus::new()),
-        cancel.clone(),
-    )
-    .unwrap();
-    local.start().await.unwrap();
+    let tasks = Tasks::new();
+    let deps = PresenceDeps {
+        registry: Arc::new(LocalSessionRegistry::new()),
+        store: stores.presence.clone(),
+        outbox: stores.outbox.clone(),
+        bus: Arc::new(LocalBus::new()),
+        leader: None,
+    };
+    let limits = Limits { max_sessions_per_user: 2, ..Limits::default() };
+    let local = PresenceService::start(PresenceOptions::default(), limits, deps, &tasks).await.unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = PresenceRoleServer::new(local.clone()).into_service();
-    let stop = cancel.clone();
-    tokio::spawn(async move {
+    tasks.spawn(Stage::Ingress, "grpc", |stop| async move {
         tonic::transport::Server::builder()
             .add_service(server)
             .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), stop.cancelled_owned())
-            .await
-            .unwrap();
+            .await?;
+        Ok(())
     });
     let remote = RemotePresence::connect_lazy(&format!("http://{addr}"), Duration::from_secs(5)).unwrap();
-    Harness { local, remote, addr, cancel, _dir: dir }
+    Harness { local, remote, addr, _tasks: tasks, _dir: dir }
 }
 
 fn session(name: &str, device: &str, session: &str, at: i64) -> SessionInfo {

@@ -27,6 +27,7 @@ use dashmap::DashMap;
 use futures::StreamExt;
 use natter_api::{MessageApi, PresenceApi};
 use natter_bus::{Bus, Control};
+use natter_runtime::{Stage, Tasks};
 use natter_store::UserLog;
 use natter_types::{Error, ErrorCode, Limits, SessionId};
 use serde::Deserialize;
@@ -96,81 +97,75 @@ pub(crate) struct Shared {
     pub(crate) tasks: TaskTracker,
 }
 
-/// The gateway service. `router()` serves `/ws`; `run` owns the background
-/// work (control messages) until cancelled, then drains the sessions.
+/// A running gateway (a cheap handle): [`router`](Self::router) serves `/ws`
+/// for the process's HTTP server to mount.
+#[derive(Clone)]
 pub struct Gateway {
     shared: Arc<Shared>,
 }
 
-/// Cheap handle for observing a running gateway.
-#[derive(Clone)]
-pub struct GatewayHandle {
-    shared: Arc<Shared>,
-}
-
-impl GatewayHandle {
-    /// Sessions currently connected to this gateway.
-    pub fn connected(&self) -> usize {
-        self.shared.connected.load(Ordering::Relaxed)
-    }
-}
-
 impl Gateway {
-    pub fn new(options: GatewayOptions, deps: GatewayDeps, cancel: CancellationToken) -> Self {
-        let shared = Shared {
+    /// Starts the gateway's background work (control messages for its
+    /// sessions, lease renewals) in the [`Stage::Sessions`] of `tasks`. When
+    /// that stage stops, every session says goodbye and the stop waits for
+    /// them.
+    pub fn start(options: GatewayOptions, deps: GatewayDeps, tasks: &Tasks) -> Self {
+        let shared = Arc::new(Shared {
             options,
             deps,
             local: DashMap::new(),
             connected: AtomicUsize::new(0),
-            cancel,
+            cancel: tasks.token(Stage::Sessions),
             tasks: TaskTracker::new(),
-        };
-        Self { shared: Arc::new(shared) }
-    }
-
-    pub fn handle(&self) -> GatewayHandle {
-        GatewayHandle { shared: self.shared.clone() }
+        });
+        let background = shared.clone();
+        tasks.spawn(Stage::Sessions, "gateway", |_| async move { run(background).await.map_err(anyhow::Error::from) });
+        Self { shared }
     }
 
     pub fn router(&self) -> Router {
         Router::new().route("/ws", get(ws_handler)).with_state(self.shared.clone())
     }
 
-    /// Listens for control messages addressed to this gateway until
-    /// cancelled, then waits for every session to say goodbye.
-    pub async fn run(self) -> natter_types::Result<()> {
-        let shared = self.shared;
-        let mut control = shared.deps.bus.subscribe_control(&shared.options.gateway_id).await?;
-        let mut renew = tokio::time::interval(shared.options.lease_renew_interval);
-        loop {
-            tokio::select! {
-                () = shared.cancel.cancelled() => break,
-                _ = renew.tick() => {
-                    if let Err(e) = shared.deps.presence.renew_lease(&shared.options.gateway_id).await {
-                        tracing::warn!(error = %e, "renewing the gateway lease failed");
-                    }
+    /// Sessions currently connected to this gateway.
+    pub fn connected(&self) -> usize {
+        self.shared.connected.load(Ordering::Relaxed)
+    }
+}
+
+/// Listens for control messages addressed to this gateway until cancelled,
+/// then waits for every session to say goodbye.
+async fn run(shared: Arc<Shared>) -> natter_types::Result<()> {
+    let mut control = shared.deps.bus.subscribe_control(&shared.options.gateway_id).await?;
+    let mut renew = tokio::time::interval(shared.options.lease_renew_interval);
+    loop {
+        tokio::select! {
+            () = shared.cancel.cancelled() => break,
+            _ = renew.tick() => {
+                if let Err(e) = shared.deps.presence.renew_lease(&shared.options.gateway_id).await {
+                    tracing::warn!(error = %e, "renewing the gateway lease failed");
                 }
-                msg = control.next() => match msg {
-                    Some(Control::Kick { sessions, .. }) => {
-                        for id in sessions {
-                            // Clone the sender out so no map guard lives across the await.
-                            let tx = shared.local.get(&id).map(|tx| tx.clone());
-                            if let Some(tx) = tx {
-                                let _ = tx.send(Command::Kick).await;
-                            }
+            }
+            msg = control.next() => match msg {
+                Some(Control::Kick { sessions, .. }) => {
+                    for id in sessions {
+                        // Clone the sender out so no map guard lives across the await.
+                        let tx = shared.local.get(&id).map(|tx| tx.clone());
+                        if let Some(tx) = tx {
+                            let _ = tx.send(Command::Kick).await;
                         }
                     }
-                    None => {
-                        tracing::error!("control stream ended");
-                        break;
-                    }
-                },
-            }
+                }
+                None => {
+                    tracing::error!("control stream ended");
+                    break;
+                }
+            },
         }
-        shared.tasks.close();
-        shared.tasks.wait().await;
-        Ok(())
     }
+    shared.tasks.close();
+    shared.tasks.wait().await;
+    Ok(())
 }
 
 #[derive(Debug, Deserialize)]

@@ -28,4 +28,4 @@ pub mod webhook;
 // re-exported here so their users keep one path.
 pub use natter_store::SessionRegistry;
 pub use natter_types::SessionInfo;
-pub use service::{LEADER_LEASE, PresenceOptions, PresenceService};
+pub use service::{LEADER_LEASE, LeaderLease, PresenceDeps, PresenceOptions, PresenceService};

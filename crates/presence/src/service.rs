@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use natter_bus::{Bus, Transient};
 use natter_proto::v1;
+use natter_runtime::{Stage, Tasks};
 use natter_store::{Leases, PresenceStore, WebhookOutbox};
 use natter_types::{DeviceStatus, Error, Limits, Presence, Result, SessionStatus, UserId, WebhookEvent};
 use parking_lot::Mutex;
@@ -60,21 +61,33 @@ pub const LEADER_LEASE: &str = "presence-leader";
 /// other presence processes queued.
 const WEBHOOK_POLL: Duration = Duration::from_secs(1);
 
-/// Who may run the background jobs: the holder of [`LEADER_LEASE`].
-struct Leadership {
-    leases: Arc<dyn Leases>,
-    owner: String,
+/// Who may run the background jobs when several presence processes share
+/// one store: the holder of [`LEADER_LEASE`] in `leases`, taken as `owner`
+/// (unique per process).
+pub struct LeaderLease {
+    pub leases: Arc<dyn Leases>,
+    pub owner: String,
 }
 
-/// The local implementation of [`PresenceApi`]. Construct, `start` (which
-/// spawns the sweeper, the lease checker and the webhook workers under the
-/// given cancel token), share behind an `Arc`.
+/// What the presence service runs on.
+pub struct PresenceDeps {
+    pub registry: Arc<dyn SessionRegistry>,
+    pub store: Arc<dyn PresenceStore>,
+    pub outbox: Arc<dyn WebhookOutbox>,
+    pub bus: Arc<dyn Bus>,
+    /// `None`: the background jobs run in this instance unconditionally.
+    pub leader: Option<LeaderLease>,
+}
+
+/// The local implementation of [`PresenceApi`]. [`start`](Self::start) runs
+/// the sweeper, the lease checker and the webhook workers in the
+/// [`Stage::Services`] of the given task set; the `Arc` it returns is the
+/// handle.
 ///
 /// Several instances (processes) may serve one shared registry and store:
 /// every request reads and writes through them. The background jobs must
-/// then run in one instance only: give each a leader lease
-/// ([`with_leader_lease`](Self::with_leader_lease)) and the holder runs them.
-/// Flap-damping timers stay in the instance that saw the close.
+/// then run in one instance only: give each a [`LeaderLease`] and the holder
+/// runs them. Flap-damping timers stay in the instance that saw the close.
 pub struct PresenceService {
     options: PresenceOptions,
     limits: Limits,
@@ -88,10 +101,9 @@ pub struct PresenceService {
     pending_offline: Mutex<HashMap<(UserId, String), AbortHandle>>,
     /// For timers that outlive the call that starts them.
     me: Weak<Self>,
+    /// The background jobs and timers, waited for when the service stops.
     tasks: TaskTracker,
     cancel: CancellationToken,
-    /// Taken by `start`; `None` runs the jobs here unconditionally.
-    leader: Mutex<Option<Leadership>>,
     /// Whether the background jobs run in this instance now.
     leading: AtomicBool,
 }
@@ -118,19 +130,19 @@ fn dedup(users: Vec<UserId>) -> Vec<UserId> {
 }
 
 impl PresenceService {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
+    /// Starts the service and its background work: here and now (after
+    /// loading the expiry schedule), or, with a leader lease, whenever this
+    /// instance holds it. Stops when `tasks` stops its services.
+    pub async fn start(
         options: PresenceOptions,
         limits: Limits,
-        registry: Arc<dyn SessionRegistry>,
-        store: Arc<dyn PresenceStore>,
-        outbox: Arc<dyn WebhookOutbox>,
-        bus: Arc<dyn Bus>,
-        cancel: CancellationToken,
+        deps: PresenceDeps,
+        tasks: &Tasks,
     ) -> Result<Arc<Self>> {
+        let PresenceDeps { registry, store, outbox, bus, leader } = deps;
         let clock = Clock::new();
         let webhook = Webhook::new(options.webhook.clone(), outbox)?;
-        Ok(Arc::new_cyclic(|me| Self {
+        let service = Arc::new_cyclic(|me| Self {
             me: me.clone(),
             sweeper: Sweeper::new(store.clone(), clock),
             options,
@@ -142,20 +154,17 @@ impl PresenceService {
             webhook,
             pending_offline: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
-            cancel,
-            leader: Mutex::new(None),
+            cancel: tasks.token(Stage::Services),
             leading: AtomicBool::new(false),
-        }))
-    }
-
-    /// Runs the background jobs (sweeper, gateway lease checker, webhook
-    /// workers) only while this instance holds [`LEADER_LEASE`] in `leases`
-    /// as `owner` (unique per process), for when several presence processes
-    /// share the registry and store. Call before [`start`](Self::start);
-    /// chains after [`new`](Self::new).
-    pub fn with_leader_lease(self: Arc<Self>, leases: Arc<dyn Leases>, owner: impl Into<String>) -> Arc<Self> {
-        *self.leader.lock() = Some(Leadership { leases, owner: owner.into() });
-        self
+        });
+        service.start_jobs(leader).await?;
+        let this = Arc::clone(&service);
+        tasks.spawn(Stage::Services, "presence", |token| async move {
+            token.cancelled().await;
+            this.stopped().await;
+            Ok(())
+        });
+        Ok(service)
     }
 
     /// Whether the background jobs run in this instance now.
@@ -163,11 +172,8 @@ impl PresenceService {
         self.leading.load(Ordering::Relaxed)
     }
 
-    /// Starts the background work: here and now (after loading the expiry
-    /// schedule), or, with a leader lease, whenever this instance holds it.
-    pub async fn start(self: &Arc<Self>) -> Result<()> {
-        let leadership = self.leader.lock().take();
-        match leadership {
+    async fn start_jobs(self: &Arc<Self>, leader: Option<LeaderLease>) -> Result<()> {
+        match leader {
             None => {
                 let scheduled = self.sweeper.load().await?;
                 tracing::info!(subscriptions = scheduled, "presence sweeper loaded");
@@ -178,10 +184,10 @@ impl PresenceService {
                 self.tasks.spawn(async move { this.check_leases(cancel).await });
                 self.leading.store(true, Ordering::Relaxed);
             }
-            Some(leadership) => {
+            Some(leader) => {
                 self.sweeper.set_active(false);
                 let this = Arc::clone(self);
-                self.tasks.spawn(async move { this.lead(leadership).await });
+                self.tasks.spawn(async move { this.lead(leader).await });
             }
         }
         Ok(())
@@ -189,7 +195,7 @@ impl PresenceService {
 
     /// Tries for the leader lease every third of its ttl; runs the jobs
     /// while it holds it; gives it up at shutdown.
-    async fn lead(self: Arc<Self>, leadership: Leadership) {
+    async fn lead(self: Arc<Self>, leadership: LeaderLease) {
         let ttl = self.lease();
         let period = ttl / 3;
         let owner = leadership.owner.as_str();
@@ -213,7 +219,7 @@ impl PresenceService {
     /// Runs the background jobs from the lease taken at `acquired` until the
     /// lease is lost, lapses, or the service shuts down; returns once they
     /// stopped.
-    async fn run_as_leader(self: &Arc<Self>, leadership: &Leadership, acquired: Instant) {
+    async fn run_as_leader(self: &Arc<Self>, leadership: &LeaderLease, acquired: Instant) {
         let ttl = self.lease();
         let period = ttl / 3;
         // Stop a little before the lease ends, so the next leader's jobs do
@@ -295,7 +301,7 @@ impl PresenceService {
     }
 
     /// Waits for the background work to stop (after the cancel token fired).
-    pub async fn stopped(&self) {
+    async fn stopped(&self) {
         self.tasks.close();
         self.tasks.wait().await;
     }

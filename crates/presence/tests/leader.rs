@@ -13,11 +13,11 @@ use natter_api::PresenceApi;
 use natter_bus::local::LocalBus;
 use natter_presence::local::LocalSessionRegistry;
 use natter_presence::webhook::WebhookOptions;
-use natter_presence::{PresenceOptions, PresenceService, SessionInfo, SessionRegistry};
+use natter_presence::{LeaderLease, PresenceDeps, PresenceOptions, PresenceService, SessionInfo, SessionRegistry};
+use natter_runtime::Tasks;
 use natter_store::embedded::{EmbeddedOptions, EmbeddedStore};
 use natter_store::{Leases, LocalLeases, Stores, WebhookOutbox};
 use natter_types::{Error, Limits, Result, SessionId, UserId, WebhookEvent};
-use tokio_util::sync::CancellationToken;
 
 const LEASE_MS: u64 = 3_000;
 
@@ -138,7 +138,7 @@ struct Node {
     registry: Arc<CountingRegistry>,
     outbox: Arc<CountingOutbox>,
     leases: Arc<FlakyLeases>,
-    cancel: CancellationToken,
+    tasks: Tasks,
 }
 
 impl Node {
@@ -151,8 +151,7 @@ impl Node {
     }
 
     async fn stop(&self) {
-        self.cancel.cancel();
-        self.service.stopped().await;
+        self.tasks.stop(Duration::from_secs(60)).await.unwrap();
     }
 }
 
@@ -171,22 +170,18 @@ async fn node(shared: &Shared, owner: &str, webhook: bool) -> Node {
         WebhookOptions::default()
     };
     let options = PresenceOptions { lease_ms: LEASE_MS, flap_window_ms: 0, webhook };
-    let cancel = CancellationToken::new();
-    let service = PresenceService::new(
-        options,
-        Limits::default(),
-        registry.clone(),
-        shared.stores.presence.clone(),
-        outbox.clone(),
-        Arc::new(shared.bus.clone()),
-        cancel.clone(),
-    )
-    .unwrap()
-    .with_leader_lease(leases.clone(), owner);
-    service.start().await.unwrap();
+    let tasks = Tasks::new();
+    let deps = PresenceDeps {
+        registry: registry.clone(),
+        store: shared.stores.presence.clone(),
+        outbox: outbox.clone(),
+        bus: Arc::new(shared.bus.clone()),
+        leader: Some(LeaderLease { leases: leases.clone(), owner: owner.into() }),
+    };
+    let service = PresenceService::start(options, Limits::default(), deps, &tasks).await.unwrap();
     // Its first try for the lease.
     tokio::time::sleep(Duration::from_millis(10)).await;
-    Node { service, registry, outbox, leases, cancel }
+    Node { service, registry, outbox, leases, tasks }
 }
 
 /// Long enough for a gateway lease to run out and a check to notice.

@@ -12,8 +12,9 @@ use natter_api::PresenceApi;
 use natter_bus::local::LocalBus;
 use natter_bus::{Bus, Live};
 use natter_presence::local::LocalSessionRegistry;
-use natter_presence::{PresenceOptions, PresenceService, SessionInfo, SessionRegistry};
+use natter_presence::{PresenceDeps, PresenceOptions, PresenceService, SessionInfo, SessionRegistry};
 use natter_proto::v1;
+use natter_runtime::{Stage, Tasks};
 use natter_store::embedded::{EmbeddedOptions, EmbeddedStore};
 use natter_types::{ErrorCode, Limits, SessionId, SessionStatus, UserId};
 use prost::Message as _;
@@ -23,7 +24,9 @@ struct Harness {
     service: Arc<PresenceService>,
     bus: LocalBus,
     registry: Arc<LocalSessionRegistry>,
+    /// Stops the service's background jobs.
     cancel: CancellationToken,
+    _tasks: Tasks,
     _dir: tempfile::TempDir,
 }
 
@@ -36,19 +39,16 @@ async fn harness(limits: Limits, options: PresenceOptions) -> Harness {
     let stores = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap().stores();
     let bus = LocalBus::new();
     let registry = Arc::new(LocalSessionRegistry::new());
-    let cancel = CancellationToken::new();
-    let service = PresenceService::new(
-        options,
-        limits,
-        registry.clone(),
-        stores.presence.clone(),
-        stores.outbox.clone(),
-        Arc::new(bus.clone()),
-        cancel.clone(),
-    )
-    .unwrap();
-    service.start().await.unwrap();
-    Harness { service, bus, registry, cancel, _dir: dir }
+    let tasks = Tasks::new();
+    let deps = PresenceDeps {
+        registry: registry.clone(),
+        store: stores.presence.clone(),
+        outbox: stores.outbox.clone(),
+        bus: Arc::new(bus.clone()),
+        leader: None,
+    };
+    let service = PresenceService::start(options, limits, deps, &tasks).await.unwrap();
+    Harness { service, bus, registry, cancel: tasks.token(Stage::Services), _tasks: tasks, _dir: dir }
 }
 
 async fn default_harness() -> Harness {

@@ -20,10 +20,10 @@ use std::time::Duration;
 
 use natter_api::{MessageRoleServer, PresenceRoleServer, RemoteMessages, RemotePresence};
 use natter_bus::nats::NatsBus;
-use natter_gateway::{Gateway, GatewayDeps, Tokens};
-use natter_message::{MessageOptions, MessageService};
-use natter_presence::PresenceService;
-use natter_proto::v1::backend_server::BackendServer;
+use natter_gateway::Tokens;
+use natter_message::MessageOptions;
+use natter_presence::LeaderLease;
+use natter_runtime::{Stage, Tasks};
 use natter_store::Leases;
 use natter_store::cql::{CqlCredentials, CqlOptions, CqlStore, migrate, open_session};
 use tokio_util::sync::CancellationToken;
@@ -31,9 +31,10 @@ use tonic::service::Routes;
 use tonic::service::interceptor::InterceptedService;
 
 use crate::config::Config;
-use crate::grpc::{ApiKeyCheck, BackendApi};
-use crate::process::{self, Tasks};
+use crate::grpc::ApiKeyCheck;
+use crate::process;
 pub use crate::role::Role;
+use crate::wiring::{self, Apis, Backends};
 
 /// The store options of the `[cql]` table (log retention from `[store]`).
 pub fn cql_options(config: &Config) -> anyhow::Result<CqlOptions> {
@@ -125,7 +126,6 @@ pub struct RoleProcess {
     /// The WebSocket address (gateways only).
     pub ws_addr: Option<SocketAddr>,
     pub grpc_addr: SocketAddr,
-    cancel: CancellationToken,
     tasks: Tasks,
     grace: Duration,
 }
@@ -156,26 +156,23 @@ async fn connect_store(config: &Config) -> anyhow::Result<CqlStore> {
     CqlStore::connect(options).await.map_err(|e| anyhow::anyhow!("cql store: {e}"))
 }
 
-async fn connect_bus(config: &Config) -> anyhow::Result<Arc<NatsBus>> {
+/// The distributed backends: the CQL store and NATS.
+async fn connect(config: &Config) -> anyhow::Result<(CqlStore, Backends)> {
+    let store = connect_store(config).await?;
     let urls = config.nats.urls.join(",");
     let bus = NatsBus::connect(&urls, &config.nats.subject_prefix).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(Arc::new(bus))
+    let backends = Backends { stores: store.stores(), bus: Arc::new(bus), sessions: store.sessions() };
+    Ok((store, backends))
 }
 
 /// Claims a node id and keeps renewing it. Two processes with one node id
 /// could mint the same message id, so a process that cannot renew before
 /// its lease runs out stops (the task fails, which stops the process).
-async fn hold_node_id(
-    tasks: &mut Tasks,
-    leases: Arc<dyn Leases>,
-    owner: String,
-    ttl: Duration,
-    cancel: CancellationToken,
-) -> anyhow::Result<u16> {
+async fn hold_node_id(tasks: &Tasks, leases: Arc<dyn Leases>, owner: String, ttl: Duration) -> anyhow::Result<u16> {
     let node_id =
         natter_store::claim_node_id(leases.as_ref(), &owner, ttl).await.map_err(|e| anyhow::anyhow!("node id: {e}"))?;
     let name = format!("node-id/{node_id}");
-    tasks.spawn("node-id-lease", async move {
+    tasks.spawn(Stage::Services, "node-id-lease", |cancel| async move {
         let mut last_renewed = tokio::time::Instant::now();
         // Renewing at a third leaves two chances before the lease ends; stop
         // with a margin, as the database's clock and ours differ a little.
@@ -203,11 +200,12 @@ async fn hold_node_id(
 }
 
 impl RoleProcess {
-    /// Starts `role` with `config`; returns once it serves.
+    /// Starts `role` with `config`; returns once it serves. The role's
+    /// services are wired as in the single node (`wiring`); what differs is
+    /// the backends (CQL, NATS) and that the other roles are gRPC clients.
     pub async fn start(role: Role, config: &Config) -> anyhow::Result<Self> {
         validate(config, Some(role))?;
-        let cancel = CancellationToken::new();
-        let mut tasks = Tasks::new(cancel.clone());
+        let tasks = Tasks::new();
         let instance = instance_name(role)?;
         let api_key = config.auth.api_key.clone();
         let key_check = ApiKeyCheck::new(&api_key);
@@ -215,76 +213,46 @@ impl RoleProcess {
         let mut ws_addr = None;
         let (routes, services): (Routes, &[&str]) = match role {
             Role::Message => {
-                let store = connect_store(config).await?;
-                let bus = connect_bus(config).await?;
+                let (store, backends) = connect(config).await?;
                 let ttl = Duration::from_secs(config.cluster.node_id_lease_secs);
-                let node_id = hold_node_id(&mut tasks, store.leases(), instance.clone(), ttl, cancel.clone()).await?;
+                let node_id = hold_node_id(&tasks, store.leases(), instance.clone(), ttl).await?;
                 tracing::info!(node_id, "node id leased");
-                let messages = Arc::new(MessageService::new(
-                    MessageOptions { node_id, limits: config.limits.clone() },
-                    store.stores(),
-                    bus,
-                ));
+                let options = MessageOptions { node_id, limits: config.limits.clone() };
+                let messages = wiring::message_service(options, &backends);
                 let server = MessageRoleServer::new(messages, config.limits.clone()).into_service();
                 (Routes::new(InterceptedService::new(server, key_check)), &["natter.v1.MessageRole"])
             }
             Role::Presence => {
-                let store = connect_store(config).await?;
-                let bus = connect_bus(config).await?;
-                let stores = store.stores();
-                let presence = PresenceService::new(
-                    config.presence.clone(),
-                    config.limits.clone(),
-                    store.sessions(),
-                    stores.presence.clone(),
-                    stores.outbox.clone(),
-                    bus,
-                    cancel.child_token(),
-                )
-                .map_err(|e| anyhow::anyhow!("presence service: {e}"))?
-                .with_leader_lease(store.leases(), instance.clone());
-                presence.start().await.map_err(|e| anyhow::anyhow!("starting presence: {e}"))?;
-                tasks.spawn("presence", {
-                    let presence = presence.clone();
-                    async move {
-                        presence.stopped().await;
-                        Ok(())
-                    }
-                });
+                let (store, backends) = connect(config).await?;
+                let leader = LeaderLease { leases: store.leases(), owner: instance.clone() };
+                let (options, limits) = (config.presence.clone(), config.limits.clone());
+                let presence = wiring::presence_service(options, limits, &backends, Some(leader), &tasks).await?;
                 let server = PresenceRoleServer::new(presence).into_service();
                 (Routes::new(InterceptedService::new(server, key_check)), &["natter.v1.PresenceRole"])
             }
             Role::Gateway => {
-                let store = connect_store(config).await?;
-                let bus = connect_bus(config).await?;
+                let (_, backends) = connect(config).await?;
                 let timeout = Duration::from_millis(config.cluster.call_timeout_ms);
                 let remote_err =
                     |e: natter_types::Error| anyhow::anyhow!("{}: {}", e.field.unwrap_or_default(), e.message);
-                let messages = Arc::new(
-                    RemoteMessages::connect_lazy(&config.cluster.message_addr, timeout)
-                        .and_then(|m| m.with_api_key(&api_key))
-                        .map_err(remote_err)?,
-                );
-                let presence = Arc::new(
-                    RemotePresence::connect_lazy(&config.cluster.presence_addr, timeout)
-                        .and_then(|p| p.with_api_key(&api_key))
-                        .map_err(remote_err)?,
-                );
-                let tokens = Tokens::new(config.auth.token_secret.as_bytes(), config.auth.token_ttl_secs);
-                let deps = GatewayDeps {
-                    messages: messages.clone(),
-                    log: store.stores().log,
-                    bus,
-                    presence: presence.clone(),
-                    tokens: tokens.clone(),
+                let apis = Apis {
+                    messages: Arc::new(
+                        RemoteMessages::connect_lazy(&config.cluster.message_addr, timeout)
+                            .and_then(|m| m.with_api_key(&api_key))
+                            .map_err(remote_err)?,
+                    ),
+                    presence: Arc::new(
+                        RemotePresence::connect_lazy(&config.cluster.presence_addr, timeout)
+                            .and_then(|p| p.with_api_key(&api_key))
+                            .map_err(remote_err)?,
+                    ),
                 };
-                let gateway =
-                    Gateway::new(process::gateway_options(config, instance.clone()), deps, cancel.child_token());
+                let tokens = Tokens::new(config.auth.token_secret.as_bytes(), config.auth.token_ttl_secs);
+                let options = wiring::gateway_options(config, instance.clone());
+                let gateway = wiring::gateway(options, &backends, &apis, tokens.clone(), &tasks);
                 let ws_listener = process::bind(&config.server.listen, "server.listen").await?;
-                ws_addr = Some(process::serve_http(&mut tasks, ws_listener, &gateway, cancel.clone())?);
-                tasks.spawn("gateway", async move { gateway.run().await.map_err(anyhow::Error::from) });
-                let api = BackendApi { messages, presence, tokens, limits: config.limits.clone() };
-                (Routes::new(BackendServer::with_interceptor(api, key_check)), &["natter.v1.Backend"])
+                ws_addr = Some(process::serve_http(&tasks, ws_listener, &gateway)?);
+                (wiring::backend_api(&apis, tokens, config.limits.clone(), &api_key), &["natter.v1.Backend"])
             }
             Role::Conversation => {
                 // Nothing to serve yet; checking the schema keeps readiness honest.
@@ -292,29 +260,22 @@ impl RoleProcess {
                 (Routes::default(), &[])
             }
         };
-        let grpc_addr = process::serve_grpc(&mut tasks, grpc_listener, routes, services, cancel.clone()).await?;
+        let grpc_addr = process::serve_grpc(&tasks, grpc_listener, routes, services).await?;
         tracing::info!(%role, instance = %instance, grpc = %grpc_addr, ws = ?ws_addr, "natter role serving");
-        Ok(Self {
-            role,
-            ws_addr,
-            grpc_addr,
-            cancel,
-            tasks,
-            grace: Duration::from_secs(config.server.shutdown_grace_secs),
-        })
+        Ok(Self { role, ws_addr, grpc_addr, tasks, grace: Duration::from_secs(config.server.shutdown_grace_secs) })
     }
 
     /// A token that stops the process when cancelled (e.g. by a signal).
     pub fn cancel_token(&self) -> CancellationToken {
-        self.cancel.clone()
+        self.tasks.stop_token()
     }
 
     /// Runs until the cancel token fires or a task fails, then stops in
-    /// order: health turns NOT_SERVING, listeners close, a gateway tells
-    /// every client to reconnect elsewhere and waits for them up to the
-    /// grace period.
+    /// order under one deadline (`server.shutdown_grace_secs`): health turns
+    /// NOT_SERVING, listeners close, a gateway tells every client to
+    /// reconnect elsewhere and waits for them, background jobs end.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        self.cancel.cancelled().await;
+        self.tasks.stop_requested().await;
         let role = self.role;
         let result = self.tasks.stop(self.grace).await;
         tracing::info!(%role, "natter role stopped");

@@ -8,6 +8,7 @@ pub mod grpc;
 pub mod node;
 mod process;
 pub mod role;
+pub mod wiring;
 
 pub use config::{Config, Overrides};
 pub use node::Node;

@@ -8,18 +8,17 @@ use std::time::Duration;
 
 use anyhow::Context;
 use natter_bus::local::LocalBus;
-use natter_gateway::{Gateway, GatewayDeps, GatewayHandle, Tokens};
-use natter_message::{MessageOptions, MessageService};
-use natter_presence::PresenceService;
+use natter_gateway::{Gateway, Tokens};
+use natter_message::MessageOptions;
 use natter_presence::local::LocalSessionRegistry;
-use natter_proto::v1::backend_server::BackendServer;
+use natter_runtime::Tasks;
 use natter_store::SessionJournal;
 use natter_store::embedded::{EmbeddedOptions, EmbeddedStore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::grpc::{ApiKeyCheck, BackendApi};
-use crate::process::{self, Tasks};
+use crate::process;
+use crate::wiring::{self, Backends};
 
 /// A running single-node server; `shutdown` stops it in order.
 pub struct Node {
@@ -27,8 +26,7 @@ pub struct Node {
     pub grpc_addr: SocketAddr,
     pub api_key: String,
     pub tokens: Tokens,
-    gateway: GatewayHandle,
-    cancel: CancellationToken,
+    gateway: Gateway,
     store: EmbeddedStore,
     grace: Duration,
     tasks: Tasks,
@@ -82,10 +80,13 @@ pub fn tokens(config: &Config) -> anyhow::Result<Tokens> {
 }
 
 impl Node {
+    /// Every role in this process: the same wiring as the distributed roles
+    /// (`wiring`), over the embedded store and the in-process bus.
     pub async fn start(config: &Config) -> anyhow::Result<Self> {
         let data_dir = &config.server.data_dir;
         let tokens = tokens(config)?;
         let api_key = secret(&config.auth.api_key, data_dir, "api_key")?;
+        let tasks = Tasks::new();
         let store = EmbeddedStore::open(
             &data_dir.join("store"),
             EmbeddedOptions {
@@ -96,28 +97,14 @@ impl Node {
             },
         )
         .map_err(|e| anyhow::anyhow!("opening the store in {}: {e}", data_dir.display()))?;
-        let stores = store.stores();
-        let bus = Arc::new(LocalBus::new());
-        let messages = Arc::new(MessageService::new(
-            MessageOptions { node_id: config.server.node_id, limits: config.limits.clone() },
-            stores.clone(),
-            bus.clone(),
-        ));
-
-        let cancel = CancellationToken::new();
-        let mut tasks = Tasks::new(cancel.clone());
         let journal: Arc<dyn SessionJournal> = Arc::new(store.clone());
-        let presence = PresenceService::new(
-            config.presence.clone(),
-            config.limits.clone(),
-            Arc::new(LocalSessionRegistry::with_journal(journal.clone())),
-            stores.presence.clone(),
-            stores.outbox.clone(),
-            bus.clone(),
-            cancel.child_token(),
-        )
-        .map_err(|e| anyhow::anyhow!("presence service: {e}"))?;
-        presence.start().await.map_err(|e| anyhow::anyhow!("starting presence: {e}"))?;
+        let backends = Backends {
+            stores: store.stores(),
+            bus: Arc::new(LocalBus::new()),
+            sessions: Arc::new(LocalSessionRegistry::with_journal(journal.clone())),
+        };
+        let message = MessageOptions { node_id: config.server.node_id, limits: config.limits.clone() };
+        let (apis, presence) = wiring::local_services(message, config.presence.clone(), &backends, &tasks).await?;
         // Sessions the journal still holds belong to a run that died without
         // closing them: announce them offline before serving new ones.
         match journal.open_sessions().await {
@@ -129,67 +116,45 @@ impl Node {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "reading the previous run's sessions failed"),
         }
-        let deps = GatewayDeps {
-            messages: messages.clone(),
-            log: stores.log.clone(),
-            bus,
-            presence: presence.clone(),
-            tokens: tokens.clone(),
-        };
-        let gateway = Gateway::new(
-            process::gateway_options(config, format!("node-{}", config.server.node_id)),
-            deps,
-            cancel.child_token(),
-        );
-        let gateway_handle = gateway.handle();
+        let gateway_options = wiring::gateway_options(config, format!("node-{}", config.server.node_id));
+        let gateway = wiring::gateway(gateway_options, &backends, &apis, tokens.clone(), &tasks);
 
         let ws_listener = process::bind(&config.server.listen, "server.listen").await?;
         let grpc_listener = process::bind(&config.server.grpc_listen, "server.grpc_listen").await?;
-        let ws_addr = process::serve_http(&mut tasks, ws_listener, &gateway, cancel.clone())?;
-        tasks.spawn("gateway", async move { gateway.run().await.map_err(anyhow::Error::from) });
-        tasks.spawn("presence", {
-            let presence = presence.clone();
-            async move {
-                presence.stopped().await;
-                Ok(())
-            }
-        });
-        let api =
-            BackendApi { messages, presence: presence.clone(), tokens: tokens.clone(), limits: config.limits.clone() };
-        let routes = tonic::service::Routes::new(BackendServer::with_interceptor(api, ApiKeyCheck::new(&api_key)));
-        let grpc_addr =
-            process::serve_grpc(&mut tasks, grpc_listener, routes, &["natter.v1.Backend"], cancel.clone()).await?;
+        let ws_addr = process::serve_http(&tasks, ws_listener, &gateway)?;
+        let routes = wiring::backend_api(&apis, tokens.clone(), config.limits.clone(), &api_key);
+        let grpc_addr = process::serve_grpc(&tasks, grpc_listener, routes, &["natter.v1.Backend"]).await?;
         tracing::info!(ws = %ws_addr, grpc = %grpc_addr, data_dir = %data_dir.display(), "natter serving");
         Ok(Self {
             ws_addr,
             grpc_addr,
             api_key,
             tokens,
-            gateway: gateway_handle,
-            cancel,
+            gateway,
             store,
             grace: Duration::from_secs(config.server.shutdown_grace_secs),
             tasks,
         })
     }
 
-    pub fn gateway(&self) -> &GatewayHandle {
+    pub fn gateway(&self) -> &Gateway {
         &self.gateway
     }
 
     /// A token that stops the node when cancelled (e.g. by a signal).
     pub fn cancel_token(&self) -> CancellationToken {
-        self.cancel.clone()
+        self.tasks.stop_token()
     }
 
     /// Runs until the cancel token fires or a server task fails, then stops.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        self.cancel.cancelled().await;
+        self.tasks.stop_requested().await;
         self.shutdown().await
     }
 
-    /// Ordered stop: stop accepting, tell every session to reconnect
-    /// (goodbye), wait up to the grace period, then sync the store.
+    /// Ordered stop under one deadline (`server.shutdown_grace_secs`): stop
+    /// accepting, tell every session to reconnect (goodbye) and wait for
+    /// them, stop the background jobs, then sync the store.
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let stopped = self.tasks.stop(self.grace).await;
         self.store.sync_all().await.map_err(|e| anyhow::anyhow!("final store sync: {e}"))?;

@@ -1,91 +1,30 @@
-//! Plumbing every natter process shares, whichever mode: the owned task set
-//! with an ordered stop, the HTTP (WebSocket) and gRPC servers, health.
+//! Plumbing every natter process shares, whichever mode: the HTTP
+//! (WebSocket) and gRPC servers with health, in the ingress stage of the
+//! process's task set.
 
-use std::future::Future;
 use std::io::Read;
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use anyhow::Context;
-use natter_gateway::{Gateway, GatewayOptions};
+use natter_gateway::Gateway;
+use natter_runtime::{Stage, Tasks};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
-
-use crate::config::Config;
-
-/// The long-lived tasks of a process. A task that fails cancels the process
-/// token, so one broken part stops the whole process instead of leaving it
-/// half alive (an orchestrator then restarts it).
-pub(crate) struct Tasks {
-    cancel: CancellationToken,
-    tasks: Vec<(&'static str, JoinHandle<anyhow::Result<()>>)>,
-}
-
-impl Tasks {
-    pub(crate) fn new(cancel: CancellationToken) -> Self {
-        Self { cancel, tasks: Vec::new() }
-    }
-
-    pub(crate) fn spawn(
-        &mut self,
-        name: &'static str,
-        task: impl Future<Output = anyhow::Result<()>> + Send + 'static,
-    ) {
-        let cancel = self.cancel.clone();
-        self.tasks.push((
-            name,
-            tokio::spawn(async move {
-                let result = task.await;
-                if let Err(e) = &result {
-                    tracing::error!(task = name, error = format!("{e:#}"), "task failed, stopping");
-                    cancel.cancel();
-                }
-                result
-            }),
-        ));
-    }
-
-    /// Cancels and waits for every task, each up to `grace`; the first
-    /// failure is the result.
-    pub(crate) async fn stop(self, grace: Duration) -> anyhow::Result<()> {
-        self.cancel.cancel();
-        let mut first_error = None;
-        for (name, task) in self.tasks {
-            match tokio::time::timeout(grace, task).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => {
-                    first_error.get_or_insert(e.context(format!("{name} task")));
-                }
-                Ok(Err(join)) => {
-                    first_error.get_or_insert(anyhow::anyhow!("{name} task panicked: {join}"));
-                }
-                Err(_) => tracing::warn!(task = name, "did not stop within the grace period"),
-            }
-        }
-        first_error.map_or(Ok(()), Err)
-    }
-}
 
 pub(crate) async fn bind(address: &str, setting: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(address).await.with_context(|| format!("binding {setting} {address}"))
 }
 
 /// Serves the gateway's WebSocket route and `/healthz`; stops accepting
-/// when `cancel` fires (sessions are drained by the gateway itself).
-pub(crate) fn serve_http(
-    tasks: &mut Tasks,
-    listener: TcpListener,
-    gateway: &Gateway,
-    cancel: CancellationToken,
-) -> anyhow::Result<SocketAddr> {
+/// when the ingress stage stops (sessions are drained by the gateway, in the
+/// stage after).
+pub(crate) fn serve_http(tasks: &Tasks, listener: TcpListener, gateway: &Gateway) -> anyhow::Result<SocketAddr> {
     let addr = listener.local_addr()?;
     let router = gateway.router().route("/healthz", axum::routing::get(|| async { "ok\n" }));
-    tasks.spawn("http", async move {
+    tasks.spawn(Stage::Ingress, "http", |stop| async move {
         axum::serve(without_nagle(listener), router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(cancel.cancelled_owned())
+            .with_graceful_shutdown(stop.cancelled_owned())
             .await
             .context("http server")
     });
@@ -112,15 +51,15 @@ fn grpc_incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming
     tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
-/// Serves `routes` plus grpc.health.v1 and reflection until `cancel`.
+/// Serves `routes` plus grpc.health.v1 and reflection until the ingress
+/// stage stops.
 /// Health reports NOT_SERVING as soon as the stop begins, so load balancers
 /// and probes move away while the process drains.
 pub(crate) async fn serve_grpc(
-    tasks: &mut Tasks,
+    tasks: &Tasks,
     listener: TcpListener,
     routes: tonic::service::Routes,
     services: &[&str],
-    cancel: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
     let addr = listener.local_addr()?;
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -131,11 +70,10 @@ pub(crate) async fn serve_grpc(
         .context("building grpc reflection")?;
     let routes = routes.add_service(health_service).add_service(reflection);
     let services: Vec<String> = services.iter().map(|s| (*s).to_owned()).collect();
-    tasks.spawn("grpc", async move {
+    tasks.spawn(Stage::Ingress, "grpc", |stop| async move {
         let stopping = {
-            let cancel = cancel.clone();
             async move {
-                cancel.cancelled().await;
+                stop.cancelled().await;
                 let names: Vec<&str> = services.iter().map(String::as_str).collect();
                 set_health(&health, &names, ServingStatus::NotServing).await;
             }
@@ -153,21 +91,6 @@ async fn set_health(health: &HealthReporter, services: &[&str], status: ServingS
     health.set_service_status("", status).await;
     for service in services {
         health.set_service_status(*service, status).await;
-    }
-}
-
-/// The gateway settings of `config`, for a gateway called `gateway_id`.
-pub(crate) fn gateway_options(config: &Config, gateway_id: String) -> GatewayOptions {
-    GatewayOptions {
-        gateway_id,
-        limits: config.limits.clone(),
-        ping_interval: Duration::from_secs(config.gateway.ping_interval_secs),
-        idle_timeout: Duration::from_secs(config.gateway.idle_timeout_secs),
-        replay_page: config.gateway.replay_page,
-        read_buffer_bytes: config.gateway.read_buffer_bytes,
-        write_buffer_bytes: config.gateway.write_buffer_bytes,
-        // Three renewals per lease: one lost renewal does not end sessions.
-        lease_renew_interval: Duration::from_millis(config.presence.lease_ms) / 3,
     }
 }
 

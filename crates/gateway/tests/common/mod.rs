@@ -1,6 +1,6 @@
 //! The test harness the gateway's integration tests share: a real gateway
 //! on port 0 over the embedded store (temp dir), the local bus and the
-//! real message and presence services.
+//! real message and presence services, wired as the single node wires them.
 // Each test file uses a part of it.
 #![allow(dead_code, clippy::unwrap_used)]
 
@@ -12,14 +12,15 @@ use std::time::Duration;
 use natter_bus::local::LocalBus;
 use natter_bus::{LiveEvent, SharedEvent};
 use natter_client::{Client, ClientEvent, ClientOptions, Events};
-use natter_gateway::{Gateway, GatewayDeps, GatewayOptions, Tokens};
-use natter_message::{MessageOptions, MessageService};
+use natter_gateway::{GatewayOptions, Tokens};
+use natter_message::MessageOptions;
+use natter_presence::PresenceOptions;
 use natter_presence::local::LocalSessionRegistry;
-use natter_presence::{PresenceOptions, PresenceService};
+use natter_runtime::{Stage, Tasks};
+use natter_server::wiring::{self, Backends};
 use natter_store::Stores;
 use natter_store::embedded::{EmbeddedOptions, EmbeddedStore};
 use natter_types::{ChatType, IdGenerator, Limits, LogEvent, Message, MessageBody, UserId};
-use tokio_util::sync::CancellationToken;
 
 pub const WAIT: Duration = Duration::from_secs(10);
 
@@ -28,7 +29,8 @@ pub struct Harness {
     pub bus: Arc<LocalBus>,
     pub tokens: Tokens,
     pub url: String,
-    pub cancel: CancellationToken,
+    /// Dropped with the harness, which stops everything it started.
+    _tasks: Tasks,
     _dir: tempfile::TempDir,
 }
 
@@ -39,42 +41,26 @@ impl Harness {
 
     pub async fn start_with(options: GatewayOptions) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let tasks = Tasks::new();
         let stores = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap().stores();
         let bus = Arc::new(LocalBus::new());
-        let cancel = CancellationToken::new();
+        let backends =
+            Backends { stores: stores.clone(), bus: bus.clone(), sessions: Arc::new(LocalSessionRegistry::new()) };
         let limits = Limits::default();
-        let messages = Arc::new(MessageService::new(
-            MessageOptions { node_id: 1, limits: limits.clone() },
-            stores.clone(),
-            bus.clone(),
-        ));
-        let presence = PresenceService::new(
-            PresenceOptions::default(),
-            limits.clone(),
-            Arc::new(LocalSessionRegistry::new()),
-            stores.presence.clone(),
-            stores.outbox.clone(),
-            bus.clone(),
-            cancel.child_token(),
-        )
-        .unwrap();
-        presence.start().await.unwrap();
+        let message = MessageOptions { node_id: 1, limits: limits.clone() };
+        let (apis, _) = wiring::local_services(message, PresenceOptions::default(), &backends, &tasks).await.unwrap();
         let tokens = Tokens::new(b"delivery-test-secret", 3600);
-        let deps =
-            GatewayDeps { messages, log: stores.log.clone(), bus: bus.clone(), presence, tokens: tokens.clone() };
-        let gateway = Gateway::new(GatewayOptions { limits, ..options }, deps, cancel.child_token());
+        let gateway = wiring::gateway(GatewayOptions { limits, ..options }, &backends, &apis, tokens.clone(), &tasks);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("ws://{}", listener.local_addr().unwrap());
         let router = gateway.router();
-        let serve_cancel = cancel.clone();
-        tokio::spawn(async move {
+        tasks.spawn(Stage::Ingress, "http", |stop| async move {
             axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(serve_cancel.cancelled_owned())
-                .await
-                .unwrap();
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await?;
+            Ok(())
         });
-        tokio::spawn(gateway.run());
-        Self { stores, bus, tokens, url, cancel, _dir: dir }
+        Self { stores, bus, tokens, url, _tasks: tasks, _dir: dir }
     }
 
     pub async fn connect(&self, user: &UserId) -> (Client, Events) {
@@ -107,11 +93,5 @@ impl Harness {
             out.push(LiveEvent { seq: at.seq, prev: at.prev, event: SharedEvent::new(event) });
         }
         out
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        self.cancel.cancel();
     }
 }
