@@ -117,9 +117,9 @@
 //! the one whose turn it is appends every entry waiting behind it (up to 64
 //! entries or 256 KiB) in one Paxos round and hands the turn on. Racing each
 //! other instead, a busy log — every member of an active group — would spend
-//! most Paxos rounds on conflicts (the distributed benchmark livelocked that
-//! way); now conflicts only come from other processes, and a busy log costs a
-//! round per batch. Group fan-out appends to the users concurrently
+//! most Paxos rounds on conflicts, enough to livelock a group's concurrent
+//! sends (docs/PERFORMANCE.md#distributed-mode); taking turns, conflicts only
+//! come from other processes, and a busy log costs a round per batch. Group fan-out appends to the users concurrently
 //! (`fanout_concurrency`), each user's log independently. The webhook outbox
 //! uses the same tables' shape with one entry per update.
 //!
