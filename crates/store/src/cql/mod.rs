@@ -67,8 +67,12 @@
 //! A record older than the window by the messages' timestamps but not yet
 //! removed by its TTL (clocks differ) is replaced with `UPDATE … IF msg_id =
 //! <its id>`, so of concurrent sends past the window exactly one wins; a row
-//! left with only its mark (marked without the TTL by an older version) is
-//! taken over the same way, `IF msg_id = null`.
+//! left with only its mark is taken over the same way, `IF msg_id = null`.
+//! Compatibility: such rows (and records with no TTL at all) come only from
+//! builds before the idempotency window (commit 32a432b, schema version 4
+//! before and after), which marked without the TTL; they never expire, so
+//! these paths can go once no keyspace holds them: keyspaces created at or
+//! after 32a432b, or after deleting the `message_dedup` rows without a TTL.
 //!
 //! **Groups** live in one partition per group: the group's fields are static
 //! columns and each member is a clustering row ordered by user id (so
