@@ -71,8 +71,9 @@
 //! Compatibility: such rows (and records with no TTL at all) come only from
 //! builds before the idempotency window (commit 32a432b, schema version 4
 //! before and after), which marked without the TTL; they never expire, so
-//! these paths can go once no keyspace holds them: keyspaces created at or
-//! after 32a432b, or after deleting the `message_dedup` rows without a TTL.
+//! the `IF msg_id = null` take-over and `mark_fanned_out`'s no-TTL case can
+//! go once no keyspace holds them: keyspaces created at or after 32a432b, or
+//! after deleting the `message_dedup` rows without a TTL.
 //!
 //! **Groups** live in one partition per group: the group's fields are static
 //! columns and each member is a clustering row ordered by user id (so
