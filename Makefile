@@ -58,7 +58,7 @@ test-distributed:
 test-k8s:
 	deploy/test-k8s.sh
 
-# The standard suite against a natter it starts itself (see docs/PERFORMANCE.md).
+# The standard suite against a natter it starts itself (see docs/PERFORMANCE.md#how-to-run).
 # BENCH_ARGS adds flags, e.g. BENCH_ARGS="--idle-conns 500000" or "--only fanout".
 bench:
 	$(CARGO) build --release --locked -p natter-server -p natter-bench

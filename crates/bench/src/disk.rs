@@ -1,8 +1,9 @@
 //! A probe of the disk's own sync latency, run next to every measured
 //! window. The store's tail at a fixed load is set by its fsyncs; on a
 //! shared virtual disk they sometimes stall for hundreds of milliseconds
-//! with nothing of ours running (docs/PERFORMANCE.md, "1:1 tail"). A window
-//! whose probe saw such a stall says so next to its latencies.
+//! with nothing of ours running (docs/PERFORMANCE.md#11-tail-latency). A
+//! window whose probe saw such a stall says so next to its latencies
+//! (docs/PERFORMANCE.md#disk-probe).
 //!
 //! The probe overwrites one block of a file it wrote whole at the start and
 //! `fdatasync`s it: no allocation and no metadata to commit, so each sync

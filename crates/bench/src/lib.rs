@@ -2,7 +2,7 @@
 //! (or one it starts) and measures what users of an IM backend care about:
 //! idle connections per gateway and their memory, 1:1 persisted latency and
 //! throughput, and group fan-out, next to a bare broadcast server and raw
-//! NATS publish/subscribe measured in the same run. See docs/PERFORMANCE.md.
+//! NATS publish/subscribe measured in the same run. See docs/PERFORMANCE.md#scenarios.
 //!
 //! Modules: `client` (load clients and connecting), `wire` (frames),
 //! `scenarios` (idle, direct, fanout, nats, presence), `bare` (the baseline

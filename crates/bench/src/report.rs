@@ -1,5 +1,6 @@
 //! Results as JSON (everything) and a Markdown summary (the tables that go
-//! into docs/PERFORMANCE.md), written side by side as `<dir>/<date>.{json,md}`.
+//! into docs/PERFORMANCE.md#latest-results), written side by side as
+//! `<dir>/<date>.{json,md}`.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

@@ -20,8 +20,9 @@ use crate::{Bus, Control, Live, LiveEvent, SharedEvent, Transient};
 /// Events queued per subscriber before it is told it lagged (and re-reads
 /// its durable log: it loses nothing). The queue grows only as far as it is
 /// used and shrinks again when drained: an idle connection's subscription is
-/// ~100 bytes. (A tokio broadcast channel per user, as before, allocates
-/// every slot up front: ~3.5 KiB per online user for 64 slots.)
+/// ~100 bytes. (A tokio broadcast channel per user would allocate every
+/// slot up front: ~3.5 KiB per online user for 64 slots;
+/// docs/PERFORMANCE.md#idle-connections.)
 const USER_QUEUE_LIMIT: usize = 64;
 
 /// A drained queue keeps at most this many slots allocated.

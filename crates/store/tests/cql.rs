@@ -562,8 +562,9 @@ async fn idempotency_records_expire_with_the_window() {
     // The mark of the replaced record is not carried over (`one_winner`).
     one_winner(&attempts, &results);
 
-    // A row left with only its mark (an older version marked it without the
-    // record's TTL, and the record expired) holds nothing: it is replaced.
+    // A row left with only its mark (a build before the idempotency window,
+    // 32a432b, marked it without the record's TTL, and the record expired)
+    // holds nothing: it is replaced. Goes with that compatibility path.
     let cql = format!(
         "UPDATE {}.message_dedup SET fanned_out = true WHERE sender = ? AND client_msg_id = 'orphan'",
         options.keyspace

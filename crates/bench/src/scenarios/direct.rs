@@ -50,7 +50,7 @@ pub struct DirectConfig {
     /// The step at [`P99_TARGET_LOAD`] runs at least this long. Its tail is
     /// set by the store's flushes and compactions, a few seconds apart at
     /// that load, so a step of a few seconds may hold none of them
-    /// (docs/PERFORMANCE.md, "1:1 tail latency").
+    /// (docs/PERFORMANCE.md#11-tail-latency).
     pub target_step_secs: f64,
     /// A short open-loop step first, not reported (caches, allocator).
     pub warmup_load: f64,

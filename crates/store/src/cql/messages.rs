@@ -64,8 +64,10 @@ impl Inner {
     /// Replaces an idempotency record that no longer holds with `message`'s,
     /// if it is still the record with message id `expired`: one older than
     /// the window but not yet dropped by its TTL (the clocks differ), or
-    /// (`None`) a row left with only its fanned-out mark, which an older
-    /// version wrote without the record's TTL.
+    /// (`None`) a row left with only its fanned-out mark, which only builds
+    /// before the idempotency window (32a432b, schema version 4) wrote,
+    /// without the record's TTL; that case can go with them (see the module
+    /// docs, "Idempotency").
     async fn take_over(&self, message: &Message, bytes: &[u8], expired: Option<MessageId>) -> Result<Inserted> {
         let conversation = message.conversation();
         let values = (
@@ -189,7 +191,9 @@ impl MessageStore for CqlStore {
         // would be a record without its message. So it gets what is left of
         // the record's TTL, less a second for the time this write takes; a
         // record that old is not marked (a retry after it is a new message).
-        // Records written without a TTL (before the window) keep none (0).
+        // Records written without a TTL keep none (0): those of builds
+        // before the idempotency window (32a432b, schema version 4), which
+        // never expire; this arm can go once no keyspace holds one.
         let ttl = match ttl {
             None => 0,
             Some(left) if left > 1 => left - 1,

@@ -67,8 +67,13 @@
 //! A record older than the window by the messages' timestamps but not yet
 //! removed by its TTL (clocks differ) is replaced with `UPDATE … IF msg_id =
 //! <its id>`, so of concurrent sends past the window exactly one wins; a row
-//! left with only its mark (marked without the TTL by an older version) is
-//! taken over the same way, `IF msg_id = null`.
+//! left with only its mark is taken over the same way, `IF msg_id = null`.
+//! Compatibility: such rows (and records with no TTL at all) come only from
+//! builds before the idempotency window (commit 32a432b, schema version 4
+//! before and after), which marked without the TTL; they never expire, so
+//! the `IF msg_id = null` take-over and `mark_fanned_out`'s no-TTL case can
+//! go once no keyspace holds them: keyspaces created at or after 32a432b, or
+//! after deleting the `message_dedup` rows without a TTL.
 //!
 //! **Groups** live in one partition per group: the group's fields are static
 //! columns and each member is a clustering row ordered by user id (so
@@ -117,9 +122,9 @@
 //! the one whose turn it is appends every entry waiting behind it (up to 64
 //! entries or 256 KiB) in one Paxos round and hands the turn on. Racing each
 //! other instead, a busy log — every member of an active group — would spend
-//! most Paxos rounds on conflicts (the distributed benchmark livelocked that
-//! way); now conflicts only come from other processes, and a busy log costs a
-//! round per batch. Group fan-out appends to the users concurrently
+//! most Paxos rounds on conflicts, enough to livelock a group's concurrent
+//! sends (docs/PERFORMANCE.md#distributed-mode); taking turns, conflicts only
+//! come from other processes, and a busy log costs a round per batch. Group fan-out appends to the users concurrently
 //! (`fanout_concurrency`), each user's log independently. The webhook outbox
 //! uses the same tables' shape with one entry per update.
 //!
