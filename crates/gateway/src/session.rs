@@ -62,8 +62,8 @@ pub(crate) fn next_session_number() -> u64 {
 /// Where in the ping interval session `number`'s heartbeat ticks, as a
 /// fraction of the interval. Sessions that connect together (after a
 /// gateway restart, or a load test's setup) would otherwise ping together
-/// for as long as they live: 2000 pings and their pongs at once held back
-/// every message of the next ~50 ms (docs/PERFORMANCE.md). Multiples of the
+/// for as long as they live: 2000 pings and their pongs at once hold back
+/// every message of the next ~50 ms (docs/PERFORMANCE.md#settings-that-matter). Multiples of the
 /// golden ratio's fractional part fill [0, 1) evenly however many sessions
 /// connect, and consecutive ones land far apart.
 pub(crate) fn heartbeat_phase(number: u64) -> f64 {
@@ -128,7 +128,7 @@ pub(crate) fn run(shared: Arc<Shared>, socket: WebSocket, conn: Connection) -> i
         let status = if matches!(end, End::LoggedOut) { SessionStatus::LoggedOut } else { SessionStatus::Offline };
         // Boxed, like the other once-per-session and rare steps below: a
         // future is as large as its largest step, and every idle session
-        // holds it (docs/PERFORMANCE.md, idle connections).
+        // holds it (docs/PERFORMANCE.md#idle-connections).
         Box::pin(session.close(end)).await;
 
         shared.local.remove(&id);

@@ -113,8 +113,8 @@ pub struct StoreConfig {
     pub log_retention_events: u64,
     /// Single node: memtable size of each keyspace in MiB, and the size of
     /// the tables its compactions write; fixed when the keyspace is created
-    /// (a new data directory). Larger memtables measured
-    /// longer write stalls (`DEFAULT_MEMTABLE_BYTES`, docs/PERFORMANCE.md).
+    /// (a new data directory). Larger memtables mean
+    /// longer write stalls (`DEFAULT_MEMTABLE_BYTES`, docs/PERFORMANCE.md#settings-that-matter).
     pub memtable_mib: u64,
     /// How long a client message id makes its sends idempotent, counted
     /// from the stored message's timestamp; records are dropped after it.

@@ -89,8 +89,8 @@ async fn stop_signal() {
     let _ = ctrl_c.await;
 }
 
-// glibc's malloc was ~10 % of the server's CPU at 1:1 saturation; mimalloc gave 7 % more 1:1
-// throughput and 13 % more fan-out at the same idle memory (docs/PERFORMANCE.md).
+// mimalloc v2: glibc's malloc costs ~10 % of the server's CPU at 1:1 saturation; v3 would cost
+// ~0.8 KiB more per idle connection (docs/PERFORMANCE.md#settings-that-matter).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

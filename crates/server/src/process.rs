@@ -32,9 +32,9 @@ pub(crate) fn serve_http(tasks: &Tasks, listener: TcpListener, gateway: &Gateway
 }
 
 /// Accepts sockets with Nagle's algorithm off. With it on, a frame written
-/// while the client had not yet acknowledged the one before waited for that
-/// acknowledgement, which a client delays by up to 40 ms: a 1:1 message
-/// at 10,000 msg/s had a p99.9 of 45 ms (docs/PERFORMANCE.md).
+/// while the client has not yet acknowledged the one before waits for that
+/// acknowledgement, which a client delays by up to 40 ms
+/// (docs/PERFORMANCE.md#settings-that-matter).
 fn without_nagle(listener: TcpListener) -> axum::serve::TapIo<TcpListener, fn(&mut TcpStream)> {
     use axum::serve::ListenerExt as _;
     fn set_nodelay(stream: &mut TcpStream) {
