@@ -104,6 +104,9 @@ pub struct PresenceService {
     /// The background jobs and timers, waited for when the service stops.
     tasks: TaskTracker,
     cancel: CancellationToken,
+    /// The process is stopping (its earlier stages, sessions among them,
+    /// are draining before this service's jobs are cancelled).
+    stopping: CancellationToken,
     /// Whether the background jobs run in this instance now.
     leading: AtomicBool,
 }
@@ -155,6 +158,7 @@ impl PresenceService {
             pending_offline: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
             cancel: tasks.token(Stage::Services),
+            stopping: tasks.stop_token(),
             leading: AtomicBool::new(false),
         });
         service.start_jobs(leader).await?;
@@ -446,7 +450,11 @@ impl PresenceApi for PresenceService {
         // Shutting down: announce now. A flap timer would outlive the
         // shutdown (and hold the store open after it), and a device that
         // reconnects does so to another run.
-        if status != SessionStatus::Offline || self.options.flap_window_ms == 0 || self.cancel.is_cancelled() {
+        if status != SessionStatus::Offline
+            || self.options.flap_window_ms == 0
+            || self.stopping.is_cancelled()
+            || self.cancel.is_cancelled()
+        {
             self.announce(&removed, status).await;
             return Ok(());
         }

@@ -14,7 +14,7 @@ use natter_bus::{Bus, Live};
 use natter_presence::local::LocalSessionRegistry;
 use natter_presence::{PresenceDeps, PresenceOptions, PresenceService, SessionInfo, SessionRegistry};
 use natter_proto::v1;
-use natter_runtime::{Stage, Tasks};
+use natter_runtime::Tasks;
 use natter_store::embedded::{EmbeddedOptions, EmbeddedStore};
 use natter_types::{ErrorCode, Limits, SessionId, SessionStatus, UserId};
 use prost::Message as _;
@@ -24,7 +24,8 @@ struct Harness {
     service: Arc<PresenceService>,
     bus: LocalBus,
     registry: Arc<LocalSessionRegistry>,
-    /// Stops the service's background jobs.
+    /// Requests the stop, as a signal would; dropping the harness then
+    /// stops the service's background jobs.
     cancel: CancellationToken,
     _tasks: Tasks,
     _dir: tempfile::TempDir,
@@ -48,7 +49,7 @@ async fn harness(limits: Limits, options: PresenceOptions) -> Harness {
         leader: None,
     };
     let service = PresenceService::start(options, limits, deps, &tasks).await.unwrap();
-    Harness { service, bus, registry, cancel: tasks.token(Stage::Services), _tasks: tasks, _dir: dir }
+    Harness { service, bus, registry, cancel: tasks.stop_token(), _tasks: tasks, _dir: dir }
 }
 
 async fn default_harness() -> Harness {
