@@ -20,7 +20,10 @@ fn alive(pid: u32) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[cfg_attr(not(feature = "nats-tests"), ignore = "needs a nats-server: make test-nats (feature natter-bench/nats-tests)")]
+#[cfg_attr(
+    not(feature = "nats-tests"),
+    ignore = "needs a nats-server: make test-nats (feature natter-bench/nats-tests)"
+)]
 async fn nats_baseline_fans_out_next_to_natter_and_stops_its_server() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = natter_server::Config::default();
