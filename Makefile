@@ -21,27 +21,34 @@ run:
 build:
 	$(CARGO) build --release --locked --bin natter
 
-# One build of the whole workspace (the e2e crate turns on the distributed
-# feature) runs every suite: unit, store conformance on fjall and on Cassandra
-# 5.0, the bus on a real nats-server, end-to-end over real WebSockets against a
-# single node and against a distributed deployment (one process per role, two
-# gateways), the crash tests. deploy/with-infra.sh installs and starts NATS and
-# Cassandra first and stops them again afterwards if it started them. The
-# suites that need them fail, never skip, when they cannot be had.
+# One build of the whole workspace runs every suite: unit, store conformance
+# on fjall and on Cassandra 5.0, the bus on a real nats-server, end-to-end
+# over real WebSockets against a single node and against a distributed
+# deployment (one process per role, two gateways), the crash tests.
+# deploy/with-infra.sh installs and starts NATS and Cassandra first and stops
+# them again afterwards if it started them.
+#
+# The suites that need NATS or Cassandra are opt-in features (INFRA_TESTS),
+# so that a plain `cargo test` passes on a machine without them; asked for,
+# they fail, never skip, when they cannot be had. NATTER_REQUIRE_* only make
+# their failure messages say that CI asked for them.
+INFRA_TESTS = natter-store/cql-tests,natter-bus/nats-tests,natter-bench/nats-tests,natter-e2e/distributed
 REQUIRE_INFRA = NATTER_REQUIRE_CQL=1 NATTER_REQUIRE_DISTRIBUTED=1
 
 test: test-k8s
-	deploy/with-infra.sh -- env $(REQUIRE_INFRA) $(CARGO) test --workspace --locked --features natter-e2e/distributed
+	deploy/with-infra.sh -- env $(REQUIRE_INFRA) $(CARGO) test --workspace --locked --features $(INFRA_TESTS)
 	@# The benchmark's smoke run is crates/bench/tests/smoke.rs, part of the line above.
 
 # Parts of `make test`, for running one suite on its own.
 # The CQL store (conformance suite + CQL-specific tests) against Apache Cassandra 5.0.
 test-cql:
-	deploy/with-infra.sh --cql -- env $(REQUIRE_INFRA) $(CARGO) test --locked -p natter-store --features cql --test cql
+	deploy/with-infra.sh --cql -- env $(REQUIRE_INFRA) $(CARGO) test --locked -p natter-store --features cql-tests --test cql
 
-# The NATS bus (the bus conformance suite) against a real nats-server.
+# The NATS bus (the bus conformance suite) and the benchmark's NATS baseline
+# against a real nats-server.
 test-nats:
-	deploy/with-infra.sh --nats -- $(CARGO) test --locked -p natter-bus --features nats --test nats
+	deploy/with-infra.sh --nats -- $(CARGO) test --locked -p natter-bus -p natter-bench \
+	  --features natter-bus/nats-tests,natter-bench/nats-tests --test nats
 
 # The end-to-end scenarios against the distributed mode: one natter process per
 # role (two gateways) on a real nats-server and Cassandra 5.0, plus the crash
@@ -77,7 +84,7 @@ fmt:
 
 lint:
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) clippy --workspace --all-targets --locked --features $(INFRA_TESTS) -- -D warnings
 
 clean:
 	$(CARGO) clean

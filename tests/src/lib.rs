@@ -4,6 +4,7 @@
 //! [`cluster::Cluster`], the distributed mode as separate `natter` processes
 //! per role over a real nats-server and Cassandra.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use natter_client::{Client, ClientEvent, ClientOptions, Events, v1};
@@ -208,17 +209,52 @@ pub async fn messages(events: &mut Events, n: usize) -> Vec<v1::Message> {
     out
 }
 
-/// Asserts no further message or group event arrives within a short while
-/// (connection bookkeeping and presence events are fine).
-pub async fn assert_quiet(events: &mut Events) {
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(300);
-    while let Ok(Ok(event)) = tokio::time::timeout_at(deadline, events.recv_timeout(WAIT)).await {
-        match event {
+/// Asserts that no message or group event is on its way to this device of
+/// `user` (a name, as [`Deployment::user`] takes): the system sends the user
+/// a marker through the backend API, and the next such event must be that
+/// marker. Events to a user are delivered in order, so anything the server
+/// had for the device before the marker would arrive first. Connection
+/// bookkeeping and presence events are fine, and so are the markers of
+/// earlier calls (they reach all of the user's devices).
+pub async fn assert_quiet<D: Deployment>(d: &D, user: &str, events: &mut Events) {
+    static MARKERS: AtomicU64 = AtomicU64::new(0);
+    let marker = format!("{QUIET_MARKER}{}", MARKERS.fetch_add(1, Ordering::Relaxed));
+    let mut backend = v1::backend_client::BackendClient::new(grpc_channel(d).await);
+    let send = v1::BackendSendRequest {
+        from: String::new(),
+        message: Some(v1::SendMessage {
+            client_msg_id: marker.clone(),
+            to: d.user(user),
+            chat_type: v1::ChatType::Single as i32,
+            body: Some(v1::send_message::Body::Text(v1::TextBody { text: "quiet?".into() })),
+            ..Default::default()
+        }),
+    };
+    let sent = backend.send_message(with_key(send, &d.api_key())).await.expect("the marker is sent").into_inner();
+    loop {
+        match events.recv_timeout(WAIT).await.expect("the marker arrives") {
+            ClientEvent::OnTextMessage(m) if m.id == sent.server_msg_id => return,
+            ClientEvent::OnTextMessage(m) if m.from_system && m.client_msg_id.starts_with(QUIET_MARKER) => {}
             // Presence (including the user's own devices') is live chatter.
             ClientEvent::Connected(_) | ClientEvent::CaughtUp(_) | ClientEvent::OnPresenceStatusChange(_) => {}
-            other => panic!("expected no more events, got {other:?}"),
+            other => panic!("expected no more events before the marker {marker}, got {other:?}"),
         }
     }
+}
+
+/// The client message id prefix of [`assert_quiet`]'s markers.
+const QUIET_MARKER: &str = "e2e-quiet-";
+
+/// A channel to the backend gRPC API.
+pub async fn grpc_channel<D: Deployment>(d: &D) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(d.grpc_url()).expect("a grpc url").connect().await.expect("grpc connect")
+}
+
+/// `message` with the backend API key.
+pub fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("authorization", format!("Bearer {key}").parse().expect("ascii key"));
+    request
 }
 
 /// The next presence change, skipping every other event.

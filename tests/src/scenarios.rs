@@ -1,7 +1,7 @@
 //! The end-to-end scenarios, written once against [`Deployment`]: the
-//! single-node suite (`tests/single_node.rs`, `tests/presence.rs`) and the
-//! distributed one (`tests/distributed.rs`) run each of them under the same
-//! name.
+//! single-node suite (`tests/single_node.rs`) and the distributed one
+//! (`tests/distributed.rs`) run every one of them under the same name,
+//! through [`scenarios!`](crate::scenarios!).
 //!
 //! Scenarios name users (`"alice"`) and go through the deployment for
 //! everything that carries a user id ([`Deployment::user`]), so the same
@@ -20,7 +20,56 @@ use natter_server::Config;
 use parking_lot::Mutex;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
-use crate::{Deployment, WAIT, assert_quiet, connect_caught_up, messages, next_event, next_presence_of, text_of};
+use crate::{
+    Deployment, WAIT, assert_quiet, connect_caught_up, grpc_channel, messages, next_event, next_presence_of, text_of,
+    with_key,
+};
+
+/// The one list of scenarios: `natter_e2e::scenarios!(TestServer);` in a
+/// test file expands to one `#[tokio::test]` per scenario against that
+/// [`Deployment`], named after the scenario function, so every deployment
+/// runs every scenario under the same name. A new scenario goes here (the
+/// test `every_scenario_is_listed` below insists).
+#[macro_export]
+macro_rules! scenarios {
+    ($deployment:ty) => {
+        $crate::scenarios!(@list tests [$deployment]);
+    };
+    (@list $then:ident [$($arg:tt)*]) => {
+        $crate::scenarios! { @$then [$($arg)*]
+            r1_one_to_one_live_delivery_after_ack,
+            group_message_reaches_every_member_live,
+            multi_device_sender_other_device_gets_own_message,
+            o1_offline_then_reconnect_receives_everything_in_order_once,
+            o1_server_restart_between_send_and_reconnect_loses_nothing,
+            o1_connected_client_reconnects_and_resumes_across_a_restart,
+            idempotent_retry_returns_same_id_and_is_stored_once,
+            bad_missing_or_expired_token_gets_401_before_upgrade,
+            non_member_can_neither_send_nor_read_a_group,
+            invalid_user_id_and_oversized_body_get_their_codes,
+            json_text_frames_and_oversized_or_garbled_frames_get_error_frames,
+            requests_past_the_rate_limit_are_answered_rate_limited,
+            fifth_device_kicks_the_oldest_with_a_reason,
+            o1_cursor_older_than_retention_is_told_to_resync,
+            backend_grpc_sends_as_system_and_as_user_behind_the_api_key,
+            group_management_is_announced_to_members,
+            p1_p3_p4_presence_over_websockets,
+            backend_grpc_queries_presence_and_subscriptions,
+            w1_webhook_reports_connect_kick_and_logout,
+        }
+    };
+    (@tests [$deployment:ty] $($name:ident,)*) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                $crate::scenarios::$name::<$deployment>().await;
+            }
+        )*
+    };
+    (@names [] $($name:ident,)*) => {
+        [$(stringify!($name)),*]
+    };
+}
 
 type RawWs = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -49,10 +98,11 @@ pub async fn group_message_reaches_every_member_live<D: Deployment>() {
     let d = D::start().await;
     let (owner, mut owner_events) = d.client("owner").await;
     let mut members = Vec::new();
-    for name in ["m1", "m2", "m3"] {
+    let names = ["m1", "m2", "m3"];
+    for name in names {
         members.push(d.client(name).await);
     }
-    let group = owner.create_group(group_req(&d, "team", &["m1", "m2", "m3"])).await.expect("create");
+    let group = owner.create_group(group_req(&d, "team", &names)).await.expect("create");
     assert_eq!(group.member_count, 4);
     for (_, events) in &mut members {
         match next_event(events).await {
@@ -65,14 +115,14 @@ pub async fn group_message_reaches_every_member_live<D: Deployment>() {
     }
 
     let ack = owner.send_text(&group.id, v1::ChatType::Group, "hi team").await.expect("send");
-    for (_, events) in &mut members {
+    for (name, (_, events)) in names.into_iter().zip(&mut members) {
         let got = events.next_message(WAIT).await.expect("member receives");
         assert_eq!((got.id, got.to.as_str(), text_of(&got)), (ack.server_msg_id, group.id.as_str(), "hi team"));
-        assert_quiet(events).await;
+        assert_quiet(&d, name, events).await;
     }
     // The sender's own device does not surface its echo.
     assert!(matches!(next_event(&mut owner_events).await, ClientEvent::OnGroupChange(_)));
-    assert_quiet(&mut owner_events).await;
+    assert_quiet(&d, "owner", &mut owner_events).await;
 }
 
 pub async fn multi_device_sender_other_device_gets_own_message<D: Deployment>() {
@@ -85,7 +135,7 @@ pub async fn multi_device_sender_other_device_gets_own_message<D: Deployment>() 
     let on_laptop = laptop_events.next_message(WAIT).await.expect("other device gets it");
     assert_eq!((on_laptop.id, on_laptop.from.as_str()), (ack.server_msg_id, d.user("alice").as_str()));
     assert_eq!(bob_events.next_message(WAIT).await.expect("bob gets it").id, ack.server_msg_id);
-    assert_quiet(&mut phone_events).await;
+    assert_quiet(&d, "alice", &mut phone_events).await;
 }
 
 pub async fn o1_offline_then_reconnect_receives_everything_in_order_once<D: Deployment>() {
@@ -108,16 +158,35 @@ pub async fn o1_offline_then_reconnect_receives_everything_in_order_once<D: Depl
     let (bob, mut bob_events) = Client::connect(options).await.expect("connect");
     let got: Vec<u64> = messages(&mut bob_events, 30).await.iter().map(|m| m.id).collect();
     assert_eq!(got, sent, "all missed messages, in order");
-    assert_quiet(&mut bob_events).await;
+    assert_quiet(&d, "bob", &mut bob_events).await;
 
     // A device without a cursor starts where bob's devices acknowledged:
     // nothing is replayed twice.
     let last = bob_events.cursor();
     assert!(last >= 30, "cursor follows consumption: {last}");
     bob.close().await;
-    tokio::time::sleep(Duration::from_millis(100)).await; // let the final ack land
-    let (_again, mut again_events) = d.client("bob").await;
-    assert_quiet(&mut again_events).await;
+    wait_until_acknowledged(&d, "bob", last).await;
+    let (again, mut again_events) = Client::connect(d.options("bob")).await.expect("connect");
+    assert_eq!(again.hello().cursor, last, "starts after what bob's devices acknowledged");
+    assert_quiet(&d, "bob", &mut again_events).await;
+}
+
+/// Until the server has `user`'s devices acknowledged up to `seq`, as a new
+/// device without a cursor sees it: where its delivery starts. An ack is
+/// one-way, so this is the only way to know it landed.
+async fn wait_until_acknowledged<D: Deployment>(d: &D, user: &str, seq: u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        // `_events` stays until the close, so the probe acknowledges nothing.
+        let (probe, _events) = Client::connect(d.options(user)).await.expect("connect");
+        let acknowledged = probe.hello().cursor;
+        probe.close().await;
+        if acknowledged >= seq {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{user}'s devices acknowledged {acknowledged}, not {seq}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 pub async fn o1_server_restart_between_send_and_reconnect_loses_nothing<D: Deployment>() {
@@ -149,7 +218,7 @@ pub async fn o1_server_restart_between_send_and_reconnect_loses_nothing<D: Deplo
     let after = alice.send_text(d.user("bob"), v1::ChatType::Single, "after").await.expect("send after restart");
     assert!(after.server_msg_id > sent[9], "ids keep increasing across restarts");
     assert_eq!(bob_events.next_message(WAIT).await.expect("live after restart").id, after.server_msg_id);
-    assert_quiet(&mut bob_events).await;
+    assert_quiet(&d, "bob", &mut bob_events).await;
 }
 
 pub async fn o1_connected_client_reconnects_and_resumes_across_a_restart<D: Deployment>() {
@@ -178,7 +247,7 @@ pub async fn idempotent_retry_returns_same_id_and_is_stored_once<D: Deployment>(
     assert_eq!((retry.server_msg_id, retry.timestamp), (first.server_msg_id, first.timestamp));
     assert!(!first.duplicate && retry.duplicate);
     assert_eq!(bob_events.next_message(WAIT).await.expect("delivered").id, first.server_msg_id);
-    assert_quiet(&mut bob_events).await;
+    assert_quiet(&d, "bob", &mut bob_events).await;
 }
 
 pub async fn bad_missing_or_expired_token_gets_401_before_upgrade<D: Deployment>() {
@@ -375,16 +444,6 @@ pub async fn o1_cursor_older_than_retention_is_told_to_resync<D: Deployment>() {
     assert_eq!((resync.requested, resync.oldest, resync.head), (1, 4, 8));
     let ack = alice.send_text(d.user("bob"), v1::ChatType::Single, "after resync").await.unwrap();
     assert_eq!(events.next_message(WAIT).await.unwrap().id, ack.server_msg_id, "live after the resync");
-}
-
-async fn grpc_channel<D: Deployment>(d: &D) -> tonic::transport::Channel {
-    tonic::transport::Endpoint::from_shared(d.grpc_url()).unwrap().connect().await.expect("grpc connect")
-}
-
-fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert("authorization", format!("Bearer {key}").parse().unwrap());
-    request
 }
 
 pub async fn backend_grpc_sends_as_system_and_as_user_behind_the_api_key<D: Deployment>() {
@@ -595,4 +654,20 @@ pub async fn w1_webhook_reports_connect_kick_and_logout<D: Deployment>() {
     assert_eq!(statuses, [("0", true), ("1", true), ("0", false), ("2", false)]);
     assert!(calls.iter().all(|c| c["userid"] == d.user("dora").as_str() && c["os"] == "Websocket"));
     assert!(calls[0]["clientIp"].as_str().unwrap().starts_with("127.0.0.1:"));
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every `pub async fn name<D: Deployment>` of this file is in the list
+    /// of [`scenarios!`](crate::scenarios!), so no deployment misses one.
+    #[test]
+    fn every_scenario_is_listed() {
+        let listed: Vec<&str> = crate::scenarios!(@list names []).to_vec();
+        let defined: Vec<&str> = include_str!("scenarios.rs")
+            .lines()
+            .filter_map(|line| line.strip_prefix("pub async fn ")?.split_once("<D: Deployment>"))
+            .map(|(name, _)| name)
+            .collect();
+        assert_eq!(listed, defined, "the list in `scenarios!`, in the order of the file");
+    }
 }

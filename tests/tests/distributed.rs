@@ -1,8 +1,9 @@
 //! The end-to-end scenarios against the distributed mode: separate `natter`
 //! processes per role (two gateways) over a real nats-server and Cassandra,
-//! with clients spread over both gateways (see `natter_e2e::cluster`). The
-//! scenarios shared with `tests/single_node.rs` and `tests/presence.rs` keep
-//! their names; the crash and failover tests below exist only here.
+//! with clients spread over both gateways (see `natter_e2e::cluster`). Every
+//! scenario of `natter_e2e::scenarios` runs here under the same name as in
+//! `tests/single_node.rs` (`natter_e2e::scenarios!`); the crash and failover
+//! tests below exist only here.
 //!
 //! Needs `deploy/nats.sh start`, `deploy/cassandra.sh start` and the binary
 //! from `cargo build -p natter-server --features distributed`; run with
@@ -14,106 +15,13 @@ use std::time::Duration;
 
 use natter_client::{Client, ClientError, ClientEvent, ClientOptions, Events, v1};
 use natter_e2e::cluster::{Balancer, Cluster, NatsServer, Role, SCALED, node_of};
-use natter_e2e::{Deployment, WAIT, assert_quiet, connect_caught_up, messages, next_presence_of, scenarios};
+use natter_e2e::{Deployment, WAIT, assert_quiet, connect_caught_up, messages, next_presence_of};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 // ------------------------------------------------------------------ the shared scenarios
 
-#[tokio::test]
-async fn r1_one_to_one_live_delivery_after_ack() {
-    scenarios::r1_one_to_one_live_delivery_after_ack::<Cluster>().await;
-}
-
-#[tokio::test]
-async fn group_message_reaches_every_member_live() {
-    scenarios::group_message_reaches_every_member_live::<Cluster>().await;
-}
-
-#[tokio::test]
-async fn multi_device_sender_other_device_gets_own_message() {
-    scenarios::multi_device_sender_other_device_gets_own_message::<Cluster>().await;
-}
-
-#[tokio::test]
-async fn o1_offline_then_reconnect_receives_everything_in_order_once() {
-    scenarios::o1_offline_then_reconnect_receives_everything_in_order_once::<Cluster>().await;
-}
-
-#[tokio::test]
-async fn o1_server_restart_between_send_and_reconnect_loses_nothing() {
-    scenarios::o1_server_restart_between_send_and_reconnect_loses_nothing::<Cluster>().await;
-}
-
-#[tokio::test]
-async fn o1_connected_client_reconnects_and_resumes_across_a_restart() {
-    scenarios::o1_connected_client_reconnects_and_resumes_across_a_restart::<Cluster>().await;
-}
-
-#[tokio::test]
-async fn idempotent_retry_returns_same_id_and_is_stored_once() {
-    scenarios::idempotent_retry_returns_same_id_and_is_stored_once::<Cluster>().await;
-}
-
-#[tokio::test]
-async fn bad_missing_or_expired_token_gets_401_before_upgrade() {
-    scenarios::bad_missing_or_expired_token_gets_401_before_upgrade::<Cluster>().await;
-}
-
-#[tokio::test]
-async fn non_member_can_neither_send_nor_read_a_group() {
-    scenarios::non_member_can_neither_send_nor_read_a_group::<Cluster>().await;
-}
-
-#[tokio::test]
-async fn invalid_user_id_and_oversized_body_get_their_codes() {
-    scenarios::invalid_user_id_and_oversized_body_get_their_codes::<Cluster>().await;
-}
-
-#[tokio::test]
-async fn json_text_frames_and_oversized_or_garbled_frames_get_error_frames() {
-    scenarios::json_text_frames_and_oversized_or_garbled_frames_get_error_frames::<Cluster>().await;
-}
-
-#[tokio::test]
-async fn requests_past_the_rate_limit_are_answered_rate_limited() {
-    scenarios::requests_past_the_rate_limit_are_answered_rate_limited::<Cluster>().await;
-}
-
-#[tokio::test]
-async fn fifth_device_kicks_the_oldest_with_a_reason() {
-    scenarios::fifth_device_kicks_the_oldest_with_a_reason::<Cluster>().await;
-}
-
-#[tokio::test]
-async fn o1_cursor_older_than_retention_is_told_to_resync() {
-    scenarios::o1_cursor_older_than_retention_is_told_to_resync::<Cluster>().await;
-}
-
-#[tokio::test]
-async fn backend_grpc_sends_as_system_and_as_user_behind_the_api_key() {
-    scenarios::backend_grpc_sends_as_system_and_as_user_behind_the_api_key::<Cluster>().await;
-}
-
-#[tokio::test]
-async fn group_management_is_announced_to_members() {
-    scenarios::group_management_is_announced_to_members::<Cluster>().await;
-}
-
-#[tokio::test]
-async fn p1_p3_p4_presence_over_websockets() {
-    scenarios::p1_p3_p4_presence_over_websockets::<Cluster>().await;
-}
-
-#[tokio::test]
-async fn backend_grpc_queries_presence_and_subscriptions() {
-    scenarios::backend_grpc_queries_presence_and_subscriptions::<Cluster>().await;
-}
-
-#[tokio::test]
-async fn w1_webhook_reports_connect_kick_and_logout() {
-    scenarios::w1_webhook_reports_connect_kick_and_logout::<Cluster>().await;
-}
+natter_e2e::scenarios!(Cluster);
 
 // ------------------------------------------------------------------ distributed only
 
@@ -286,8 +194,8 @@ async fn kill9_gateway_while_messages_flow() {
     );
     let on_laptop: Vec<u64> = messages(&mut laptop_events, N).await.iter().map(|m| m.id).collect();
     assert_eq!(on_laptop, sent, "the laptop on the surviving gateway");
-    assert_quiet(&mut phone_events).await;
-    assert_quiet(&mut laptop_events).await;
+    assert_quiet(&cluster, "bob", &mut phone_events).await;
+    assert_quiet(&cluster, "bob", &mut laptop_events).await;
     cluster.assert_running(&[Role::Message(0), Role::Presence(0), Role::Conversation, Role::Gateway(0)]);
 }
 
@@ -323,7 +231,7 @@ async fn kill9_message_role_mid_stream_loses_no_acked_message() {
     let acks = tokio::time::timeout(Duration::from_secs(180), sender.task).await.expect("alice finishes").unwrap();
 
     assert_received_in_order(&acks, &mut bob_events, "the restart").await;
-    assert_quiet(&mut bob_events).await;
+    assert_quiet(&cluster, "bob", &mut bob_events).await;
 
     let retried: Vec<_> = acks.iter().filter(|(_, _, failed)| *failed > 0).collect();
     assert!(!retried.is_empty(), "the kill fell between sends: nothing was retried");
@@ -334,7 +242,7 @@ async fn kill9_message_role_mid_stream_loses_no_acked_message() {
         *sender.failures.borrow()
     );
     assert_sent_again_are_duplicates(&alice, &bob, &acks).await;
-    assert_quiet(&mut bob_events).await;
+    assert_quiet(&cluster, "bob", &mut bob_events).await;
     cluster.assert_running(&[Role::Presence(0), Role::Conversation, Role::Gateway(0), Role::Gateway(1)]);
 }
 
@@ -419,7 +327,7 @@ async fn nats_restart_recovers_by_itself() {
         got.push(bob_events.next_message(WAIT).await.expect("the rest arrives").id);
     }
     assert_eq!(got, expected, "every acknowledged message, once, in order");
-    assert_quiet(&mut bob_events).await;
+    assert_quiet(&cluster, "bob", &mut bob_events).await;
     cluster.assert_running(&[
         Role::Message(0),
         Role::Presence(0),
@@ -505,7 +413,7 @@ async fn sigterm_gateway_says_goodbye_and_clients_move_on() {
     }
     let second = alice.send_text(&bob, v1::ChatType::Single, "after").await.unwrap();
     assert_eq!(phone_events.next_message(WAIT).await.unwrap().id, second.server_msg_id, "on gateway 0 now");
-    assert_quiet(&mut phone_events).await;
+    assert_quiet(&cluster, "bob", &mut phone_events).await;
 }
 
 // ------------------------------------------------------------------ several processes of every role
@@ -606,8 +514,8 @@ async fn two_of_every_role_serve_together() {
     bob.close().await;
     let offline = next_presence_of(&mut alice_events, &bob_id).await;
     assert!(!offline.online, "bob's disconnect, told to alice: {offline:?}");
-    assert_quiet(&mut alice_events).await;
-    assert_quiet(&mut carol_events).await;
+    assert_quiet(&cluster, "alice", &mut alice_events).await;
+    assert_quiet(&cluster, "carol", &mut carol_events).await;
 }
 
 /// One of two message processes — the one alice's gateway sends through —
@@ -642,7 +550,7 @@ async fn kill9_one_message_role_of_two_sends_go_on() {
     };
     assert_eq!(node_ids(0..N / 4), [leased[victim]], "before the kill: all through the killed process");
     assert_eq!(node_ids(3 * N / 4..N), [leased[survivor]], "after the kill: all through the survivor");
-    assert_quiet(&mut bob_events).await;
+    assert_quiet(&cluster, "bob", &mut bob_events).await;
 
     let retried: Vec<_> = acks.iter().filter(|(_, _, failed)| *failed > 0).collect();
     eprintln!(
@@ -655,7 +563,7 @@ async fn kill9_one_message_role_of_two_sends_go_on() {
         cluster.connections_to(Role::Message(survivor)),
     );
     assert_sent_again_are_duplicates(&alice, &bob, retried.iter().copied()).await;
-    assert_quiet(&mut bob_events).await;
+    assert_quiet(&cluster, "bob", &mut bob_events).await;
     cluster.assert_running(&[
         Role::Message(survivor),
         Role::Presence(0),

@@ -2,7 +2,9 @@
 //! real Natter started in this process, with the nats-server the suite starts
 //! itself through deploy/nats.sh (free port, temp dir) and stops afterwards.
 //! deploy/nats.sh is what `make test` installs nats-server with, so this
-//! fails — it does not skip — when it cannot get one.
+//! fails — it does not skip — when it cannot get one. It runs with the
+//! `nats-tests` feature (`make test`, `make test-nats`); without it, it is
+//! listed as ignored, and the test of the error messages still runs.
 
 use natter_bench::nats_server::{NatsServer, NatsSource, default_script};
 use natter_bench::report;
@@ -18,6 +20,10 @@ fn alive(pid: u32) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "nats-tests"),
+    ignore = "needs a nats-server: make test-nats (feature natter-bench/nats-tests)"
+)]
 async fn nats_baseline_fans_out_next_to_natter_and_stops_its_server() {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = natter_server::Config::default();

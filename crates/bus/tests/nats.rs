@@ -1,6 +1,7 @@
 //! The bus conformance suite against a real nats-server (`deploy/nats.sh`).
-//! Address from `NATTER_NATS` (default nats://127.0.0.1:4222). An
-//! unreachable server fails the test; it never skips.
+//! Address from `NATTER_NATS` (default nats://127.0.0.1:4222). Built with
+//! the `nats-tests` feature only (`make test-nats`); then an unreachable
+//! server fails the test, it never skips.
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;

@@ -12,6 +12,10 @@ use natter_client::v1::response::Result as Res;
 use natter_client::{Client, ClientError, ClientEvent, Events, v1};
 use support::{MockConn, MockServer, WAIT, message, sent};
 
+/// How long nothing may happen. The tests that wait it out run on paused
+/// time: the window passes only once every task (the driver's too) has run
+/// out of work, so "nothing came" is deterministic rather than a guess about
+/// how fast the machine is.
 const SHORT: Duration = Duration::from_millis(300);
 
 async fn next(events: &mut Events) -> ClientEvent {
@@ -97,7 +101,7 @@ async fn connect_fails_on_goodbye_or_garbage_before_hello() {
     assert!(matches!(connecting.await.unwrap(), Err(ClientError::Protocol(_))));
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn repeated_events_are_surfaced_once_and_acked_after_consumption() {
     let mut server = MockServer::start().await;
     let (client, mut events, mut conn) = connect(&mut server, 0).await;
@@ -302,7 +306,7 @@ async fn requests_made_while_disconnected_wait_for_the_connection() {
     dissolve.await.unwrap().expect("dissolved after the reconnect");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn kick_ends_the_client_without_reconnecting() {
     let mut server = MockServer::start().await;
     let (client, mut events, mut conn) = connect(&mut server, 0).await;
@@ -320,7 +324,7 @@ async fn kick_ends_the_client_without_reconnecting() {
     assert!(server.quiet_for(SHORT).await, "no reconnect after a kick");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn token_expiry_goodbye_also_ends_the_client() {
     let mut server = MockServer::start().await;
     let (_client, mut events, mut conn) = connect(&mut server, 0).await;
@@ -432,7 +436,7 @@ async fn close_acks_what_was_consumed_and_closes_cleanly() {
     assert!(events.recv().await.is_none());
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn dropping_every_handle_stops_the_driver() {
     let mut server = MockServer::start().await;
     let (client, events, mut conn) = connect(&mut server, 0).await;
@@ -499,7 +503,7 @@ async fn custom_and_group_events_are_surfaced() {
     assert_eq!(events.cursor(), 4);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_server_that_drops_right_after_hello_sees_growing_delays() {
     let mut server = MockServer::start().await;
     let options = natter_client::ClientOptions {
@@ -516,8 +520,11 @@ async fn a_server_that_drops_right_after_hello_sees_growing_delays() {
         conn.drop_abruptly();
     }
     // Delays drawn from [10,20], [20,40], [40,80], [80,160], [160,320] ms:
-    // at least 310 ms in all, where a reset after each hello would give ~100.
-    assert!(start.elapsed() >= Duration::from_millis(300), "{:?}", start.elapsed());
+    // 310 to 620 ms in all (paused time: nothing else passes; each delay is
+    // rounded up to the timer's millisecond), where a reset after each hello
+    // would give ~100.
+    let elapsed = start.elapsed();
+    assert!(elapsed >= Duration::from_millis(310) && elapsed <= Duration::from_millis(625), "{elapsed:?}");
 }
 
 #[tokio::test]

@@ -3,7 +3,8 @@
 //! across connections standing for processes, migrations, leftovers of a
 //! dead writer).
 //!
-//! Needs the `cql` feature and a database at `NATTER_CQL` (default
+//! Needs the `cql-tests` feature (opt-in: a plain `cargo test` does not build
+//! this) and a database at `NATTER_CQL` (default
 //! `127.0.0.1:9042`): `deploy/cassandra.sh install && deploy/cassandra.sh start`,
 //! or `make test-cql`. These tests never skip: without a database they fail
 //! (with `NATTER_REQUIRE_CQL=1`, as CI runs them, the message says so).
