@@ -101,3 +101,39 @@ impl Drop for Keeper {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use crate::embedded::test_util::*;
+
+    /// Flushed memtables are freed by the keeper, not by fjall under its
+    /// version lock; none while nothing has been flushed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn flushed_memtables_are_freed_by_the_keeper() {
+        let (users, event) = (users(16), kilobyte_event());
+        let dir = tempfile::tempdir().unwrap();
+        let options = EmbeddedOptions { memtable_bytes: 256 << 10, ..EmbeddedOptions::default() };
+        let store = EmbeddedStore::open(dir.path(), options).unwrap();
+        // ~16 KB per append, ~128 KB per step: a memtable is sealed every
+        // other step, and each one stays active across the keeper's polls.
+        for step in 0..10 {
+            for _ in 0..8 {
+                UserLog::append(&store, &users, &event).await.unwrap();
+            }
+            if step == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                assert_eq!(store.keeper.freed(), 0, "nothing is flushed yet");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        }
+        // Flushes run on fjall's worker thread.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while store.keeper.freed() == 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(store.inner.log.disk_space() > 0, "the log was flushed");
+        assert!(store.keeper.freed() > 0, "the keeper freed the flushed memtables");
+    }
+}

@@ -15,7 +15,7 @@
 //! round as one row, in one batch after its jobs and before the fsync. A
 //! group's concurrent sends to the same members then cost one row per member
 //! and round, not per message, and none for a member whose open group run
-//! already covers them (the user log section of `embedded.rs`). A send's
+//! already covers them ([`super::log`]). A send's
 //! message and idempotency record go into that batch too, so a send is
 //! atomic; later jobs of the round see it through the round
 //! (`Round::sends`). A job whose own batch must come after those rows in
@@ -40,7 +40,8 @@ use natter_types::{Error, Result, UserId};
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::oneshot;
 
-use super::{Inner, Run, UserMap, storage_err};
+use super::log::Run;
+use super::{Inner, UserMap, storage_err};
 use crate::Appended;
 
 /// Jobs per round at most, so one round's callers wait a bounded time.
