@@ -43,7 +43,8 @@ async fn serve_grpc(routes: tonic::service::Routes, cancel: CancellationToken) -
 #[tokio::test]
 async fn gateway_over_remote_roles_delivers_one_to_one() {
     let dir = tempfile::tempdir().unwrap();
-    let stores = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap().stores();
+    let storage = natter_runtime::Tasks::new();
+    let stores = EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), &storage).unwrap().stores();
     let bus = Arc::new(LocalBus::new());
     let cancel = CancellationToken::new();
     let limits = Limits::default();

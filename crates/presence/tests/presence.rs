@@ -24,6 +24,7 @@ struct Harness {
     registry: Arc<LocalSessionRegistry>,
     cancel: CancellationToken,
     _dir: tempfile::TempDir,
+    _storage: natter_runtime::Tasks,
 }
 
 fn user(name: &str) -> UserId {
@@ -32,7 +33,8 @@ fn user(name: &str) -> UserId {
 
 async fn harness(limits: Limits, options: PresenceOptions) -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let stores = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap().stores();
+    let storage = natter_runtime::Tasks::new();
+    let stores = EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), &storage).unwrap().stores();
     let bus = LocalBus::new();
     let registry = Arc::new(LocalSessionRegistry::new());
     let cancel = CancellationToken::new();
@@ -47,7 +49,7 @@ async fn harness(limits: Limits, options: PresenceOptions) -> Harness {
     )
     .unwrap();
     service.start().await.unwrap();
-    Harness { service, bus, registry, cancel, _dir: dir }
+    Harness { service, bus, registry, cancel, _dir: dir, _storage: storage }
 }
 
 async fn default_harness() -> Harness {

@@ -26,6 +26,7 @@ struct Harness {
     addr: std::net::SocketAddr,
     cancel: CancellationToken,
     _dir: tempfile::TempDir,
+    _storage: natter_runtime::Tasks,
 }
 
 impl Drop for Harness {
@@ -36,7 +37,8 @@ impl Drop for Harness {
 
 async fn harness() -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let stores = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap().stores();
+    let storage = natter_runtime::Tasks::new();
+    let stores = EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), &storage).unwrap().stores();
     let cancel = CancellationToken::new();
     let local = PresenceService::new(
         PresenceOptions::default(),
@@ -61,7 +63,7 @@ async fn harness() -> Harness {
             .unwrap();
     });
     let remote = RemotePresence::connect_lazy(&format!("http://{addr}"), Duration::from_secs(5)).unwrap();
-    Harness { local, remote, addr, cancel, _dir: dir }
+    Harness { local, remote, addr, cancel, _dir: dir, _storage: storage }
 }
 
 fn session(name: &str, device: &str, session: &str, at: i64) -> SessionInfo {

@@ -32,6 +32,8 @@ pub struct Node {
     store: EmbeddedStore,
     grace: Duration,
     tasks: Tasks,
+    /// The store's tasks, stopped after `tasks`.
+    storage: natter_runtime::Tasks,
 }
 
 impl std::fmt::Debug for Node {
@@ -86,6 +88,7 @@ impl Node {
         let data_dir = &config.server.data_dir;
         let tokens = tokens(config)?;
         let api_key = secret(&config.auth.api_key, data_dir, "api_key")?;
+        let storage = natter_runtime::Tasks::new();
         let store = EmbeddedStore::open(
             &data_dir.join("store"),
             EmbeddedOptions {
@@ -94,6 +97,7 @@ impl Node {
                 idempotency_window: config.store.idempotency_window(),
                 heads_cached: config.store.heads_cached,
             },
+            &storage,
         )
         .map_err(|e| anyhow::anyhow!("opening the store in {}: {e}", data_dir.display()))?;
         let stores = store.stores();
@@ -170,6 +174,7 @@ impl Node {
             store,
             grace: Duration::from_secs(config.server.shutdown_grace_secs),
             tasks,
+            storage,
         })
     }
 
@@ -193,7 +198,8 @@ impl Node {
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let stopped = self.tasks.stop(self.grace).await;
         self.store.sync_all().await.map_err(|e| anyhow::anyhow!("final store sync: {e}"))?;
+        let storage = self.storage.stop(self.grace).await;
         tracing::info!("natter stopped");
-        stopped
+        stopped.and(storage)
     }
 }

@@ -30,6 +30,7 @@ pub struct Harness {
     pub url: String,
     pub cancel: CancellationToken,
     _dir: tempfile::TempDir,
+    _storage: natter_runtime::Tasks,
 }
 
 impl Harness {
@@ -39,7 +40,8 @@ impl Harness {
 
     pub async fn start_with(options: GatewayOptions) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let stores = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap().stores();
+        let storage = natter_runtime::Tasks::new();
+        let stores = EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), &storage).unwrap().stores();
         let bus = Arc::new(LocalBus::new());
         let cancel = CancellationToken::new();
         let limits = Limits::default();
@@ -74,7 +76,7 @@ impl Harness {
                 .unwrap();
         });
         tokio::spawn(gateway.run());
-        Self { stores, bus, tokens, url, cancel, _dir: dir }
+        Self { stores, bus, tokens, url, cancel, _dir: dir, _storage: storage }
     }
 
     pub async fn connect(&self, user: &UserId) -> (Client, Events) {

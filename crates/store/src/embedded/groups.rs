@@ -278,10 +278,11 @@ mod tests {
             send.await.unwrap();
             leave.await.unwrap().unwrap();
             send_to_group(&stores, &second).await;
+            store.close().await;
         }
         let store = open(dir.path(), 1000);
-        assert_log_is(&store, &cat, std::slice::from_ref(&first)).await;
-        assert_log_is(&store, &ann, &[first, second]).await;
+        assert_log_is(&*store, &cat, std::slice::from_ref(&first)).await;
+        assert_log_is(&*store, &ann, &[first, second]).await;
     }
 
     /// Deleting a group closes its members' open runs: a group made again
@@ -304,11 +305,12 @@ mod tests {
             stores.groups.delete_group(&group.id).await.unwrap();
             stores.groups.create_group(&group, &members_of(&[&ann])).await.unwrap();
             send_to_group(&stores, &sent[2]).await;
-            assert_log_is(&store, &cat, &sent[..2]).await;
-            assert_log_is(&store, &ann, &sent).await;
+            assert_log_is(&*store, &cat, &sent[..2]).await;
+            assert_log_is(&*store, &ann, &sent).await;
+            store.close().await;
         }
         let store = open(dir.path(), 1000);
-        assert_log_is(&store, &cat, &sent[..2]).await;
-        assert_log_is(&store, &ann, &sent).await;
+        assert_log_is(&*store, &cat, &sent[..2]).await;
+        assert_log_is(&*store, &ann, &sent).await;
     }
 }

@@ -17,6 +17,30 @@
 //! where member changes are serialized), and a member's open run is closed in
 //! the batch that removes them. So everyone with an open run on a group gets
 //! every entry its timeline gains, and their log heads move with it.
+//!
+//! The membership check is against the member cache, which is exact when it
+//! holds the group (only the writer changes members); a group it does not
+//! hold gets plain rows rather than a member scan in the writer, and so does
+//! a send that raced a member change. A leaver's run is closed after the rows
+//! the round staged so far (`Round::flush_rows`), which it may cover.
+//!
+//! # Heads
+//!
+//! A log head is loaded from the user's newest row, and for an open run from
+//! its timeline's last position. Heads (and timelines' last positions) are
+//! cached up to [`EmbeddedOptions::heads_cached`](super::EmbeddedOptions):
+//! past it the writer drops a quarter of them between two rounds, when
+//! everything it wrote is durable, so a dropped head reads back from disk as
+//! it was; a head with a seq not yet durable stays.
+//!
+//! # Retention
+//!
+//! By count per user ([`EmbeddedOptions::log_retention_events`](super::EmbeddedOptions)):
+//! a row goes when all its entries are older than the retained ones; reads
+//! skip the expired entries of a row that straddles (an open group run
+//! included, which moves the oldest seq without a row being written). After
+//! a restart the oldest seq is again the head minus the retention, not the
+//! start of a straddling row.
 
 use std::sync::Arc;
 
@@ -384,6 +408,9 @@ impl Inner {
             Some(Kind::MessageRef(at)) => {
                 return Ok(LogEvent::Message(self.referenced_message(&at.conversation, at.msg_id, "log entry")?));
             }
+            // A whole message: what `UserLog::append` of a message event
+            // writes, and every message entry written before sends stored
+            // references (before commit a38fed3).
             Some(Kind::Message(message)) => Some(v1::log_event::Kind::Message(message)),
             Some(Kind::GroupChange(change)) => Some(v1::log_event::Kind::GroupChange(change)),
             None => None,
@@ -668,7 +695,7 @@ mod tests {
         let store = open(dir.path(), 100);
         let users = [UserId::parse("ann", "u").unwrap(), UserId::parse("ben", "u").unwrap()];
         append_in_one_round(&store, &users, 1..7).await;
-        UserLog::append(&store, &users[..1], &group_created_n(7)).await.unwrap();
+        UserLog::append(&*store, &users[..1], &group_created_n(7)).await.unwrap();
         assert_eq!(rows_of(&store, "ann"), vec![1, 7], "one row for the round, one for the later append");
         assert_eq!(rows_of(&store, "ben"), vec![1]);
         let all = store.read(&users[0], 0, 100).await.unwrap().unwrap().events;
@@ -705,6 +732,7 @@ mod tests {
             append_in_one_round(&store, &ann, 7..9).await;
             assert_eq!(store.bounds(&ann[0]).await.unwrap(), (8, 5));
             assert_eq!(rows_of(&store, "ann"), vec![4, 7]);
+            store.close().await;
         }
         let store = open(dir.path(), 4);
         assert_eq!(
@@ -712,11 +740,11 @@ mod tests {
             (8, 5),
             "head from the last row's last entry, oldest as before"
         );
-        UserLog::append(&store, &ann, &group_created_n(9)).await.unwrap();
+        UserLog::append(&*store, &ann, &group_created_n(9)).await.unwrap();
         assert_eq!(store.bounds(&ann[0]).await.unwrap(), (9, 6));
         assert_eq!(rows_of(&store, "ann"), vec![4, 7, 9], "row 4-6 still holds seq 6");
         assert_eq!(seqs(store.read(&ann[0], 5, 10).await.unwrap().unwrap()), vec![6, 7, 8, 9]);
-        UserLog::append(&store, &ann, &group_created_n(10)).await.unwrap();
+        UserLog::append(&*store, &ann, &group_created_n(10)).await.unwrap();
         assert_eq!(rows_of(&store, "ann"), vec![7, 9, 10]);
     }
 
@@ -728,11 +756,12 @@ mod tests {
         {
             let store = open(dir.path(), 10);
             for _ in 0..8 {
-                UserLog::append(&store, std::slice::from_ref(&user), &event).await.unwrap();
+                UserLog::append(&*store, std::slice::from_ref(&user), &event).await.unwrap();
             }
+            store.close().await;
         }
         let store = open(dir.path(), 3);
-        UserLog::append(&store, std::slice::from_ref(&user), &event).await.unwrap();
+        UserLog::append(&*store, std::slice::from_ref(&user), &event).await.unwrap();
         assert_eq!(store.bounds(&user).await.unwrap(), (9, 7));
         assert_eq!(store.read(&user, 6, 10).await.unwrap().unwrap().events.len(), 3);
     }
@@ -786,10 +815,10 @@ mod tests {
             from_system: false,
         };
         let whole = message(7, "c7");
-        UserLog::append(&store, std::slice::from_ref(&ben), &LogEvent::Message(whole.clone())).await.unwrap();
+        UserLog::append(&*store, std::slice::from_ref(&ben), &LogEvent::Message(whole.clone())).await.unwrap();
         let sent = message(8, "c8");
         let users = [ann.clone(), ben.clone()];
-        store.insert_and_append(&sent, &users, &store).await.unwrap();
+        store.insert_and_append(&sent, &users, &*store).await.unwrap();
         let stored = store.inner.log.get(key2("ben", &2u64.to_be_bytes())).unwrap().unwrap();
         assert!(stored.len() < 40, "a reference, not the message ({} bytes)", stored.len());
         let page = store.read(&ben, 0, 10).await.unwrap().unwrap();
@@ -814,7 +843,7 @@ mod tests {
             send_to_group(&stores, &log[n]).await;
         }
         let direct = text_message(&ben, &ann, "d", "aside");
-        store.insert_and_append(&direct, &[ben.clone(), ann.clone()], &store).await.unwrap();
+        store.insert_and_append(&direct, &[ben.clone(), ann.clone()], &*store).await.unwrap();
         log.push(direct);
         assert_eq!(rows_of(&store, "ann"), vec![1, 3]);
         for n in 3..9 {
@@ -825,22 +854,23 @@ mod tests {
         assert_eq!(store.bounds(&ann).await.unwrap(), (9, 7));
         let expired = store.read(&ann, 5, 10).await.unwrap().unwrap_err();
         assert_eq!((expired.oldest, expired.head), (7, 9));
-        assert_log_is(&store, &ann, &log).await;
+        assert_log_is(&*store, &ann, &log).await;
         // cat's oldest row is its only one, an open run: once a row follows
         // it, it goes when retention passes its end.
         assert_eq!(rows_of(&store, "cat"), vec![1]);
         let to_cat = text_message(&ann, &cat, "c", "to cat");
-        store.insert_and_append(&to_cat, &[ann.clone(), cat.clone()], &store).await.unwrap();
+        store.insert_and_append(&to_cat, &[ann.clone(), cat.clone()], &*store).await.unwrap();
         log.push(to_cat);
         for n in 10..12 {
             log.push(group_message(&ben, &group.id, n));
             send_to_group(&stores, &log[n]).await;
         }
         assert_eq!(rows_of(&store, "cat"), vec![9, 10]);
-        drop((stores, store));
+        drop(stores);
+        store.close().await;
         let store = open(dir.path(), 3);
         assert_eq!(store.bounds(&ann).await.unwrap(), (12, 10), "kept what it kept before the restart");
-        assert_log_is(&store, &ann, &log).await;
+        assert_log_is(&*store, &ann, &log).await;
     }
 
     /// Log heads dropped from memory (past `heads_cached`) are read back
@@ -852,7 +882,7 @@ mod tests {
         use crate::conformance::{group_message, send_to_group, text_message};
         let (small_dir, full_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let small_options = EmbeddedOptions { heads_cached: 1, ..EmbeddedOptions::default() };
-        let mut small = EmbeddedStore::open(small_dir.path(), small_options.clone()).unwrap();
+        let mut small = open_with(small_dir.path(), small_options.clone());
         let full = open(full_dir.path(), 10_000);
         let users = ["ann", "ben", "cat", "dan"].map(|n| UserId::parse(n, "u").unwrap());
         let [ann, ben, cat, dan] = users.clone();
@@ -881,7 +911,7 @@ mod tests {
         for (step, message) in sent.iter().enumerate() {
             for store in [&small, &full] {
                 if message.to == cat.as_str() {
-                    store.insert_and_append(message, &[dan.clone(), cat.clone()], store).await.unwrap();
+                    store.insert_and_append(message, &[dan.clone(), cat.clone()], &**store).await.unwrap();
                 } else {
                     send_to_group(&store.stores(), message).await;
                 }
@@ -898,14 +928,14 @@ mod tests {
         // Between rounds the small store holds at most one head.
         small.sync_all().await.unwrap();
         assert!(small.inner.log_heads.lock().len() <= 1, "{:?}", small.inner.log_heads.lock().len());
-        drop(small);
-        small = EmbeddedStore::open(small_dir.path(), small_options).unwrap();
+        small.close().await;
+        small = open_with(small_dir.path(), small_options);
         same(small.clone(), full.clone(), users.clone(), "after a restart").await;
         let after_restart = group_message(&ben, &group.id, 10);
         for store in [&small, &full] {
             send_to_group(&store.stores(), &after_restart).await;
         }
-        same(small, full, users, "a send after the restart").await;
+        same(small.clone(), full.clone(), users, "a send after the restart").await;
     }
 
     /// A member who only gets the group's messages costs no log row per
@@ -954,7 +984,7 @@ mod tests {
 
             // A 1:1 message ends ann's and ben's runs; the next group send opens new ones.
             direct = crate::conformance::text_message(&ben, &ann, "d1", "aside");
-            store.insert_and_append(&direct, &[ben.clone(), ann.clone()], &store).await.unwrap();
+            store.insert_and_append(&direct, &[ben.clone(), ann.clone()], &*store).await.unwrap();
             for n in 6..8 {
                 sent.push(group_message(&cat, &group.id, n));
                 send_to_group(&stores, &sent[n]).await;
@@ -968,6 +998,7 @@ mod tests {
             send_to_group(&stores, &sent[8]).await;
             assert_eq!(store.bounds(&cat).await.unwrap().0, 8);
             assert_eq!(rows_of(&store, "ann"), vec![1, 7, 8]);
+            store.close().await;
         }
         let with_direct = |sent: &[Message]| {
             let mut all = sent[..6].to_vec();
@@ -977,30 +1008,30 @@ mod tests {
         };
         let store = open(dir.path(), 1000);
         let stores = store.stores();
-        assert_log_is(&store, &ann, &with_direct(&sent)).await;
-        assert_log_is(&store, &cat, &sent[..8]).await;
+        assert_log_is(&*store, &ann, &with_direct(&sent)).await;
+        assert_log_is(&*store, &cat, &sent[..8]).await;
         // After the reopen ann's open run goes on from where the timeline is.
         sent.push(group_message(&ben, &group.id, 9));
         send_to_group(&stores, &sent[9]).await;
         assert_eq!(rows_of(&store, "ann"), vec![1, 7, 8]);
-        assert_log_is(&store, &ann, &with_direct(&sent)).await;
-        assert_log_is(&store, &cat, &sent[..8]).await;
+        assert_log_is(&*store, &ann, &with_direct(&sent)).await;
+        assert_log_is(&*store, &cat, &sent[..8]).await;
 
         // Recipients that are not the members (a send that raced cat's
         // leave): plain rows, the timeline does not move.
         let raced = group_message(&ben, &group.id, 10);
-        store.insert_and_append(&raced, &[ann.clone(), ben.clone(), cat.clone()], &store).await.unwrap();
+        store.insert_and_append(&raced, &[ann.clone(), ben.clone(), cat.clone()], &*store).await.unwrap();
         assert_eq!(timeline_rows(&store), 10);
         assert_eq!(rows_of(&store, "ann"), vec![1, 7, 8, 12]);
         let mut cat_log = sent[..8].to_vec();
         cat_log.push(raced.clone());
-        assert_log_is(&store, &cat, &cat_log).await;
+        assert_log_is(&*store, &cat, &cat_log).await;
         sent.push(raced);
         sent.push(group_message(&ann, &group.id, 11));
         send_to_group(&stores, &sent[11]).await;
         assert_eq!(rows_of(&store, "ann"), vec![1, 7, 8, 12, 13]);
-        assert_log_is(&store, &ann, &with_direct(&sent)).await;
-        assert_log_is(&store, &cat, &cat_log).await;
+        assert_log_is(&*store, &ann, &with_direct(&sent)).await;
+        assert_log_is(&*store, &cat, &cat_log).await;
 
         // Recipients read before dan joined miss dan, whose run is open:
         // were that send in the timeline, dan's run would claim it.
@@ -1009,12 +1040,13 @@ mod tests {
         let welcome = group_message(&ann, &group.id, 12);
         send_to_group(&stores, &welcome).await;
         let stale = group_message(&ben, &group.id, 13);
-        store.insert_and_append(&stale, &[ann.clone(), ben.clone()], &store).await.unwrap();
-        drop((stores, store));
+        store.insert_and_append(&stale, &[ann.clone(), ben.clone()], &*store).await.unwrap();
+        drop(stores);
+        store.close().await;
         let store = open(dir.path(), 1000);
-        assert_log_is(&store, &dan, std::slice::from_ref(&welcome)).await;
+        assert_log_is(&*store, &dan, std::slice::from_ref(&welcome)).await;
         sent.push(welcome);
         sent.push(stale);
-        assert_log_is(&store, &ann, &with_direct(&sent)).await;
+        assert_log_is(&*store, &ann, &with_direct(&sent)).await;
     }
 }

@@ -1,20 +1,79 @@
 //! The single-node backend: one fjall database in a data directory.
 //!
-//! Every write is a job for one writer ([`writer`]) that commits the
-//! batches of everything queued, fsyncs once, then answers: the R1 rule (ack
-//! only what is durable) costs one fsync per round of writers, not per
-//! message, and async tasks never block on the journal or the disk. Reads run
-//! inline on the caller's task (fjall reads are in-memory or page-cache hits).
+//! # Keyspaces
 //!
-//! Sending a message is one job: the message, its idempotency record and its
-//! event in every recipient's log are one atomic batch.
+//! ```text
+//! messages                 conversation \0 msg_id_be    -> Message
+//! dedup                    sender \0 client_msg_id      -> DedupRecord (idempotency, dedup_expiry.rs)
+//! groups                   group                        -> GroupRecord
+//! members                  group \0 user                -> GroupMember
+//! user_groups              user \0 group                (the user->groups index)
+//! user_log                 user \0 first_seq_be         -> StoredLogEntry: an entry, a run, a group run (log.rs)
+//! group_log                conversation \0 pos_be       -> the entry: each group's timeline
+//! user_log_meta            user \0 "acked"              -> acked seq
+//! presence_subs            subscriber \0 target         -> expires_at
+//! presence_subs_by_target  target \0 subscriber         -> expires_at
+//! presence                 user                         -> PresenceRecord
+//! webhook_outbox           receiver \0 id_be            -> WebhookEvent
+//! open_sessions            user \0 session              -> SessionInfo (the SessionJournal)
+//! ```
+//!
+//! A log entry is a group change, or a reference to its message in
+//! `messages`, so a group message is stored once. Each keyspace's memtable is
+//! [`EmbeddedOptions::memtable_bytes`], and compactions cut their output
+//! tables at the same size; fjall records both when it creates the keyspace.
+//!
+//! # Writes and reads
+//!
+//! Every write is a job for one writer ([`writer`]): a round runs every
+//! queued job, writes the round's log rows, fsyncs once, then answers the
+//! round's callers (the group commit). The R1 rule (ack only what is
+//! durable) so costs one fsync per round, not per message; async tasks never
+//! block on the journal or the disk, and read-check-write sequences need no
+//! locks. Reads run inline on the caller's task (fjall reads are memtable or
+//! page-cache hits) and stop at each log's durable head, which the writer
+//! moves after the fsync.
+//!
+//! A round's latency follows fjall's: fjall installs a compaction's result
+//! (fsyncing its last table and the version file) and a flush's version file
+//! under the lock every write takes, and the round's fsync can wait for the
+//! disk's writeback of a table (docs/PERFORMANCE.md ("1:1 tail latency")).
+//! Hence small memtables and compaction tables, and one fjall worker
+//! ([`EmbeddedStore::open`]).
+//!
+//! Sending a message is one job (`MessageStore::insert_and_append`,
+//! [`messages`]) that writes nothing itself: the message, its idempotency
+//! record (marked fanned out) and its log entries all go into the round's
+//! rows batch, so a send is atomic, and a retry or an `insert_message` later
+//! in the same round finds the send in the round (`Round::sends`).
+//!
+//! Group messages are read, not written, per member: a member's log follows
+//! the group's timeline through an open group run, without a row per message
+//! ([`log`]); member lists come from memory ([`member_cache`]). Log
+//! retention is by count per user ([`EmbeddedOptions::log_retention_events`]).
+//!
+//! # Memory
+//!
+//! The memtable keeper ([`keeper`]) frees flushed memtables off fjall's
+//! lock; log heads and timeline positions are cached up to
+//! [`EmbeddedOptions::heads_cached`] ([`log`]); member lists up to a fixed
+//! count of ids ([`member_cache`]).
+//!
+//! # Lifecycle
+//!
+//! [`EmbeddedStore::open`] runs the keeper's thread and the store's stop in
+//! the given task set's [`Stage::Storage`], which stops after sessions and
+//! services, so their writes in flight finish first. The stop refuses new
+//! writes (UNAVAILABLE), waits until every write already accepted has been
+//! answered, and syncs the database; then the keeper's thread ends.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
+use natter_runtime::{Stage, Tasks};
 use natter_types::{Error, Result, UserId};
 use parking_lot::Mutex;
 
@@ -63,13 +122,10 @@ pub struct EmbeddedOptions {
 /// The keyspace of the idempotency records.
 const DEDUP: &str = "dedup";
 
-/// Default [`EmbeddedOptions::memtable_bytes`]. fjall's own default is 64 MiB.
-/// Writes stall while fjall retires a flushed memtable and while it installs
-/// a compaction's result, and the tail grew with the memtable: 1:1 p99 at
-/// 10,000 msg/s over 90 s was 240–261 ms at 64 MiB, 91 ms at 16 MiB, 50–70 ms
-/// at 8 MiB and 35 ms at 4 MiB; with the memtables freed by the keeper,
-/// 127 ms at 64 MiB and 58 ms at 32 MiB over 60 s, against 21–43 ms at 8 MiB
-/// (docs/PERFORMANCE.md). Throughput and fan-out did not change measurably.
+/// Default [`EmbeddedOptions::memtable_bytes`], against fjall's 64 MiB: writes
+/// stall while fjall retires a flushed memtable and while it installs a
+/// compaction's result, and those stalls grow with the memtable, while
+/// throughput does not (docs/PERFORMANCE.md ("8 MiB memtables")).
 pub const DEFAULT_MEMTABLE_BYTES: u64 = 8 << 20;
 
 impl Default for EmbeddedOptions {
@@ -83,14 +139,13 @@ impl Default for EmbeddedOptions {
     }
 }
 
-/// Every keyspace of the embedded store; cheap to clone. Dropping the last
-/// clone waits for a running write round to finish.
+/// Every keyspace of the embedded store; cheap to clone. Its tasks belong to
+/// the task set it was opened with, and it stops with that set's storage
+/// stage. Dropping the last clone waits for a running write round to finish.
 #[derive(Clone)]
 pub struct EmbeddedStore {
-    /// Frees flushed memtables off fjall's lock; held for its thread, which
-    /// stops with the last clone. First, so that it lets go of its keyspace
-    /// handles before the database can close.
-    #[cfg_attr(not(test), expect(dead_code, reason = "held for its thread"))]
+    /// The memtable keeper's counts; its thread belongs to the task set.
+    #[cfg_attr(not(test), expect(dead_code, reason = "only tests read the keeper's counts"))]
     keeper: Arc<Keeper>,
     inner: Arc<Inner>,
     writer: Arc<Writer>,
@@ -186,13 +241,17 @@ fn decode<T: prost::Message + Default>(bytes: &[u8]) -> Result<T> {
 }
 
 impl EmbeddedStore {
-    pub fn open(path: &Path, options: EmbeddedOptions) -> Result<Self> {
+    /// Opens (or creates) the store in `path`. Its keeper thread and its
+    /// stop run in `tasks` ([`Stage::Storage`]): once that stage is stopped,
+    /// writes are refused with UNAVAILABLE, every write accepted before has
+    /// been answered, and the database is synced.
+    pub fn open(path: &Path, options: EmbeddedOptions, tasks: &Tasks) -> Result<Self> {
         std::fs::create_dir_all(path).map_err(storage_err)?;
-        // One background worker for flushes and compactions. With more,
+        // One background worker for flushes and compactions: with more,
         // fjall 3.1's worker 0 hands every compaction request back to the
         // queue and takes it again, a busy loop for as long as another worker
-        // compacts: ~11% of the server's CPU in the 1000-member fan-out
-        // profile, and that run ~8% faster without it (docs/PERFORMANCE.md).
+        // compacts (docs/PERFORMANCE.md ("One encoding per fan-out, one fjall
+        // worker")).
         let expiry = DedupExpiry::factory(options.idempotency_window);
         let db = Database::builder(path)
             .worker_threads(1)
@@ -202,9 +261,9 @@ impl EmbeddedStore {
         let memtable = options.memtable_bytes;
         // Compactions write tables of a memtable's size, not fjall's 64 MiB:
         // a compaction syncs its last table while it holds the keyspace's
-        // version lock, which every write waits for, and a 64 MiB sync held
-        // writes back tens of ms (docs/PERFORMANCE.md). fjall records the
-        // size with the keyspace, as it does the memtable's.
+        // version lock, which every write waits for (docs/PERFORMANCE.md
+        // ("Where the time goes")). fjall records the size with the
+        // keyspace, as it does the memtable's.
         let compaction = Arc::new(fjall::compaction::Leveled::default().with_table_target_size(memtable));
         let ks = |name: &str| {
             let create =
@@ -232,10 +291,25 @@ impl EmbeddedStore {
             timeline_heads: Mutex::new(HashMap::new()),
             member_cache: MemberCache::new(),
         };
-        let keeper = Arc::new(Keeper::start(inner.keyspaces().into_iter().cloned().collect()).map_err(storage_err)?);
+        let keeper = Keeper::start(inner.keyspaces().into_iter().cloned().collect(), tasks).map_err(storage_err)?;
         let inner = Arc::new(inner);
         let writer = Arc::new(Writer::new(inner.clone()));
-        Ok(Self { keeper, inner, writer })
+        let store = Self { keeper: Arc::new(keeper), inner, writer };
+        let stopping = store.clone();
+        tasks.spawn(Stage::Storage, "store", |token| async move {
+            token.cancelled().await;
+            stopping.stop().await
+        });
+        Ok(store)
+    }
+
+    /// Refuses new writes, waits for those already accepted, then syncs.
+    async fn stop(&self) -> anyhow::Result<()> {
+        self.writer.close().await;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.db.persist(PersistMode::SyncAll)).await??;
+        tracing::info!("store stopped");
+        Ok(())
     }
 
     pub fn stores(&self) -> Stores {
@@ -248,7 +322,7 @@ impl EmbeddedStore {
         }
     }
 
-    /// Makes every write so far durable (used on shutdown).
+    /// Makes every write so far durable (the store's stop does too).
     pub async fn sync_all(&self) -> Result<()> {
         self.writer
             .write(|round| {
@@ -291,9 +365,9 @@ mod tests {
         for (memtable_bytes, flushed) in [(256 << 10, true), (64 << 20, false)] {
             let dir = tempfile::tempdir().unwrap();
             let options = EmbeddedOptions { memtable_bytes, ..EmbeddedOptions::default() };
-            let store = EmbeddedStore::open(dir.path(), options).unwrap();
+            let store = open_with(dir.path(), options);
             for _ in 0..20 {
-                UserLog::append(&store, &users, &event).await.unwrap();
+                UserLog::append(&*store, &users, &event).await.unwrap();
             }
             // Flushes run on fjall's worker thread.
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
@@ -311,12 +385,11 @@ mod tests {
         let (users, event) = (users(50), kilobyte_event());
         let dir = tempfile::tempdir().unwrap();
         let memtable_bytes = 256 << 10;
-        let store =
-            EmbeddedStore::open(dir.path(), EmbeddedOptions { memtable_bytes, ..EmbeddedOptions::default() }).unwrap();
+        let store = open_with(dir.path(), EmbeddedOptions { memtable_bytes, ..EmbeddedOptions::default() });
         // ~3 MB into `user_log`, every table spanning all 50 users' keys, so
         // that L0 tables merge with the tables below rather than move down.
         for _ in 0..60 {
-            UserLog::append(&store, &users, &event).await.unwrap();
+            UserLog::append(&*store, &users, &event).await.unwrap();
         }
         let log = &store.inner.log;
         // Flushes and compactions run on fjall's worker thread. A flush may
@@ -331,20 +404,61 @@ mod tests {
         assert!(below_l0() >= 4, "{} table(s) below L0 after 30 s: compactions wrote larger tables", below_l0());
     }
 
-    #[tokio::test]
-    async fn conformance_suite_passes() {
+    /// The storage stage's stop ends the keeper's thread, and the store
+    /// refuses writes from then on.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_the_stop_the_keeper_has_ended_and_writes_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        crate::conformance::run_all(&open(dir.path(), 5).stores(), 5).await;
+        let tasks = Tasks::new();
+        let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), &tasks).unwrap();
+        let ann = UserId::parse("ann", "u").unwrap();
+        UserLog::append(&store, std::slice::from_ref(&ann), &group_created()).await.unwrap();
+        assert!(!store.keeper.ended());
+        tasks.stop(Duration::from_secs(30)).await.unwrap();
+        assert!(store.keeper.ended(), "the keeper's thread has ended");
+        let refused = UserLog::append(&store, std::slice::from_ref(&ann), &group_created()).await.unwrap_err();
+        assert_eq!(refused.code, natter_types::ErrorCode::Unavailable, "{refused:?}");
+        assert_eq!(store.bounds(&ann).await.unwrap(), (1, 1), "reads still answer");
     }
 
-    #[tokio::test]
-    async fn reopen_keeps_messages_groups_and_log_positions() {
+    /// A write queued when the stop comes is written and answered before
+    /// the stop ends, and is there after a reopen.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_accepted_before_the_stop_is_durable_after_reopening() {
         let dir = tempfile::tempdir().unwrap();
-        let before = {
-            let store = open(dir.path(), 5).stores();
-            crate::conformance::write_sample(&store).await
-        };
-        let store = open(dir.path(), 5).stores();
-        crate::conformance::check_sample(&store, &before).await;
+        let ann = UserId::parse("ann", "u").unwrap();
+        let tasks = Tasks::new();
+        let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), &tasks).unwrap();
+        // The write waits behind a round held open, so that the stop finds it queued.
+        let (release, holder) = store.writer.hold().await;
+        let append = tokio::spawn({
+            let (store, ann) = (store.clone(), ann.clone());
+            async move { UserLog::append(&store, &[ann], &group_created()).await }
+        });
+        while store.writer.queued() < 1 {
+            tokio::task::yield_now().await;
+        }
+        let stop = tokio::spawn({
+            let tasks = tasks.clone();
+            async move { tasks.stop(Duration::from_secs(30)).await }
+        });
+        while !store.writer.closed() {
+            tokio::task::yield_now().await;
+        }
+        assert!(!stop.is_finished(), "the stop waits for the queued write");
+        release.send(()).unwrap();
+        holder.await.unwrap().unwrap();
+        assert_eq!(append.await.unwrap().unwrap(), vec![crate::Appended { seq: 1, prev: 0 }]);
+        stop.await.unwrap().unwrap();
+        drop(store);
+        let store = open(dir.path(), 100);
+        assert_eq!(store.bounds(&ann).await.unwrap(), (1, 1), "the write survived the stop");
+    }
+
+    /// The conformance suite, one test per check, each on a directory of its own.
+    mod conformance {
+        use super::*;
+
+        crate::conformance_tests!(stores: conformance_backend);
     }
 }

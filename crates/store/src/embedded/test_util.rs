@@ -1,15 +1,76 @@
 //! Helpers of the embedded store's unit tests.
 #![allow(clippy::unwrap_used)]
 
+use std::path::Path;
+use std::time::Duration;
+
+use natter_runtime::Tasks;
 pub(super) use natter_types::{Group, GroupId, GroupMember, GroupRole, LogEvent, Message, MessageId, UserId};
 
 pub(super) use super::{EmbeddedOptions, EmbeddedStore, key2, seq_of};
+use crate::Stores;
 pub(super) use crate::{Inserted, MessageStore, UserLog};
-use std::path::Path;
 
-pub(super) fn open(dir: &Path, retention: u64) -> EmbeddedStore {
-    EmbeddedStore::open(dir, EmbeddedOptions { log_retention_events: retention, ..EmbeddedOptions::default() })
-        .expect("open")
+/// A store with the task set it runs in, kept as long as the test uses it.
+pub(super) struct TestStore {
+    store: EmbeddedStore,
+    tasks: Tasks,
+}
+
+impl std::ops::Deref for TestStore {
+    type Target = EmbeddedStore;
+
+    fn deref(&self) -> &EmbeddedStore {
+        &self.store
+    }
+}
+
+impl TestStore {
+    /// Stops the store (as a process stop does), so that its directory can
+    /// be opened again.
+    pub(super) async fn close(self) {
+        self.tasks.stop(Duration::from_secs(30)).await.unwrap();
+    }
+}
+
+pub(super) fn open_with(dir: &Path, options: EmbeddedOptions) -> TestStore {
+    let tasks = Tasks::new();
+    let store = EmbeddedStore::open(dir, options, &tasks).expect("open");
+    TestStore { store, tasks }
+}
+
+pub(super) fn open(dir: &Path, retention: u64) -> TestStore {
+    open_with(dir, EmbeddedOptions { log_retention_events: retention, ..EmbeddedOptions::default() })
+}
+
+/// The embedded backend as the conformance suite runs it.
+pub(super) struct Backend {
+    store: TestStore,
+    dir: tempfile::TempDir,
+}
+
+/// The log retention of [`Backend`]: small, for the retention check.
+const RETENTION: u64 = 5;
+
+/// A store in a directory of its own.
+pub(super) async fn conformance_backend() -> Backend {
+    let dir = tempfile::tempdir().unwrap();
+    Backend { store: open(dir.path(), RETENTION), dir }
+}
+
+impl crate::conformance::Backend for Backend {
+    fn stores(&self) -> Stores {
+        self.store.stores()
+    }
+
+    fn retention(&self) -> u64 {
+        RETENTION
+    }
+
+    async fn reopen(self) -> Self {
+        self.store.close().await;
+        Backend { store: open(self.dir.path(), RETENTION), dir: self.dir }
+    }
 }
 
 /// Any event: the log does not look inside.
