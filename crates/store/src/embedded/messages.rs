@@ -141,9 +141,12 @@ impl MessageStore for EmbeddedStore {
                         let message = round.deduplicated(&dedup_key, &record)?;
                         return Ok(Stored { message, duplicate: true, appended: Vec::new() });
                     }
-                    // Stored, but its fan-out never written (`insert_message`
-                    // alone, or a crash between an older version's two
-                    // batches): finish it.
+                    // Stored, but its fan-out never written: finish it. Today
+                    // that is an `insert_message` alone. It also serves data
+                    // written before a send became one batch (before commit
+                    // aa0d631), where a crash could fall between the message's
+                    // batch and its fan-out's; that part can go once no such
+                    // data directory is left.
                     Some(record) => Some(record),
                     None => None,
                 };
