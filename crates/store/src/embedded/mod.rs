@@ -25,7 +25,7 @@
 //!
 //! # Writes and reads
 //!
-//! Every write is a job for one writer ([`writer`]): a round runs every
+//! Every write is a job for one writer (`writer.rs`): a round runs every
 //! queued job, writes the round's log rows, fsyncs once, then answers the
 //! round's callers (the group commit). The R1 rule (ack only what is
 //! durable) so costs one fsync per round, not per message; async tasks never
@@ -42,22 +42,22 @@
 //! ([`EmbeddedStore::open`]).
 //!
 //! Sending a message is one job (`MessageStore::insert_and_append`,
-//! [`messages`]) that writes nothing itself: the message, its idempotency
+//! `messages.rs`) that writes nothing itself: the message, its idempotency
 //! record (marked fanned out) and its log entries all go into the round's
 //! rows batch, so a send is atomic, and a retry or an `insert_message` later
 //! in the same round finds the send in the round (`Round::sends`).
 //!
 //! Group messages are read, not written, per member: a member's log follows
 //! the group's timeline through an open group run, without a row per message
-//! ([`log`]); member lists come from memory ([`member_cache`]). Log
+//! (`log.rs`); member lists come from memory (`member_cache.rs`). Log
 //! retention is by count per user ([`EmbeddedOptions::log_retention_events`]).
 //!
 //! # Memory
 //!
-//! The memtable keeper ([`keeper`]) frees flushed memtables off fjall's
+//! The memtable keeper (`keeper.rs`) frees flushed memtables off fjall's
 //! lock; log heads and timeline positions are cached up to
-//! [`EmbeddedOptions::heads_cached`] ([`log`]); member lists up to a fixed
-//! count of ids ([`member_cache`]).
+//! [`EmbeddedOptions::heads_cached`] (`log.rs`); member lists up to a fixed
+//! count of ids (`member_cache.rs`).
 //!
 //! # Lifecycle
 //!
@@ -65,7 +65,8 @@
 //! the given task set's [`Stage::Storage`], which stops after sessions and
 //! services, so their writes in flight finish first. The stop refuses new
 //! writes (UNAVAILABLE), waits until every write already accepted has been
-//! answered, and syncs the database; then the keeper's thread ends.
+//! answered, and syncs the database; the keeper's thread ends on the same
+//! token.
 
 use std::collections::HashMap;
 use std::path::Path;
