@@ -24,8 +24,10 @@ async fn sessions_left_open_by_a_dead_run_are_announced_offline_at_start() {
         connected_at: 1,
     };
     {
-        let store = EmbeddedStore::open(&dir.path().join("store"), EmbeddedOptions::default()).unwrap();
+        let storage = natter_runtime::Tasks::new();
+        let store = EmbeddedStore::open(&dir.path().join("store"), EmbeddedOptions::default(), &storage).unwrap();
         store.opened(&lost).await.unwrap();
+        storage.stop(std::time::Duration::from_secs(30)).await.unwrap();
     }
     let receiver = scenarios::WebhookReceiver::start().await;
     let data_dir = dir.path().to_path_buf();

@@ -41,7 +41,7 @@ async fn serve_grpc(routes: tonic::service::Routes, tasks: &Tasks) -> String {
 async fn gateway_over_remote_roles_delivers_one_to_one() {
     let dir = tempfile::tempdir().unwrap();
     let tasks = Tasks::new();
-    let stores = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap().stores();
+    let stores = EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), &tasks).unwrap().stores();
     let backends = Backends { stores, bus: Arc::new(LocalBus::new()), sessions: Arc::new(LocalSessionRegistry::new()) };
     let limits = Limits::default();
 

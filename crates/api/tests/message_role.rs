@@ -34,6 +34,7 @@ struct Harness {
     addr: SocketAddr,
     stop: CancellationToken,
     _dir: tempfile::TempDir,
+    _storage: natter_runtime::Tasks,
 }
 
 impl Drop for Harness {
@@ -54,7 +55,8 @@ fn serve(listener: TcpListener, api: Arc<MessageService>, stop: CancellationToke
 
 async fn harness() -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let stores = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap().stores();
+    let storage = natter_runtime::Tasks::new();
+    let stores = EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), &storage).unwrap().stores();
     let local = Arc::new(MessageService::new(
         MessageOptions { node_id: 1, limits: limits() },
         stores,
@@ -65,7 +67,7 @@ async fn harness() -> Harness {
     let stop = CancellationToken::new();
     serve(listener, local.clone(), stop.clone());
     let remote = RemoteMessages::connect_lazy(&format!("http://{addr}"), TIMEOUT).unwrap();
-    Harness { local, remote, addr, stop, _dir: dir }
+    Harness { local, remote, addr, stop, _dir: dir, _storage: storage }
 }
 
 fn text(to: &str, chat_type: ChatType, id: &str) -> NewMessage {
@@ -189,7 +191,8 @@ async fn the_role_validates_wire_input() {
 #[tokio::test]
 async fn a_client_made_before_its_role_starts_connects_when_it_does() {
     let dir = tempfile::tempdir().unwrap();
-    let stores = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap().stores();
+    let storage = natter_runtime::Tasks::new();
+    let stores = EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), &storage).unwrap().stores();
     let local = Arc::new(MessageService::new(
         MessageOptions { node_id: 1, limits: limits() },
         stores,

@@ -31,8 +31,8 @@ struct Harness {
 
 async fn harness() -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let stores = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap().stores();
     let tasks = Tasks::new();
+    let stores = EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), &tasks).unwrap().stores();
     let deps = PresenceDeps {
         registry: Arc::new(LocalSessionRegistry::new()),
         store: stores.presence.clone(),

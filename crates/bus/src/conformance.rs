@@ -1,6 +1,7 @@
 //! The behaviour every bus backend must show, run unchanged against each
-//! (`LocalBus` in its unit tests, NATS in `tests/nats.rs`). User names are
-//! unique per call so a shared server can be reused.
+//! (`LocalBus` in its unit tests, NATS in `tests/nats.rs`) through
+//! [`conformance_tests!`](crate::conformance_tests). User names are unique
+//! per call so a shared server can be reused.
 #![allow(clippy::unwrap_used)] // a test suite: a failed unwrap is a failed check
 
 use std::sync::Arc;
@@ -48,11 +49,26 @@ async fn nothing<T: std::fmt::Debug>(stream: &mut BoxStream<'static, T>) {
     }
 }
 
-pub async fn run_all(bus: &dyn Bus) {
-    live_events_reach_every_subscriber_of_that_user_only(bus).await;
-    a_fan_out_gives_each_recipient_its_own_place(bus).await;
-    transient_frames_reach_the_named_users(bus).await;
-    control_reaches_the_gateway(bus).await;
+/// Expands to one `#[tokio::test]` per check, named after it, so that one
+/// failing check does not hide the others; each calls `setup`, an
+/// `async fn() -> impl Bus`, for a bus of its own.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($setup:path) => {
+        $crate::conformance_tests!(@each $setup;
+            live_events_reach_every_subscriber_of_that_user_only,
+            a_fan_out_gives_each_recipient_its_own_place,
+            transient_frames_reach_the_named_users,
+            control_reaches_the_gateway
+        );
+    };
+    (@each $setup:path; $($check:ident),+) => {$(
+        #[tokio::test]
+        async fn $check() {
+            let bus = $setup().await;
+            $crate::conformance::$check(&bus).await;
+        }
+    )+};
 }
 
 pub async fn live_events_reach_every_subscriber_of_that_user_only(bus: &dyn Bus) {

@@ -190,10 +190,11 @@ mod tests {
     use super::*;
     use crate::conformance::live;
 
-    #[tokio::test]
-    async fn conformance_suite_passes() {
-        crate::conformance::run_all(&LocalBus::new()).await;
+    async fn local_bus() -> LocalBus {
+        LocalBus::new()
     }
+
+    crate::conformance_tests!(local_bus);
 
     #[tokio::test]
     async fn the_last_subscriber_out_cleans_up() {

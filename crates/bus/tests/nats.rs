@@ -16,10 +16,7 @@ async fn bus() -> NatsBus {
     }
 }
 
-#[tokio::test]
-async fn conformance_suite_passes_over_nats() {
-    natter_bus::conformance::run_all(&bus().await).await;
-}
+natter_bus::conformance_tests!(bus);
 
 #[tokio::test]
 async fn user_ids_with_dots_get_their_own_subjects() {

@@ -226,6 +226,7 @@ mod tests {
 
     use futures::StreamExt;
     use natter_bus::{Bus, Live, local::LocalBus};
+    use natter_runtime::Tasks;
     use natter_store::embedded::{EmbeddedOptions, EmbeddedStore};
     use natter_types::{ChatType, ErrorCode, Limits, MessageBody, NewMessage};
 
@@ -238,8 +239,9 @@ mod tests {
         UserId::parse(name, "user").unwrap()
     }
 
-    fn service(dir: &std::path::Path) -> (MessageService, LocalBus, natter_store::Stores) {
-        let stores = EmbeddedStore::open(dir, EmbeddedOptions::default()).unwrap().stores();
+    /// `storage` runs the store: it must outlive the service.
+    fn service(dir: &std::path::Path, storage: &Tasks) -> (MessageService, LocalBus, natter_store::Stores) {
+        let stores = EmbeddedStore::open(dir, EmbeddedOptions::default(), storage).unwrap().stores();
         let bus = LocalBus::new();
         let limits = Limits { max_group_members: 4, ..Limits::default() };
         let service = MessageService::new(MessageOptions { node_id: 1, limits }, stores.clone(), Arc::new(bus.clone()));
@@ -261,7 +263,8 @@ mod tests {
     #[tokio::test]
     async fn group_roles_are_enforced() {
         let dir = tempfile::tempdir().unwrap();
-        let (svc, _, _) = service(dir.path());
+        let storage = Tasks::new();
+        let (svc, _, _) = service(dir.path(), &storage);
         let (owner, a, b, out) = (user("owner"), user("a"), user("b"), user("out"));
         let group = svc
             .create_group(&owner, NewGroup { name: "g".into(), members: vec![a.clone()], ..NewGroup::default() })
@@ -298,7 +301,8 @@ mod tests {
     #[tokio::test]
     async fn send_is_idempotent_and_reaches_every_recipient_log_and_live() {
         let dir = tempfile::tempdir().unwrap();
-        let (svc, bus, stores) = service(dir.path());
+        let storage = Tasks::new();
+        let (svc, bus, stores) = service(dir.path(), &storage);
         let (alice, bob) = (user("alice"), user("bob"));
         let mut live = bus.subscribe_user(&bob).await.unwrap();
         let first = svc.send(Actor::User(alice.clone()), text("bob", ChatType::Single, "c1")).await.unwrap();

@@ -166,7 +166,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_journal_holds_the_open_sessions() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(natter_store::embedded::EmbeddedStore::open(dir.path(), Default::default()).unwrap());
+        let storage = natter_runtime::Tasks::new();
+        let store =
+            Arc::new(natter_store::embedded::EmbeddedStore::open(dir.path(), Default::default(), &storage).unwrap());
         let registry = LocalSessionRegistry::with_journal(store.clone());
         let open =
             || async { store.open_sessions().await.unwrap().into_iter().map(|s| s.session.0).collect::<Vec<_>>() };

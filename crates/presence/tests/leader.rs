@@ -119,17 +119,20 @@ struct Shared {
     leases: Arc<LocalLeases>,
     bus: LocalBus,
     _dir: tempfile::TempDir,
+    _storage: natter_runtime::Tasks,
 }
 
 fn shared() -> Shared {
     let dir = tempfile::tempdir().unwrap();
-    let stores = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap().stores();
+    let storage = natter_runtime::Tasks::new();
+    let stores = EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), &storage).unwrap().stores();
     Shared {
         stores,
         registry: Arc::new(LocalSessionRegistry::new()),
         leases: Arc::new(LocalLeases::new()),
         bus: LocalBus::new(),
         _dir: dir,
+        _storage: storage,
     }
 }
 

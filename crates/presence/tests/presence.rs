@@ -37,10 +37,10 @@ fn user(name: &str) -> UserId {
 
 async fn harness(limits: Limits, options: PresenceOptions) -> Harness {
     let dir = tempfile::tempdir().unwrap();
-    let stores = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap().stores();
+    let tasks = Tasks::new();
+    let stores = EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), &tasks).unwrap().stores();
     let bus = LocalBus::new();
     let registry = Arc::new(LocalSessionRegistry::new());
-    let tasks = Tasks::new();
     let deps = PresenceDeps {
         registry: registry.clone(),
         store: stores.presence.clone(),

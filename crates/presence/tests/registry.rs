@@ -7,10 +7,10 @@ use std::sync::Arc;
 use natter_presence::SessionRegistry;
 use natter_presence::local::LocalSessionRegistry;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn local_registry_passes_the_registry_suite() {
-    let registry = Arc::new(LocalSessionRegistry::new());
-    natter_store::conformance::run_registry(registry.as_ref()).await;
-    let shared: Arc<dyn SessionRegistry> = registry;
-    natter_store::conformance::run_registry_concurrent(&[shared.clone(), shared]).await;
+/// One instance stands for every process sharing it.
+async fn local_registry() -> [Arc<dyn SessionRegistry>; 2] {
+    let registry: Arc<dyn SessionRegistry> = Arc::new(LocalSessionRegistry::new());
+    [registry.clone(), registry]
 }
+
+natter_store::conformance_tests!(registry: local_registry);

@@ -107,7 +107,8 @@ fn session_ids(batch: &[serde_json::Value]) -> Vec<String> {
 async fn w1_w2_w5_signed_json_batches_in_order() {
     let (url, receiver) = start_receiver().await;
     let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap().stores();
+    let storage = natter_runtime::Tasks::new();
+    let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), &storage).unwrap().stores();
     let hook = Webhook::new(options(&url), store.outbox.clone()).unwrap();
     // Queue before the worker starts, so the first call carries a batch.
     let statuses = [SessionStatus::Online, SessionStatus::Offline, SessionStatus::LoggedOut];
@@ -150,7 +151,8 @@ async fn w3_timeouts_are_retried_twice_then_dropped_and_many_pause_the_receiver(
     let (url, receiver) = start_receiver().await;
     *receiver.hang.lock() = true;
     let dir = tempfile::tempdir().unwrap();
-    let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap().stores();
+    let storage = natter_runtime::Tasks::new();
+    let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), &storage).unwrap().stores();
     // "Many": 4 timeouts within a minute (sequential 5 s timeouts cannot
     // reach the default 10 within 10 s).
     let opts = WebhookOptions {
@@ -191,12 +193,15 @@ async fn queued_events_survive_a_restart() {
     let (url, receiver) = start_receiver().await;
     let dir = tempfile::tempdir().unwrap();
     {
-        let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap().stores();
+        let storage = natter_runtime::Tasks::new();
+        let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), &storage).unwrap().stores();
         let hook = Webhook::new(options(&url), store.outbox.clone()).unwrap();
         hook.enqueue(&[event("a", SessionStatus::Online, 1), event("a", SessionStatus::Offline, 2)]).await.unwrap();
         // Stopped before any worker ran: the presence role went down.
+        storage.stop(Duration::from_secs(30)).await.unwrap();
     }
-    let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap().stores();
+    let storage = natter_runtime::Tasks::new();
+    let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), &storage).unwrap().stores();
     let hook = Webhook::new(options(&url), store.outbox.clone()).unwrap();
     let (tasks, cancel) = (TaskTracker::new(), CancellationToken::new());
     hook.spawn(&tasks, &cancel);

@@ -27,7 +27,6 @@ pub struct Node {
     pub api_key: String,
     pub tokens: Tokens,
     gateway: Gateway,
-    store: EmbeddedStore,
     grace: Duration,
     tasks: Tasks,
 }
@@ -95,6 +94,7 @@ impl Node {
                 idempotency_window: config.store.idempotency_window(),
                 heads_cached: config.store.heads_cached,
             },
+            &tasks,
         )
         .map_err(|e| anyhow::anyhow!("opening the store in {}: {e}", data_dir.display()))?;
         let journal: Arc<dyn SessionJournal> = Arc::new(store.clone());
@@ -131,7 +131,6 @@ impl Node {
             api_key,
             tokens,
             gateway,
-            store,
             grace: Duration::from_secs(config.server.shutdown_grace_secs),
             tasks,
         })
@@ -154,10 +153,10 @@ impl Node {
 
     /// Ordered stop under one deadline (`server.shutdown_grace_secs`): stop
     /// accepting, tell every session to reconnect (goodbye) and wait for
-    /// them, stop the background jobs, then sync the store.
+    /// them, stop the background jobs, then drain and sync the store (its own
+    /// task, last).
     pub async fn shutdown(self) -> anyhow::Result<()> {
         let stopped = self.tasks.stop(self.grace).await;
-        self.store.sync_all().await.map_err(|e| anyhow::anyhow!("final store sync: {e}"))?;
         tracing::info!("natter stopped");
         stopped
     }

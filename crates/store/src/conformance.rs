@@ -1,6 +1,7 @@
 //! The conformance suite every storage backend must pass, unchanged. A
-//! backend's tests call [`run_all`] with its [`Stores`]; names are unique per
-//! run so a shared database (e.g. a CQL cluster) can be reused.
+//! backend's tests expand [`conformance_tests!`](crate::conformance_tests),
+//! which makes one test per check, each on a backend of its own setup; names
+//! are unique per run so a shared database (e.g. a CQL cluster) can be reused.
 
 #![allow(clippy::unwrap_used)] // a test suite: a failed unwrap is a failed check
 
@@ -65,23 +66,116 @@ fn new_group(owner: &UserId, max_members: u32) -> Group {
     }
 }
 
-/// Runs every check; `retention` is the backend's configured log retention
-/// (events per user), which must be small (≤ 20) for the retention check.
-pub async fn run_all(stores: &Stores, retention: u64) {
-    messages_insert_is_idempotent(stores).await;
-    messages_insert_and_append_fans_out_once(stores).await;
-    messages_idempotency_holds_for_the_window(stores).await;
-    messages_history_pages_both_ways(stores).await;
-    groups_lifecycle(stores).await;
-    groups_size_limit_is_all_or_nothing(stores).await;
-    log_appends_in_order_per_user(stores).await;
-    log_group_sends_follow_membership(stores).await;
-    log_retention_expires_old_cursors(stores, retention).await;
-    log_ack_only_moves_forward(stores).await;
-    presence_subscriptions_expire_cap_and_page(stores).await;
-    presence_fields_round_trip(stores).await;
-    webhook_outbox_is_an_ordered_queue_per_receiver(stores).await;
+/// A store backend as the suite's setup makes one for each check.
+pub trait Backend: Sized {
+    fn stores(&self) -> Stores;
+    /// The log retention (events per user) the backend was opened with; at
+    /// most 20, for the retention check.
+    fn retention(&self) -> u64;
+    /// The same data opened again, as after a restart (for a shared
+    /// database: as another process).
+    fn reopen(self) -> impl Future<Output = Self>;
 }
+
+/// Expands to one `#[tokio::test]` per conformance check, named after the
+/// check, so that one failing check does not hide the others. Each test
+/// calls the setup, `async fn() -> _`, for what it checks:
+///
+/// - `conformance_tests!(stores: setup)`: a [`Backend`](crate::conformance::Backend);
+/// - `conformance_tests!(registry: setup)`: the `SessionRegistry`s standing for
+///   processes that share one registry (one instance twice for an in-process
+///   registry), as a `Vec` or an array of `Arc<dyn SessionRegistry>`;
+/// - `conformance_tests!(leases: setup)`: the same for `Arc<dyn Leases>`.
+///
+/// Checks that expire gateway leases take
+/// [`EXPIRING_LEASES`](crate::conformance::EXPIRING_LEASES) while they run.
+#[macro_export]
+macro_rules! conformance_tests {
+    (stores: $setup:path) => {
+        $crate::conformance_tests!(@stores $setup;
+            messages_insert_is_idempotent,
+            messages_insert_and_append_fans_out_once,
+            messages_idempotency_holds_for_the_window,
+            messages_history_pages_both_ways,
+            groups_lifecycle,
+            groups_size_limit_is_all_or_nothing,
+            log_appends_in_order_per_user,
+            log_group_sends_follow_membership,
+            log_ack_only_moves_forward,
+            presence_subscriptions_expire_cap_and_page,
+            presence_fields_round_trip,
+            webhook_outbox_is_an_ordered_queue_per_receiver
+        );
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn log_retention_expires_old_cursors() {
+            let backend = $setup().await;
+            let stores = $crate::conformance::Backend::stores(&backend);
+            let retention = $crate::conformance::Backend::retention(&backend);
+            $crate::conformance::log_retention_expires_old_cursors(&stores, retention).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn sample_survives_a_restart() {
+            $crate::conformance::sample_survives_a_restart($setup().await).await;
+        }
+    };
+    (registry: $setup:path) => {
+        $crate::conformance_tests!(@one $setup; registry_keeps_the_newest_sessions);
+        $crate::conformance_tests!(@one expiring $setup; registry_expired_leases_take_their_gateways_sessions);
+        $crate::conformance_tests!(@all $setup;
+            registry_cap_holds_under_concurrent_registers,
+            registry_concurrent_changes_lose_and_duplicate_nothing
+        );
+        $crate::conformance_tests!(@all expiring $setup; registry_concurrent_expirers_return_each_session_once);
+    };
+    (leases: $setup:path) => {
+        $crate::conformance_tests!(@one $setup; leases_are_exclusive_and_renewable);
+        $crate::conformance_tests!(@all $setup; claim_node_id_gives_distinct_ids);
+    };
+    (@stores $setup:path; $($check:ident),+) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $check() {
+            let backend = $setup().await;
+            $crate::conformance::$check(&$crate::conformance::Backend::stores(&backend)).await;
+        }
+    )+};
+    (@one $setup:path; $check:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $check() {
+            let instances = $setup().await;
+            $crate::conformance::$check(instances[0].as_ref()).await;
+        }
+    };
+    (@one expiring $setup:path; $check:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $check() {
+            let _one_at_a_time = $crate::conformance::EXPIRING_LEASES.lock().await;
+            let instances = $setup().await;
+            $crate::conformance::$check(instances[0].as_ref()).await;
+        }
+    };
+    (@all $setup:path; $($check:ident),+) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $check() {
+            let instances = $setup().await;
+            $crate::conformance::$check(&instances).await;
+        }
+    )+};
+    (@all expiring $setup:path; $check:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $check() {
+            let _one_at_a_time = $crate::conformance::EXPIRING_LEASES.lock().await;
+            let instances = $setup().await;
+            $crate::conformance::$check(&instances).await;
+        }
+    };
+}
+
+/// Held by each check that expires gateway leases: they use lease times near
+/// 0 and expire every lease below them, so on a shared registry they run one
+/// at a time (as must any other test of that registry that expires leases).
+pub static EXPIRING_LEASES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 pub async fn messages_insert_is_idempotent(stores: &Stores) {
     let (a, b) = (user("a"), user("b"));
@@ -501,6 +595,14 @@ pub async fn webhook_outbox_is_an_ordered_queue_per_receiver(stores: &Stores) {
     assert!(ids[1] > queued[2].0, "ids are not reused after a removal");
 }
 
+/// What one instance writes, the same data opened again reads, and its log
+/// goes on from where it was.
+pub async fn sample_survives_a_restart(backend: impl Backend) {
+    let sample = write_sample(&backend.stores()).await;
+    let backend = backend.reopen().await;
+    check_sample(&backend.stores(), &sample).await;
+}
+
 /// What [`write_sample`] wrote, for [`check_sample`] after a reopen.
 #[derive(Debug)]
 pub struct Sample {
@@ -554,23 +656,6 @@ fn session_info(user: &UserId, session: &str, gateway: &str) -> SessionInfo {
 
 fn session_ids(sessions: &[SessionInfo]) -> Vec<String> {
     sessions.iter().map(|s| s.session.0.clone()).collect()
-}
-
-/// Every registry check that needs one instance. The lease check uses lease
-/// times near 0, so nothing else may expire leases of the same registry
-/// while it runs.
-pub async fn run_registry(registry: &dyn SessionRegistry) {
-    registry_keeps_the_newest_sessions(registry).await;
-    registry_expired_leases_take_their_gateways_sessions(registry).await;
-}
-
-/// Every registry check with concurrent callers; `registries` stand for
-/// processes sharing the registry (pass one instance twice for an
-/// in-process registry).
-pub async fn run_registry_concurrent(registries: &[Arc<dyn SessionRegistry>]) {
-    registry_cap_holds_under_concurrent_registers(registries).await;
-    registry_concurrent_changes_lose_and_duplicate_nothing(registries).await;
-    registry_concurrent_expirers_return_each_session_once(registries).await;
 }
 
 pub async fn registry_keeps_the_newest_sessions(registry: &dyn SessionRegistry) {
@@ -686,7 +771,7 @@ pub async fn registry_concurrent_changes_lose_and_duplicate_nothing(registries: 
     assert_eq!(everything, expected, "none lost");
 }
 
-/// Uses lease times near 0 (see [`run_registry`]).
+/// Uses lease times near 0 (see [`EXPIRING_LEASES`]).
 pub async fn registry_concurrent_expirers_return_each_session_once(registries: &[Arc<dyn SessionRegistry>]) {
     let dead: Vec<String> = (0..3).map(|_| unique("dead")).collect();
     let live = unique("live");

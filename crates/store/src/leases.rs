@@ -107,12 +107,13 @@ mod tests {
         assert!(!leases.acquire("l", "a", ttl).await.unwrap());
     }
 
-    #[tokio::test]
-    async fn conformance() {
+    /// One instance stands for every process: the leases of a single node.
+    async fn local_leases() -> [Arc<dyn Leases>; 2] {
         let leases: Arc<dyn Leases> = Arc::new(LocalLeases::new());
-        crate::conformance::leases_are_exclusive_and_renewable(leases.as_ref()).await;
-        crate::conformance::claim_node_id_gives_distinct_ids(&[leases.clone(), leases]).await;
+        [leases.clone(), leases]
     }
+
+    crate::conformance_tests!(leases: local_leases);
 
     #[tokio::test]
     async fn node_ids_run_out() {

@@ -189,7 +189,9 @@ pub async fn sweeper(subscriptions: usize) -> anyhow::Result<SweeperResult> {
     use natter_types::UserId;
 
     let dir = tempfile::tempdir()?;
-    let stores = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let storage = natter_runtime::Tasks::new();
+    let stores =
+        EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), &storage).map_err(|e| anyhow::anyhow!("{e}"))?;
     let stores = stores.stores();
     let per_subscriber = 1000.min(subscriptions.max(1));
     let subscribers = subscriptions.div_ceil(per_subscriber);

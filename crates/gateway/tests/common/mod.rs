@@ -42,7 +42,7 @@ impl Harness {
     pub async fn start_with(options: GatewayOptions) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let tasks = Tasks::new();
-        let stores = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap().stores();
+        let stores = EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), &tasks).unwrap().stores();
         let bus = Arc::new(LocalBus::new());
         let backends =
             Backends { stores: stores.clone(), bus: bus.clone(), sessions: Arc::new(LocalSessionRegistry::new()) };

@@ -51,3 +51,41 @@ impl CompactionFilter for Filter {
         Ok(if expired { Verdict::Remove } else { Verdict::Keep })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use crate::embedded::test_util::*;
+
+    /// Compaction drops idempotency records past the window and keeps the
+    /// others. (Lookups ignore expired records before that: the conformance
+    /// suite.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn compaction_drops_expired_idempotency_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path(), 100);
+        let ann = UserId::parse("ann", "u").unwrap();
+        let window_ms = i64::try_from(crate::DEFAULT_IDEMPOTENCY_WINDOW.as_millis()).unwrap();
+        let now = natter_types::now_ms();
+        for (id, client, timestamp) in [(1, "old", now - window_ms - 60_000), (2, "new", now - window_ms + 3_600_000)] {
+            let message = Message {
+                id: MessageId(id),
+                client_msg_id: client.into(),
+                from: ann.clone(),
+                to: "ben".into(),
+                chat_type: natter_types::ChatType::Single,
+                timestamp,
+                body: natter_types::MessageBody::Text("hi".into()),
+                ext: Default::default(),
+                from_system: false,
+            };
+            assert_eq!(store.insert_message(&message).await.unwrap(), Inserted::New);
+        }
+        assert!(store.inner.dedup_record(&key2("ann", b"old")).unwrap().is_some(), "stored until compacted");
+        store.inner.dedup.rotate_memtable_and_wait().unwrap();
+        store.inner.dedup.major_compact().unwrap();
+        assert!(store.inner.dedup_record(&key2("ann", b"old")).unwrap().is_none(), "the expired record is gone");
+        assert!(store.inner.dedup_record(&key2("ann", b"new")).unwrap().is_some(), "the live record is kept");
+    }
+}

@@ -5,7 +5,11 @@
 //! Coherent with the keyspace because every batch that changes a group's
 //! members goes through [`MemberCache::invalidate`] once it is visible to
 //! readers, and a list read from the keyspace is kept only if no
-//! invalidation happened while it was read (see [`MemberCache::load`]).
+//! invalidation happened while it was read (see [`MemberCache::load`]), so a
+//! reader never caches a list older than a committed change. The
+//! invalidation runs in the writer's job right after the commit, not after
+//! the caller's await, which may be abandoned. The conformance suite reads
+//! the members before and after every kind of change.
 
 use std::sync::Arc;
 

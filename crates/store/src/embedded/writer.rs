@@ -15,7 +15,7 @@
 //! round as one row, in one batch after its jobs and before the fsync. A
 //! group's concurrent sends to the same members then cost one row per member
 //! and round, not per message, and none for a member whose open group run
-//! already covers them (the user log section of `embedded.rs`). A send's
+//! already covers them ([`super::log`]). A send's
 //! message and idempotency record go into that batch too, so a send is
 //! atomic; later jobs of the round see it through the round
 //! (`Round::sends`). A job whose own batch must come after those rows in
@@ -26,6 +26,10 @@
 //! runs rounds back to back on one pool thread. Being a blocking task also
 //! keeps a paused test clock from jumping ahead while a write is in flight, as
 //! it would if the runtime looked idle while waiting for a thread of its own.
+//!
+//! The store's stop closes the writer ([`Writer::close`]): a job submitted
+//! after that is refused with UNAVAILABLE, and the stop waits until every
+//! job queued or in a running round has been answered.
 //!
 //! Reads do not go through the writer; they run on the caller's task.
 
@@ -40,7 +44,8 @@ use natter_types::{Error, Result, UserId};
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::oneshot;
 
-use super::{Inner, Run, UserMap, storage_err};
+use super::log::Run;
+use super::{Inner, UserMap, storage_err};
 use crate::Appended;
 
 /// Jobs per round at most, so one round's callers wait a bounded time.
@@ -129,10 +134,16 @@ struct State {
     queue: VecDeque<Job>,
     /// A blocking task is running rounds.
     running: bool,
+    /// The store is stopping: no new jobs.
+    closed: bool,
 }
 
 fn stopped() -> Error {
     Error::unavailable("storage: the store's writer has stopped")
+}
+
+fn stopping() -> Error {
+    Error::unavailable("the store is stopping")
 }
 
 impl Writer {
@@ -176,6 +187,9 @@ impl Writer {
         });
         let start = {
             let mut state = self.shared.state.lock();
+            if state.closed {
+                return Err(stopping());
+            }
             state.queue.push_back(job);
             !std::mem::replace(&mut state.running, true)
         };
@@ -190,6 +204,23 @@ impl Writer {
         }
         answered.await.map_err(|_| stopped())?
     }
+
+    /// Refuses new jobs, then returns once every job already queued or in a
+    /// running round has been answered: what was accepted is not lost.
+    pub(super) async fn close(&self) {
+        self.shared.state.lock().closed = true;
+        let shared = self.shared.clone();
+        // Waits on the writer's condvar: on a blocking thread, not a worker.
+        let drained = tokio::task::spawn_blocking(move || {
+            let mut state = shared.state.lock();
+            while state.running {
+                shared.idle.wait(&mut state);
+            }
+        });
+        if let Err(e) = drained.await {
+            tracing::error!(error = %e, "waiting for the store's writer failed");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -197,6 +228,11 @@ impl Writer {
     /// Jobs waiting for a round.
     pub(super) fn queued(&self) -> usize {
         self.shared.state.lock().queue.len()
+    }
+
+    /// Whether new jobs are refused.
+    pub(super) fn closed(&self) -> bool {
+        self.shared.state.lock().closed
     }
 
     /// Holds the writer in a round of its own until the returned sender
@@ -300,7 +336,8 @@ impl Rounds {
             let synced_at = Instant::now();
             if synced_at - started >= SLOW_ROUND {
                 // Every message of the round waited this long; which phase
-                // says what held it (docs/PERFORMANCE.md, "1:1 tail").
+                // says what held it (docs/PERFORMANCE.md ("1:1 tail latency:
+                // memtable release and fsync stalls")).
                 let ms = |from: Instant, to: Instant| (to - from).as_secs_f64() * 1e3;
                 tracing::debug!(
                     jobs = count,
@@ -328,14 +365,15 @@ mod tests {
     use natter_types::{ErrorCode, UserId};
 
     use crate::UserLog;
-    use crate::embedded::{EmbeddedOptions, EmbeddedStore};
+    use crate::embedded::EmbeddedOptions;
+    use crate::embedded::test_util::open_with;
 
     /// A job that panics (a bug) fails its own caller only; the other jobs
     /// of its round, and later ones, are written.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_panicking_job_fails_only_its_caller() {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap();
+        let store = open_with(dir.path(), EmbeddedOptions::default());
         // The next two jobs queue up and run in one round together.
         let (release, holder) = store.writer.hold().await;
         let failed = {
