@@ -4,7 +4,7 @@
 //! keyspace's version lock for writing, and every insert takes that lock for
 //! reading. When that drop frees the memtable, node by node, every write
 //! waits for it: tens of milliseconds for an 8 MiB memtable
-//! (docs/PERFORMANCE.md ("Memtables freed off fjall's lock")). The keeper
+//! (docs/PERFORMANCE.md#11-tail-latency). The keeper
 //! holds a reference to every memtable it has seen active, so fjall's drop
 //! only decrements a count, and frees each one here once it holds the last
 //! reference.

@@ -37,7 +37,7 @@
 //! A round's latency follows fjall's: fjall installs a compaction's result
 //! (fsyncing its last table and the version file) and a flush's version file
 //! under the lock every write takes, and the round's fsync can wait for the
-//! disk's writeback of a table (docs/PERFORMANCE.md ("1:1 tail latency")).
+//! disk's writeback of a table (docs/PERFORMANCE.md#11-tail-latency).
 //! Hence small memtables and compaction tables, and one fjall worker
 //! ([`EmbeddedStore::open`]).
 //!
@@ -126,7 +126,7 @@ const DEDUP: &str = "dedup";
 /// Default [`EmbeddedOptions::memtable_bytes`], against fjall's 64 MiB: writes
 /// stall while fjall retires a flushed memtable and while it installs a
 /// compaction's result, and those stalls grow with the memtable, while
-/// throughput does not (docs/PERFORMANCE.md ("8 MiB memtables")).
+/// throughput does not (docs/PERFORMANCE.md#settings-that-matter).
 pub const DEFAULT_MEMTABLE_BYTES: u64 = 8 << 20;
 
 impl Default for EmbeddedOptions {
@@ -251,8 +251,7 @@ impl EmbeddedStore {
         // One background worker for flushes and compactions: with more,
         // fjall 3.1's worker 0 hands every compaction request back to the
         // queue and takes it again, a busy loop for as long as another worker
-        // compacts (docs/PERFORMANCE.md ("One encoding per fan-out, one fjall
-        // worker")).
+        // compacts (docs/PERFORMANCE.md#settings-that-matter).
         let expiry = DedupExpiry::factory(options.idempotency_window);
         let db = Database::builder(path)
             .worker_threads(1)
@@ -262,8 +261,8 @@ impl EmbeddedStore {
         let memtable = options.memtable_bytes;
         // Compactions write tables of a memtable's size, not fjall's 64 MiB:
         // a compaction syncs its last table while it holds the keyspace's
-        // version lock, which every write waits for (docs/PERFORMANCE.md
-        // ("Where the time goes")). fjall records the size with the
+        // version lock, which every write waits for
+        // (docs/PERFORMANCE.md#settings-that-matter). fjall records the size with the
         // keyspace, as it does the memtable's.
         let compaction = Arc::new(fjall::compaction::Leveled::default().with_table_target_size(memtable));
         let ks = |name: &str| {

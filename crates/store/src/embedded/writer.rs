@@ -336,8 +336,7 @@ impl Rounds {
             let synced_at = Instant::now();
             if synced_at - started >= SLOW_ROUND {
                 // Every message of the round waited this long; which phase
-                // says what held it (docs/PERFORMANCE.md ("1:1 tail latency:
-                // memtable release and fsync stalls")).
+                // says what held it (docs/PERFORMANCE.md#11-tail-latency).
                 let ms = |from: Instant, to: Instant| (to - from).as_secs_f64() * 1e3;
                 tracing::debug!(
                     jobs = count,
