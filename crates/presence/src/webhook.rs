@@ -49,8 +49,11 @@ impl Default for WebhookOptions {
             app_secret: String::new(),
             timeout_ms: 5_000,
             retries: 2,
-            trip_timeouts: 10,
-            trip_window_ms: 10_000,
+            // A receiver's calls run one after another, so the window must
+            // hold this many whole timeouts: four unanswered calls (20 s)
+            // within a minute pause it.
+            trip_timeouts: 4,
+            trip_window_ms: 60_000,
             pause_ms: 60_000,
             max_batch: 100,
         }
@@ -71,6 +74,15 @@ impl WebhookOptions {
         }
         if self.timeout_ms == 0 || self.max_batch == 0 || self.trip_timeouts == 0 {
             return Err("presence.webhook.timeout_ms, max_batch and trip_timeouts must be greater than 0".into());
+        }
+        // Calls to one receiver are sequential: a window shorter than this
+        // many timeouts could never see them and would never pause.
+        let needed = self.timeout_ms.saturating_mul(self.trip_timeouts as u64);
+        if self.trip_window_ms < needed {
+            return Err(format!(
+                "presence.webhook.trip_window_ms is {} ms; {} timeouts of {} ms need at least {needed} ms",
+                self.trip_window_ms, self.trip_timeouts, self.timeout_ms
+            ));
         }
         Ok(())
     }
@@ -313,5 +325,13 @@ mod tests {
         // The FIPS 180 test vector: sha1("abc").
         assert_eq!(signature("a", "b", "c"), "a9993e364706816aba3e25717850c26c9cd0d89d");
         assert_ne!(signature("a", "c", "b"), signature("a", "b", "c"), "order matters");
+    }
+
+    #[test]
+    fn w3_a_window_that_cannot_hold_the_timeouts_is_refused() {
+        WebhookOptions::default().validate().expect("the defaults can pause a receiver");
+        let never = WebhookOptions { trip_timeouts: 10, trip_window_ms: 10_000, ..WebhookOptions::default() };
+        let err = never.validate().expect_err("10 sequential 5 s timeouts never fit in 10 s");
+        assert!(err.contains("presence.webhook.trip_window_ms") && err.contains("50000"), "{err}");
     }
 }

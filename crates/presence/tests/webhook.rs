@@ -153,13 +153,12 @@ async fn w3_timeouts_are_retried_twice_then_dropped_and_many_pause_the_receiver(
     let dir = tempfile::tempdir().unwrap();
     let storage = natter_runtime::Tasks::new();
     let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), &storage).unwrap().stores();
-    // "Many": 4 timeouts within a minute (sequential 5 s timeouts cannot
-    // reach the default 10 within 10 s).
+    // "Many": the defaults, 4 timeouts within a minute.
     let opts = WebhookOptions {
         timeout_ms: defaults.timeout_ms,
         pause_ms: defaults.pause_ms,
-        trip_timeouts: 4,
-        trip_window_ms: 60_000,
+        trip_timeouts: defaults.trip_timeouts,
+        trip_window_ms: defaults.trip_window_ms,
         ..options(&url)
     };
     let hook = Webhook::new(opts, store.outbox.clone()).unwrap();
