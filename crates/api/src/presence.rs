@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use natter_proto::api::{self as wire, decode, reply, user_strings};
+use natter_proto::api::{self as wire, decode, field, reply, user_strings};
 use natter_proto::status_from_error;
 use natter_proto::v1;
 use natter_proto::v1::presence_role_client::PresenceRoleClient;
@@ -72,11 +72,6 @@ impl PresenceRoleServer {
 }
 
 type Reply<T> = std::result::Result<Response<T>, Status>;
-
-/// A request field that does not decode: the caller's error, as a status.
-fn field<T>(decoded: Result<T>) -> std::result::Result<T, Status> {
-    decoded.map_err(|e| status_from_error(&e))
-}
 
 #[tonic::async_trait]
 impl PresenceRole for PresenceRoleServer {

@@ -108,6 +108,11 @@ where
     wire.into_iter().map(T::try_from).collect()
 }
 
+/// A request field that does not decode, as the gRPC status the caller gets.
+pub fn field<T>(decoded: t::Result<T>) -> Result<T, tonic::Status> {
+    decoded.map_err(|e| crate::status_from_error(&e))
+}
+
 /// A domain answer as a gRPC response; an error crosses as its status
 /// (code, field and message, see `status_from_error`).
 pub fn reply<D, W>(result: t::Result<D>) -> Result<tonic::Response<W>, tonic::Status>

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use natter_api::{MessageApi, PresenceApi};
 use natter_gateway::Tokens;
-use natter_proto::api::{self as wire, reply};
+use natter_proto::api::{self as wire, field, reply};
 use natter_proto::status_from_error;
 use natter_proto::v1::{self, backend_server::Backend};
 use natter_types::{Actor, Error, ErrorCode};
@@ -23,11 +23,6 @@ type Reply<T> = Result<Response<T>, Status>;
 
 fn status(e: Error) -> Status {
     status_from_error(&e)
-}
-
-/// A request field that does not decode: the caller's error, as a status.
-fn field<T>(decoded: natter_types::Result<T>) -> Result<T, Status> {
-    decoded.map_err(status)
 }
 
 #[tonic::async_trait]
