@@ -112,7 +112,7 @@ impl MessageApi for MessageService {
             ext: new.ext,
             from_system: from == Actor::System,
         };
-        let stored = self.stores.messages.insert_and_append(&message, &recipients, self.stores.log.as_ref()).await?;
+        let stored = self.stores.messages.insert_and_append(&message, &recipients, true, self.stores.log.as_ref()).await?;
         let Stored { message, duplicate, appended } = stored;
         let outcome = SendOutcome {
             client_msg_id: message.client_msg_id.clone(),

@@ -89,6 +89,71 @@ pub fn closed_status(raw: i32) -> t::Result<t::SessionStatus> {
     crate::session_status(raw).ok_or_else(|| t::Error::bad_request("status", "must be ONLINE, OFFLINE or LOGGED_OUT"))
 }
 
+/// A conversation a request names by its id and type; errors name both
+/// fields as the request spells them.
+pub fn conversation(id: &str, chat_type: i32, id_field: &str, type_field: &str) -> t::Result<t::ConversationId> {
+    t::ConversationId::parse(crate::chat_type(chat_type), id, id_field, type_field)
+}
+
+/// A conversation-list request (C1; C3 with `pinned`).
+pub fn list_query(page_size: u32, cursor: String, pinned: bool) -> t::Result<t::ListQuery> {
+    Ok(t::ListQuery { pinned, page_size: t::page_size(page_size, "page_size")?, cursor })
+}
+
+pub fn pin(p: &v1::PinConversation) -> t::Result<(t::ConversationId, bool)> {
+    Ok((conversation(&p.conversation_id, p.conversation_type, "conversation_id", "conversation_type")?, p.is_pinned))
+}
+
+/// A history request (C5): the cursor is a message id, empty or -1 for none.
+pub fn history_query(q: &v1::GetHistoryMessages) -> t::Result<(t::ConversationId, t::HistoryQuery)> {
+    let conversation = conversation(&q.target_id, q.chat_type, "target_id", "chat_type")?;
+    let cursor = match q.cursor.trim() {
+        "" | "-1" => None,
+        raw => Some(t::MessageId(raw.parse().map_err(|_| {
+            t::Error::bad_request("cursor", format!("{raw:?} is not a message id (digits; empty or -1 for the newest)"))
+        })?)),
+    };
+    let direction = match v1::SearchDirection::try_from(q.search_direction) {
+        Ok(v1::SearchDirection::Unspecified | v1::SearchDirection::Up) => t::Direction::Up,
+        Ok(v1::SearchDirection::Down) => t::Direction::Down,
+        Err(_) => return Err(t::Error::bad_request("search_direction", "must be UP or DOWN")),
+    };
+    Ok((conversation, t::HistoryQuery { cursor, page_size: t::page_size(q.page_size, "page_size")?, direction }))
+}
+
+/// A one-way delete (C6): by time or by at most 50 ids, not both.
+pub fn removal(r: &v1::RemoveHistoryMessages) -> t::Result<(t::ConversationId, t::Removal)> {
+    let conversation = conversation(&r.target_id, r.chat_type, "target_id", "chat_type")?;
+    let removal = match (r.before_timestamp, r.message_ids.as_slice()) {
+        (0, []) => {
+            return Err(t::Error::bad_request("before_timestamp", "give before_timestamp or message_ids"));
+        }
+        (before, []) if before < 0 => {
+            return Err(t::Error::bad_request("before_timestamp", "must be a time in ms since the Unix epoch"));
+        }
+        (before, []) => t::Removal::Before(before),
+        (0, ids) if ids.len() > t::MAX_REMOVED_IDS => {
+            return Err(t::Error::limit(
+                "message_ids",
+                format!("has {} ids, the limit is {}", ids.len(), t::MAX_REMOVED_IDS),
+            ));
+        }
+        (0, ids) => t::Removal::Ids(ids.iter().copied().map(t::MessageId).collect()),
+        _ => return Err(t::Error::bad_request("message_ids", "give before_timestamp or message_ids, not both")),
+    };
+    Ok((conversation, removal))
+}
+
+/// A conversation delete (C7) and whether its history goes too.
+pub fn deletion(d: &v1::DeleteConversation) -> t::Result<(t::ConversationId, bool)> {
+    Ok((conversation(&d.channel, d.chat_type, "channel", "chat_type")?, d.delete_roam))
+}
+
+/// The conversation a read receipt marks read.
+pub fn channel_ack(a: &v1::SendChannelAck) -> t::Result<t::ConversationId> {
+    conversation(&a.to, a.chat_type, "to", "chat_type")
+}
+
 pub fn user_strings(users: &[t::UserId]) -> Vec<String> {
     users.iter().map(ToString::to_string).collect()
 }
@@ -225,6 +290,68 @@ impl TryFrom<v1::SubscriptionPage> for t::SubscriptionPage {
 
     fn try_from(page: v1::SubscriptionPage) -> Result<Self, DecodeError> {
         Ok(Self { subscriptions: decode_all(page.subscriptions)?, total: page.total as usize })
+    }
+}
+
+impl From<&t::ConversationItem> for v1::ConversationItem {
+    fn from(c: &t::ConversationItem) -> Self {
+        Self {
+            conversation_id: c.id.target.clone(),
+            conversation_type: v1::ChatType::from(c.id.chat_type) as i32,
+            is_pinned: c.pinned_at > 0,
+            pinned_time: c.pinned_at,
+            last_message: c.last_message.as_ref().map(Into::into),
+            un_read_count: c.unread,
+        }
+    }
+}
+
+impl From<&t::ConversationPage> for v1::ConversationPage {
+    fn from(p: &t::ConversationPage) -> Self {
+        Self { conversations: p.conversations.iter().map(Into::into).collect(), cursor: p.cursor.clone() }
+    }
+}
+
+impl TryFrom<v1::ConversationPage> for t::ConversationPage {
+    type Error = DecodeError;
+
+    fn try_from(p: v1::ConversationPage) -> Result<Self, DecodeError> {
+        let conversations = p
+            .conversations
+            .into_iter()
+            .map(|c| {
+                let last_message: Option<t::Message> = c.last_message.map(TryInto::try_into).transpose()?;
+                Ok(t::ConversationItem {
+                    id: conversation(&c.conversation_id, c.conversation_type, "conversation_id", "conversation_type")?,
+                    pinned_at: c.pinned_time,
+                    activity: last_message.as_ref().map_or(0, |m| m.timestamp),
+                    last_message,
+                    unread: c.un_read_count,
+                })
+            })
+            .collect::<Result<_, DecodeError>>()?;
+        Ok(Self { conversations, cursor: p.cursor })
+    }
+}
+
+impl From<&t::HistoryPage> for v1::HistoryPage {
+    fn from(p: &t::HistoryPage) -> Self {
+        Self {
+            messages: p.messages.iter().map(Into::into).collect(),
+            cursor: p.cursor.map(|c| c.0.to_string()).unwrap_or_default(),
+        }
+    }
+}
+
+impl TryFrom<v1::HistoryPage> for t::HistoryPage {
+    type Error = DecodeError;
+
+    fn try_from(p: v1::HistoryPage) -> Result<Self, DecodeError> {
+        let cursor = match p.cursor.as_str() {
+            "" => None,
+            raw => Some(t::MessageId(raw.parse().map_err(|_| DecodeError(format!("history cursor {raw:?}")))?)),
+        };
+        Ok(Self { messages: decode_all(p.messages)?, cursor })
     }
 }
 

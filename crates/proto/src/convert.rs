@@ -203,6 +203,7 @@ impl From<&t::Message> for v1::Message {
             body: Some(body_to_wire(&m.body)),
             ext: m.ext.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             from_system: m.from_system,
+            position: m.pos,
         }
     }
 }
@@ -227,6 +228,7 @@ impl TryFrom<v1::Message> for t::Message {
             body,
             ext: m.ext.into_iter().collect::<BTreeMap<_, _>>(),
             from_system: m.from_system,
+            pos: m.position,
         })
     }
 }
@@ -386,6 +388,85 @@ impl TryFrom<v1::GroupChange> for t::GroupChange {
     }
 }
 
+// ---- conversation events ----
+
+impl From<t::MultiDeviceOperation> for v1::MultiDeviceOperation {
+    fn from(o: t::MultiDeviceOperation) -> Self {
+        match o {
+            t::MultiDeviceOperation::PinnedConversation => Self::PinnedConversation,
+            t::MultiDeviceOperation::UnpinnedConversation => Self::UnpinnedConversation,
+            t::MultiDeviceOperation::DeleteRoaming => Self::DeleteRoaming,
+            t::MultiDeviceOperation::DeleteConversation => Self::DeleteConversation,
+        }
+    }
+}
+
+impl From<&t::ConversationEvent> for v1::MultiDeviceEvent {
+    fn from(e: &t::ConversationEvent) -> Self {
+        Self {
+            operation: v1::MultiDeviceOperation::from(e.operation) as i32,
+            conversation_id: e.conversation.target.clone(),
+            conversation_type: v1::ChatType::from(e.conversation.chat_type) as i32,
+            time: e.time,
+            message_ids: e.message_ids.iter().map(|id| id.0).collect(),
+            before_timestamp: e.before,
+            delete_roam: e.delete_roam,
+        }
+    }
+}
+
+impl TryFrom<v1::MultiDeviceEvent> for t::ConversationEvent {
+    type Error = DecodeError;
+
+    fn try_from(e: v1::MultiDeviceEvent) -> Result<Self, DecodeError> {
+        use v1::MultiDeviceOperation as W;
+        let operation = match W::try_from(e.operation) {
+            Ok(W::PinnedConversation) => t::MultiDeviceOperation::PinnedConversation,
+            Ok(W::UnpinnedConversation) => t::MultiDeviceOperation::UnpinnedConversation,
+            Ok(W::DeleteRoaming) => t::MultiDeviceOperation::DeleteRoaming,
+            Ok(W::DeleteConversation) => t::MultiDeviceOperation::DeleteConversation,
+            Ok(W::Unspecified) | Err(_) => return Err(DecodeError("multi-device operation".into())),
+        };
+        Ok(Self {
+            operation,
+            conversation: t::ConversationId::parse(
+                chat_type(e.conversation_type),
+                &e.conversation_id,
+                "conversation_id",
+                "conversation_type",
+            )?,
+            time: e.time,
+            message_ids: e.message_ids.into_iter().map(t::MessageId).collect(),
+            before: e.before_timestamp,
+            delete_roam: e.delete_roam,
+        })
+    }
+}
+
+impl From<&t::ChannelAck> for v1::ChannelAck {
+    fn from(a: &t::ChannelAck) -> Self {
+        Self {
+            from: a.from.to_string(),
+            to: a.to.clone(),
+            chat_type: v1::ChatType::from(a.chat_type) as i32,
+            time: a.time,
+        }
+    }
+}
+
+impl TryFrom<v1::ChannelAck> for t::ChannelAck {
+    type Error = DecodeError;
+
+    fn try_from(a: v1::ChannelAck) -> Result<Self, DecodeError> {
+        Ok(Self {
+            from: t::UserId::parse(&a.from, "from")?,
+            to: a.to,
+            chat_type: chat_type(a.chat_type).ok_or_else(|| DecodeError("channel ack chat type".into()))?,
+            time: a.time,
+        })
+    }
+}
+
 // ---- log events ----
 
 impl From<&t::LogEvent> for v1::LogEvent {
@@ -393,6 +474,8 @@ impl From<&t::LogEvent> for v1::LogEvent {
         let kind = match e {
             t::LogEvent::Message(m) => v1::log_event::Kind::Message(m.into()),
             t::LogEvent::GroupChange(c) => v1::log_event::Kind::GroupChange(c.into()),
+            t::LogEvent::Conversation(c) => v1::log_event::Kind::MultiDevice(c.into()),
+            t::LogEvent::ChannelAck(a) => v1::log_event::Kind::ChannelAck(a.into()),
         };
         Self { kind: Some(kind) }
     }
@@ -405,6 +488,8 @@ impl TryFrom<v1::LogEvent> for t::LogEvent {
         match e.kind.ok_or_else(|| DecodeError("empty log event".into()))? {
             v1::log_event::Kind::Message(m) => Ok(Self::Message(m.try_into()?)),
             v1::log_event::Kind::GroupChange(c) => Ok(Self::GroupChange(c.try_into()?)),
+            v1::log_event::Kind::MultiDevice(c) => Ok(Self::Conversation(c.try_into()?)),
+            v1::log_event::Kind::ChannelAck(a) => Ok(Self::ChannelAck(a.try_into()?)),
         }
     }
 }
@@ -419,6 +504,8 @@ pub fn event_frame(seq: u64, event: &t::LogEvent) -> v1::Event {
             t::MessageBody::Custom { .. } => Kind::OnCustomMessage(m.into()),
         },
         t::LogEvent::GroupChange(c) => Kind::OnGroupChange(c.into()),
+        t::LogEvent::Conversation(c) => Kind::OnMultiDeviceEvent(c.into()),
+        t::LogEvent::ChannelAck(a) => Kind::OnChannelMessage(a.into()),
     };
     v1::Event { seq, kind: Some(kind) }
 }

@@ -57,14 +57,7 @@ pub enum Inserted {
     Duplicate { message: Message, fanned_out: bool },
 }
 
-/// Order of a history page.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    /// Newest first.
-    Up,
-    /// Oldest first.
-    Down,
-}
+pub use natter_types::Direction;
 
 /// What [`MessageStore::insert_and_append`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,34 +84,29 @@ pub trait MessageStore: Send + Sync + 'static {
     /// retry of the same client message id does not fan out again.
     async fn mark_fanned_out(&self, sender: &UserId, client_msg_id: &str) -> Result<()>;
 
-    /// What sending a message stores: the message with its idempotency record
-    /// ([`insert_message`](Self::insert_message)), its event in every
-    /// recipient's log (`log`, the same backend's log), and the fanned-out
-    /// mark. A duplicate whose fan-out was interrupted (a crash or error
-    /// between the steps) is appended now; one whose fan-out completed is not
-    /// appended again. Durable when it returns `Ok`.
+    /// What sending a message stores, durably when it returns `Ok`: the
+    /// message with its idempotency record, its event in every recipient's
+    /// log (`log`, the same backend's log), and the fanned-out mark.
     ///
-    /// This default takes three writes; the embedded backend overrides it
-    /// with one atomic write and one fsync.
-    async fn insert_and_append(&self, message: &Message, recipients: &[UserId], log: &dyn UserLog) -> Result<Stored> {
-        let (message, duplicate, fanned_out) = match self.insert_message(message).await? {
-            Inserted::New => (message.clone(), false, false),
-            Inserted::Duplicate { message, fanned_out } => (message, true, fanned_out),
-        };
-        if fanned_out {
-            return Ok(Stored { message, duplicate, appended: Vec::new() });
-        }
-        if duplicate {
-            tracing::info!(id = %message.id, "completing interrupted fan-out on retry");
-        }
-        let appended = if recipients.is_empty() {
-            Vec::new()
-        } else {
-            log.append(recipients, &LogEvent::Message(message.clone())).await?
-        };
-        self.mark_fanned_out(&message.from, &message.client_msg_id).await?;
-        Ok(Stored { message, duplicate, appended })
-    }
+    /// When `counted` (C2: every message from a device; from the backend only
+    /// when the operator turns it on), the message takes the next position of
+    /// its conversation (`Stored::message.pos`; 0 when not counted) and the
+    /// conversation's head moves to it; a 1:1 message also gives both users
+    /// (not the system) their state of the conversation if they had none, or
+    /// brings it back to the list of a user who deleted it (C7); and the
+    /// sender's read position moves to it, so one's own messages are never
+    /// unread.
+    ///
+    /// A duplicate whose fan-out was interrupted (a crash or error between
+    /// the steps) is appended now; one whose fan-out completed is not
+    /// appended again; neither takes a second position.
+    async fn insert_and_append(
+        &self,
+        message: &Message,
+        recipients: &[UserId],
+        counted: bool,
+        log: &dyn UserLog,
+    ) -> Result<Stored>;
 
     async fn get_message(&self, conversation: &ConversationKey, id: MessageId) -> Result<Option<Message>>;
 
@@ -131,6 +119,142 @@ pub trait MessageStore: Send + Sync + 'static {
         direction: Direction,
         limit: usize,
     ) -> Result<Vec<Message>>;
+}
+
+/// Where a conversation's timeline ends (C1, C2): written by every counted
+/// message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConversationHead {
+    /// The newest counted message's position (positions are 1, 2, …).
+    pub pos: u64,
+    pub last_id: MessageId,
+    /// The newest counted message's timestamp.
+    pub last_time: i64,
+}
+
+/// A user's own state of one conversation. Positions are those of the
+/// conversation's timeline ([`Message::pos`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserConversation {
+    pub conversation: ConversationKey,
+    /// When the user's state began (ms): a 1:1 conversation's first message,
+    /// or the first change to a group's state.
+    pub created_at: i64,
+    /// The user has read everything at or below.
+    pub read_pos: u64,
+    /// Messages at or below this position, and with ids at or below
+    /// `cleared_id`, are gone for the user (C6 by time, C7 with deleteRoam).
+    pub cleared_pos: u64,
+    pub cleared_id: MessageId,
+    /// Deleted from the list (C7) when the head was here: listed again once
+    /// the head passes it. `None`: listed.
+    pub hidden_pos: Option<u64>,
+    /// When pinned (ms); 0 if not.
+    pub pinned_at: i64,
+}
+
+impl UserConversation {
+    /// The state of a user who never changed the conversation.
+    pub fn new(conversation: ConversationKey, created_at: i64) -> Self {
+        Self {
+            conversation,
+            created_at,
+            read_pos: 0,
+            cleared_pos: 0,
+            cleared_id: MessageId(0),
+            hidden_pos: None,
+            pinned_at: 0,
+        }
+    }
+
+    /// Applies a change (what every backend's [`ConversationStore::update`]
+    /// does to the stored state).
+    pub fn apply(&mut self, change: &ConversationChange) {
+        match *change {
+            ConversationChange::Read { pos } => self.read_pos = self.read_pos.max(pos),
+            ConversationChange::Pin { at } => self.pinned_at = at,
+            ConversationChange::Unpin => self.pinned_at = 0,
+            ConversationChange::Clear { pos, id } => {
+                self.cleared_pos = self.cleared_pos.max(pos);
+                self.cleared_id = self.cleared_id.max(id);
+            }
+            ConversationChange::Hide { pos } => {
+                self.hidden_pos = Some(pos);
+                self.read_pos = self.read_pos.max(pos);
+                self.pinned_at = 0;
+            }
+        }
+    }
+
+    /// Whether the conversation is on the user's list, its head being `head`.
+    pub fn listed(&self, head: u64) -> bool {
+        self.hidden_pos.is_none_or(|hidden| head > hidden)
+    }
+}
+
+/// One change to a user's state of a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConversationChange {
+    /// Read up to `pos` (the read position never moves back).
+    Read { pos: u64 },
+    Pin { at: i64 },
+    Unpin,
+    /// Gone for the user at or below `pos` / `id` (never moves back).
+    Clear { pos: u64, id: MessageId },
+    /// Off the list until the head passes `pos`; read up to it; unpinned.
+    Hide { pos: u64 },
+}
+
+/// Conversation state (C1–C7): each conversation's head, each user's state
+/// of each conversation, and the messages a user deleted one way. Heads are
+/// moved by [`MessageStore::insert_and_append`]; the rest is written here.
+/// A group member has no state of the group's conversation until they
+/// change it, send to it or delete from it: a group message writes the
+/// group's head and its sender's state, never a row per member.
+#[async_trait]
+pub trait ConversationStore: Send + Sync + 'static {
+    /// The heads of these conversations, in order; `None` for one without a
+    /// counted message.
+    async fn heads(&self, conversations: &[ConversationKey]) -> Result<Vec<Option<ConversationHead>>>;
+
+    /// Every conversation the user has state of, in no particular order.
+    async fn user_conversations(&self, user: &UserId) -> Result<Vec<UserConversation>>;
+
+    async fn user_conversation(&self, user: &UserId, conversation: &ConversationKey)
+    -> Result<Option<UserConversation>>;
+
+    /// Applies `change` to the user's state of the conversation (made with
+    /// `created_at = now` if there is none) and returns the new state. One
+    /// change never undoes a concurrent one to another field (a pin does
+    /// not move the read position a concurrent send moved).
+    async fn update(
+        &self,
+        user: &UserId,
+        conversation: &ConversationKey,
+        change: ConversationChange,
+        now: i64,
+    ) -> Result<UserConversation>;
+
+    /// Drops the user's state of the conversation (past the list's cap, C2)
+    /// with the messages they deleted in it.
+    async fn forget(&self, user: &UserId, conversation: &ConversationKey) -> Result<()>;
+
+    /// C6: these messages, with their positions, are gone for the user.
+    async fn remove_messages(
+        &self,
+        user: &UserId,
+        conversation: &ConversationKey,
+        messages: &[(MessageId, u64)],
+    ) -> Result<()>;
+
+    /// The messages the user deleted in the conversation with ids above
+    /// `after`, ascending by id, with their positions.
+    async fn removed_messages(
+        &self,
+        user: &UserId,
+        conversation: &ConversationKey,
+        after: MessageId,
+    ) -> Result<Vec<(MessageId, u64)>>;
 }
 
 /// Outcome of adding members under the group's size limit.
@@ -349,6 +473,7 @@ pub struct Stores {
     pub log: Arc<dyn UserLog>,
     pub presence: Arc<dyn PresenceStore>,
     pub outbox: Arc<dyn WebhookOutbox>,
+    pub conversations: Arc<dyn ConversationStore>,
 }
 
 impl std::fmt::Debug for Stores {

@@ -116,6 +116,15 @@ impl MessageId {
     }
 }
 
+impl MessageId {
+    /// The smallest id made at or after `ms` (ms since the Unix epoch): the
+    /// ids of messages stamped before `ms` are all below it.
+    pub fn first_at(ms: i64) -> Self {
+        let since = (ms - IdGenerator::EPOCH_MS).max(0) as u64;
+        Self(since.checked_shl(IdGenerator::TIME_SHIFT).filter(|v| v >> IdGenerator::TIME_SHIFT == since).unwrap_or(u64::MAX))
+    }
+}
+
 impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
@@ -190,6 +199,24 @@ impl ConversationKey {
     pub fn from_stored(raw: String) -> Self {
         Self(raw)
     }
+
+    /// What the key names: the two users of a 1:1 chat, or a group. `None`
+    /// for a key no current build makes.
+    pub fn parts(&self) -> Option<KeyParts> {
+        if let Some(rest) = self.0.strip_prefix("s:") {
+            let (a, b) = rest.split_once(':')?;
+            return Some(KeyParts::Single(UserId::parse(a, "key").ok()?, UserId::parse(b, "key").ok()?));
+        }
+        let group = self.0.strip_prefix("g:")?;
+        Some(KeyParts::Group(GroupId::parse(group, "key").ok()?))
+    }
+}
+
+/// A [`ConversationKey`] taken apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyParts {
+    Single(UserId, UserId),
+    Group(GroupId),
 }
 
 #[cfg(test)]

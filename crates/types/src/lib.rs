@@ -2,6 +2,7 @@
 //! the closed error-code set. No I/O and no protobuf: every other crate speaks
 //! these types, and only the edges convert to and from the wire.
 
+mod conversation;
 mod error;
 mod group;
 mod ids;
@@ -9,9 +10,13 @@ mod limits;
 mod message;
 mod presence;
 
+pub use conversation::{
+    ChannelAck, ConversationEvent, ConversationId, ConversationItem, ConversationPage, DEFAULT_PAGE_SIZE, Direction, HistoryPage,
+    HistoryQuery, ListQuery, MAX_PAGE_SIZE, MAX_REMOVED_IDS, MultiDeviceOperation, Removal, page_size,
+};
 pub use error::{Error, ErrorCode, Result};
 pub use group::{Group, GroupChange, GroupChangeKind, GroupMember, GroupRole, MemberPage, NewGroup};
-pub use ids::{ConversationKey, GroupId, IdGenerator, MessageId, SessionId, UserId};
+pub use ids::{ConversationKey, KeyParts, GroupId, IdGenerator, MessageId, SessionId, UserId};
 pub use limits::Limits;
 pub use message::{Actor, Appended, ChatType, LogEvent, Message, MessageBody, NewMessage, SendOutcome};
 pub use presence::{DeviceStatus, Presence, SessionInfo, SessionStatus, Subscription, SubscriptionPage, WebhookEvent};

@@ -1,6 +1,6 @@
 use std::collections::BTreeMap;
 
-use crate::{ConversationKey, Error, GroupChange, GroupId, Limits, MessageId, Result, UserId};
+use crate::{ChannelAck, ConversationEvent, ConversationKey, Error, GroupChange, GroupId, Limits, MessageId, Result, UserId};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ChatType {
@@ -52,6 +52,10 @@ pub struct NewMessage {
     pub to: String,
     pub body: MessageBody,
     pub ext: BTreeMap<String, String>,
+    /// Whether it creates and updates the conversation on both sides (C2):
+    /// always from a device; from the backend API only when the operator
+    /// turns it on.
+    pub updates_conversations: bool,
 }
 
 impl NewMessage {
@@ -103,7 +107,7 @@ impl NewMessage {
                 format!("body and ext are {size} bytes, the limit is {}", limits.max_body_bytes),
             ));
         }
-        Ok(Self { client_msg_id, chat_type, to, body, ext })
+        Ok(Self { client_msg_id, chat_type, to, body, ext, updates_conversations: true })
     }
 }
 
@@ -120,6 +124,11 @@ pub struct Message {
     pub body: MessageBody,
     pub ext: BTreeMap<String, String>,
     pub from_system: bool,
+    /// Its position in its conversation's timeline (1, 2, … in the order
+    /// stored), given by the store; 0 for a message that does not count
+    /// for conversations (a backend message, unless the operator turned
+    /// that on): it is in the history but not in unread counts or previews.
+    pub pos: u64,
 }
 
 impl Message {
@@ -142,6 +151,8 @@ impl Message {
 pub enum LogEvent {
     Message(Message),
     GroupChange(GroupChange),
+    Conversation(ConversationEvent),
+    ChannelAck(ChannelAck),
 }
 
 /// Where an appended event landed in one user's log.

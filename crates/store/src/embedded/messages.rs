@@ -248,7 +248,7 @@ mod tests {
                 ext: Default::default(),
                 from_system: false,
             };
-            Box::pin(async move { store.insert_and_append(&message, &users, &store).await.unwrap() })
+            Box::pin(async move { store.insert_and_append(&message, &users, true, &store).await.unwrap() })
                 as futures::future::BoxFuture<'static, Stored>
         };
         let stored = in_one_round(&store, vec![send(10), send(11)]).await;
