@@ -85,9 +85,10 @@ impl MessageRole for MessageRoleServer {
     async fn send(&self, request: Request<v1::RoleSendRequest>) -> Reply<v1::SendResult> {
         let req = request.into_inner();
         let from = field(natter_proto::actor(req.from, "from"))?;
-        let message = field(
+        let mut message = field(
             natter_proto::new_message(required(req.message, "message")?, &self.limits).map_err(|e| e.within("message")),
         )?;
+        message.updates_conversations = req.update_conversations;
         reply(self.api.send(from, message).await)
     }
 
@@ -185,7 +186,11 @@ fn members_request(actor: &Actor, group: &GroupId, members: &[UserId]) -> v1::Ro
 #[async_trait]
 impl MessageApi for RemoteMessages {
     async fn send(&self, from: Actor, message: NewMessage) -> Result<SendOutcome> {
-        let req = v1::RoleSendRequest { from: Some((&from).into()), message: Some((&message).into()) };
+        let req = v1::RoleSendRequest {
+            from: Some((&from).into()),
+            update_conversations: message.updates_conversations,
+            message: Some((&message).into()),
+        };
         decode(self.inner.call(req, |mut c, r| async move { c.send(r).await }).await?)
     }
 

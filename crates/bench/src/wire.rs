@@ -246,6 +246,7 @@ mod tests {
             body: Some(v1::message::Body::Text(v1::TextBody { text: text.clone() })),
             ext: Default::default(),
             from_system: false,
+            position: 0,
         };
         let bytes = bus_live_message(7, 6, message);
         let decoded = v1::BusMessage::decode(bytes.as_slice()).unwrap();
@@ -269,6 +270,7 @@ mod tests {
             body: Some(v1::message::Body::Text(v1::TextBody { text: text.clone() })),
             ext: [("k".to_owned(), "v".to_owned())].into(),
             from_system: false,
+            position: 0,
         };
         let bytes = event_frame(42, message);
         match read_server_frame(&bytes).unwrap() {

@@ -111,8 +111,12 @@ impl MessageApi for MessageService {
             body: new.body,
             ext: new.ext,
             from_system: from == Actor::System,
+            // Given by the store.
+            pos: 0,
         };
-        let stored = self.stores.messages.insert_and_append(&message, &recipients, true, self.stores.log.as_ref()).await?;
+        let counted = new.updates_conversations;
+        let stored =
+            self.stores.messages.insert_and_append(&message, &recipients, counted, self.stores.log.as_ref()).await?;
         let Stored { message, duplicate, appended } = stored;
         let outcome = SendOutcome {
             client_msg_id: message.client_msg_id.clone(),

@@ -47,6 +47,7 @@ pub fn text_message(from: &UserId, to: &UserId, client_msg_id: &str, text: &str)
         body: MessageBody::Text(text.to_owned()),
         ext: [("k".to_owned(), "v".to_owned())].into(),
         from_system: false,
+        pos: 0,
     }
 }
 
@@ -210,7 +211,7 @@ pub async fn messages_insert_and_append_fans_out_once(stores: &Stores) {
     let (a, b) = (user("a"), user("b"));
     let log = stores.log.as_ref();
     let message = text_message(&a, &b, "s1", "hi");
-    let stored = stores.messages.insert_and_append(&message, &[a.clone(), b.clone()], true, log).await.unwrap();
+    let stored = stores.messages.insert_and_append(&message, &[a.clone(), b.clone()], false, log).await.unwrap();
     assert_eq!(stored, Stored { message: message.clone(), duplicate: false, appended: vec![at(1), at(1)] });
     for who in [&a, &b] {
         let page = stores.log.read(who, 0, 10).await.unwrap().unwrap();
@@ -221,7 +222,7 @@ pub async fn messages_insert_and_append_fans_out_once(stores: &Stores) {
 
     // A retry (another id, another text) returns the stored one and appends nothing.
     let retry = text_message(&a, &b, "s1", "hi again");
-    let again = stores.messages.insert_and_append(&retry, &[a.clone(), b.clone()], true, log).await.unwrap();
+    let again = stores.messages.insert_and_append(&retry, &[a.clone(), b.clone()], false, log).await.unwrap();
     assert_eq!(again, Stored { message: message.clone(), duplicate: true, appended: vec![] });
     assert_eq!(stores.log.bounds(&b).await.unwrap().0, 1, "nothing appended by the retry");
     match stores.messages.insert_message(&retry).await.unwrap() {
@@ -232,14 +233,15 @@ pub async fn messages_insert_and_append_fans_out_once(stores: &Stores) {
     // Stored but never fanned out (a crash between the steps): the retry finishes it, once.
     let interrupted = text_message(&a, &b, "s2", "half");
     assert_eq!(stores.messages.insert_message(&interrupted).await.unwrap(), Inserted::New);
-    let finished = stores.messages.insert_and_append(&retry_of(&interrupted), &[a.clone(), b.clone()], true, log).await;
+    let finished =
+        stores.messages.insert_and_append(&retry_of(&interrupted), &[a.clone(), b.clone()], false, log).await;
     assert_eq!(
         finished.unwrap(),
         Stored { message: interrupted.clone(), duplicate: true, appended: vec![at(2), at(2)] }
     );
     let page = stores.log.read(&b, 1, 10).await.unwrap().unwrap();
     assert_eq!(page.events, vec![(2, LogEvent::Message(interrupted.clone()))]);
-    let once_more = stores.messages.insert_and_append(&interrupted, &[a.clone(), b.clone()], true, log).await.unwrap();
+    let once_more = stores.messages.insert_and_append(&interrupted, &[a.clone(), b.clone()], false, log).await.unwrap();
     assert!(once_more.duplicate && once_more.appended.is_empty());
     assert_eq!(stores.log.bounds(&a).await.unwrap().0, 2);
 }
@@ -277,11 +279,12 @@ pub async fn messages_idempotency_holds_for_the_window(stores: &Stores) {
     let log = stores.log.as_ref();
     let users = [a.clone(), b.clone()];
     let sent = text_message(&a, &b, "w2", "sent");
-    assert!(!stores.messages.insert_and_append(&sent, &users, true, log).await.unwrap().duplicate);
+    assert!(!stores.messages.insert_and_append(&sent, &users, false, log).await.unwrap().duplicate);
     let resent = stamped("w2", sent.timestamp + window_ms + 1, "resent");
-    let stored = stores.messages.insert_and_append(&resent, &users, true, log).await.unwrap();
+    let stored = stores.messages.insert_and_append(&resent, &users, false, log).await.unwrap();
     assert_eq!(stored, Stored { message: resent.clone(), duplicate: false, appended: vec![at(2), at(2)] });
-    let retried = stores.messages.insert_and_append(&stamped("w2", resent.timestamp, "again"), &users, true, log).await;
+    let retried =
+        stores.messages.insert_and_append(&stamped("w2", resent.timestamp, "again"), &users, false, log).await;
     assert_eq!(retried.unwrap(), Stored { message: resent, duplicate: true, appended: vec![] });
 }
 
@@ -440,6 +443,7 @@ pub fn group_message(from: &UserId, group: &GroupId, n: usize) -> Message {
         body: MessageBody::Text(format!("group message {n}")),
         ext: Default::default(),
         from_system: false,
+        pos: 0,
     }
 }
 
@@ -447,7 +451,7 @@ pub fn group_message(from: &UserId, group: &GroupId, n: usize) -> Message {
 pub async fn send_to_group(stores: &Stores, message: &Message) {
     let group = GroupId::parse(&message.to, "to").unwrap();
     let members = stores.groups.member_ids(&group).await.unwrap();
-    stores.messages.insert_and_append(message, &members, true, stores.log.as_ref()).await.unwrap();
+    stores.messages.insert_and_append(message, &members, false, stores.log.as_ref()).await.unwrap();
 }
 
 /// `user`'s log holds `want` as its newest entries (retention may have
@@ -479,7 +483,7 @@ pub async fn log_group_sends_follow_membership(stores: &Stores) {
         send_to_group(stores, &sent[n]).await;
     }
     let direct = text_message(&b, &a, &unique("d"), "between the group's messages");
-    stores.messages.insert_and_append(&direct, &[b.clone(), a.clone()], true, stores.log.as_ref()).await.unwrap();
+    stores.messages.insert_and_append(&direct, &[b.clone(), a.clone()], false, stores.log.as_ref()).await.unwrap();
     for n in 3..5 {
         sent.push(group_message(&a, &group.id, n));
         send_to_group(stores, &sent[n]).await;

@@ -196,13 +196,22 @@ impl UserConversation {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConversationChange {
     /// Read up to `pos` (the read position never moves back).
-    Read { pos: u64 },
-    Pin { at: i64 },
+    Read {
+        pos: u64,
+    },
+    Pin {
+        at: i64,
+    },
     Unpin,
     /// Gone for the user at or below `pos` / `id` (never moves back).
-    Clear { pos: u64, id: MessageId },
+    Clear {
+        pos: u64,
+        id: MessageId,
+    },
     /// Off the list until the head passes `pos`; read up to it; unpinned.
-    Hide { pos: u64 },
+    Hide {
+        pos: u64,
+    },
 }
 
 /// Conversation state (C1–C7): each conversation's head, each user's state
@@ -220,8 +229,11 @@ pub trait ConversationStore: Send + Sync + 'static {
     /// Every conversation the user has state of, in no particular order.
     async fn user_conversations(&self, user: &UserId) -> Result<Vec<UserConversation>>;
 
-    async fn user_conversation(&self, user: &UserId, conversation: &ConversationKey)
-    -> Result<Option<UserConversation>>;
+    async fn user_conversation(
+        &self,
+        user: &UserId,
+        conversation: &ConversationKey,
+    ) -> Result<Option<UserConversation>>;
 
     /// Applies `change` to the user's state of the conversation (made with
     /// `created_at = now` if there is none) and returns the new state. One

@@ -163,6 +163,7 @@ fn message(id: MessageId, from: &UserId, to: &UserId, client_msg_id: &str) -> Me
         body: MessageBody::Text(format!("text of {client_msg_id}")),
         ext: Default::default(),
         from_system: false,
+        pos: 0,
     }
 }
 

@@ -121,7 +121,12 @@ impl MessageId {
     /// ids of messages stamped before `ms` are all below it.
     pub fn first_at(ms: i64) -> Self {
         let since = (ms - IdGenerator::EPOCH_MS).max(0) as u64;
-        Self(since.checked_shl(IdGenerator::TIME_SHIFT).filter(|v| v >> IdGenerator::TIME_SHIFT == since).unwrap_or(u64::MAX))
+        Self(
+            since
+                .checked_shl(IdGenerator::TIME_SHIFT)
+                .filter(|v| v >> IdGenerator::TIME_SHIFT == since)
+                .unwrap_or(u64::MAX),
+        )
     }
 }
 

@@ -11,12 +11,12 @@ mod message;
 mod presence;
 
 pub use conversation::{
-    ChannelAck, ConversationEvent, ConversationId, ConversationItem, ConversationPage, DEFAULT_PAGE_SIZE, Direction, HistoryPage,
-    HistoryQuery, ListQuery, MAX_PAGE_SIZE, MAX_REMOVED_IDS, MultiDeviceOperation, Removal, page_size,
+    ChannelAck, ConversationEvent, ConversationId, ConversationItem, ConversationPage, DEFAULT_PAGE_SIZE, Direction,
+    HistoryPage, HistoryQuery, ListQuery, MAX_PAGE_SIZE, MAX_REMOVED_IDS, MultiDeviceOperation, Removal, page_size,
 };
 pub use error::{Error, ErrorCode, Result};
 pub use group::{Group, GroupChange, GroupChangeKind, GroupMember, GroupRole, MemberPage, NewGroup};
-pub use ids::{ConversationKey, KeyParts, GroupId, IdGenerator, MessageId, SessionId, UserId};
+pub use ids::{ConversationKey, GroupId, IdGenerator, KeyParts, MessageId, SessionId, UserId};
 pub use limits::Limits;
 pub use message::{Actor, Appended, ChatType, LogEvent, Message, MessageBody, NewMessage, SendOutcome};
 pub use presence::{DeviceStatus, Presence, SessionInfo, SessionStatus, Subscription, SubscriptionPage, WebhookEvent};

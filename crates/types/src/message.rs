@@ -1,6 +1,8 @@
 use std::collections::BTreeMap;
 
-use crate::{ChannelAck, ConversationEvent, ConversationKey, Error, GroupChange, GroupId, Limits, MessageId, Result, UserId};
+use crate::{
+    ChannelAck, ConversationEvent, ConversationKey, Error, GroupChange, GroupId, Limits, MessageId, Result, UserId,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ChatType {

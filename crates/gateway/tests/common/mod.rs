@@ -88,6 +88,7 @@ impl Harness {
                 body: MessageBody::Text(format!("m{i}")),
                 ext: BTreeMap::new(),
                 from_system: false,
+                pos: 0,
             });
             let at = self.stores.log.append(std::slice::from_ref(user), &event).await.unwrap()[0];
             out.push(LiveEvent { seq: at.seq, prev: at.prev, event: SharedEvent::new(event) });

@@ -413,6 +413,8 @@ impl Inner {
             // references (before commit a38fed3).
             Some(Kind::Message(message)) => Some(v1::log_event::Kind::Message(message)),
             Some(Kind::GroupChange(change)) => Some(v1::log_event::Kind::GroupChange(change)),
+            Some(Kind::MultiDevice(event)) => Some(v1::log_event::Kind::MultiDevice(event)),
+            Some(Kind::ChannelAck(ack)) => Some(v1::log_event::Kind::ChannelAck(ack)),
             None => None,
         };
         Ok(v1::LogEvent { kind }.try_into()?)
@@ -541,7 +543,8 @@ impl Round<'_> {
     pub(super) fn write_rows(&mut self) -> Result<()> {
         let timeline_before = std::mem::take(&mut self.timeline_before);
         let timeline_rows = std::mem::take(&mut self.timeline_rows);
-        if self.runs.is_empty() && self.sends.is_empty() && timeline_rows.is_empty() {
+        let conversations = std::mem::take(&mut self.conversations);
+        if self.runs.is_empty() && self.sends.is_empty() && timeline_rows.is_empty() && conversations.is_empty() {
             return Ok(());
         }
         self.dirty = true;
@@ -557,6 +560,7 @@ impl Round<'_> {
         for (key, entry) in timeline_rows {
             batch.insert(&inner.timeline, key, entry);
         }
+        conversations.write(inner, &mut batch);
         let mut heads = inner.log_heads.lock();
         let staged = runs.iter().try_for_each(|(user, run)| {
             let head = heads.get_mut(user).ok_or_else(|| Error::internal("log head of a staged run vanished"))?;
@@ -813,12 +817,13 @@ mod tests {
             body: natter_types::MessageBody::Text(format!("text {n}")),
             ext: Default::default(),
             from_system: false,
+            pos: 0,
         };
         let whole = message(7, "c7");
         UserLog::append(&*store, std::slice::from_ref(&ben), &LogEvent::Message(whole.clone())).await.unwrap();
         let sent = message(8, "c8");
         let users = [ann.clone(), ben.clone()];
-        store.insert_and_append(&sent, &users, true, &*store).await.unwrap();
+        store.insert_and_append(&sent, &users, false, &*store).await.unwrap();
         let stored = store.inner.log.get(key2("ben", &2u64.to_be_bytes())).unwrap().unwrap();
         assert!(stored.len() < 40, "a reference, not the message ({} bytes)", stored.len());
         let page = store.read(&ben, 0, 10).await.unwrap().unwrap();
@@ -843,7 +848,7 @@ mod tests {
             send_to_group(&stores, &log[n]).await;
         }
         let direct = text_message(&ben, &ann, "d", "aside");
-        store.insert_and_append(&direct, &[ben.clone(), ann.clone()], true, &*store).await.unwrap();
+        store.insert_and_append(&direct, &[ben.clone(), ann.clone()], false, &*store).await.unwrap();
         log.push(direct);
         assert_eq!(rows_of(&store, "ann"), vec![1, 3]);
         for n in 3..9 {
@@ -859,7 +864,7 @@ mod tests {
         // it, it goes when retention passes its end.
         assert_eq!(rows_of(&store, "cat"), vec![1]);
         let to_cat = text_message(&ann, &cat, "c", "to cat");
-        store.insert_and_append(&to_cat, &[ann.clone(), cat.clone()], true, &*store).await.unwrap();
+        store.insert_and_append(&to_cat, &[ann.clone(), cat.clone()], false, &*store).await.unwrap();
         log.push(to_cat);
         for n in 10..12 {
             log.push(group_message(&ben, &group.id, n));
@@ -911,7 +916,7 @@ mod tests {
         for (step, message) in sent.iter().enumerate() {
             for store in [&small, &full] {
                 if message.to == cat.as_str() {
-                    store.insert_and_append(message, &[dan.clone(), cat.clone()], true, &**store).await.unwrap();
+                    store.insert_and_append(message, &[dan.clone(), cat.clone()], false, &**store).await.unwrap();
                 } else {
                     send_to_group(&store.stores(), message).await;
                 }
@@ -984,7 +989,7 @@ mod tests {
 
             // A 1:1 message ends ann's and ben's runs; the next group send opens new ones.
             direct = crate::conformance::text_message(&ben, &ann, "d1", "aside");
-            store.insert_and_append(&direct, &[ben.clone(), ann.clone()], true, &*store).await.unwrap();
+            store.insert_and_append(&direct, &[ben.clone(), ann.clone()], false, &*store).await.unwrap();
             for n in 6..8 {
                 sent.push(group_message(&cat, &group.id, n));
                 send_to_group(&stores, &sent[n]).await;
@@ -1020,7 +1025,7 @@ mod tests {
         // Recipients that are not the members (a send that raced cat's
         // leave): plain rows, the timeline does not move.
         let raced = group_message(&ben, &group.id, 10);
-        store.insert_and_append(&raced, &[ann.clone(), ben.clone(), cat.clone()], true, &*store).await.unwrap();
+        store.insert_and_append(&raced, &[ann.clone(), ben.clone(), cat.clone()], false, &*store).await.unwrap();
         assert_eq!(timeline_rows(&store), 10);
         assert_eq!(rows_of(&store, "ann"), vec![1, 7, 8, 12]);
         let mut cat_log = sent[..8].to_vec();
@@ -1040,7 +1045,7 @@ mod tests {
         let welcome = group_message(&ann, &group.id, 12);
         send_to_group(&stores, &welcome).await;
         let stale = group_message(&ben, &group.id, 13);
-        store.insert_and_append(&stale, &[ann.clone(), ben.clone()], true, &*store).await.unwrap();
+        store.insert_and_append(&stale, &[ann.clone(), ben.clone()], false, &*store).await.unwrap();
         drop(stores);
         store.close().await;
         let store = open(dir.path(), 1000);

@@ -129,8 +129,15 @@ impl MessageStore for EmbeddedStore {
     /// One job and one fsync: the message, its idempotency record and the
     /// recipients' log entries are written by the round's rows batch, one
     /// atomic batch before the fsync.
-    async fn insert_and_append(&self, message: &Message, recipients: &[UserId], _log: &dyn UserLog) -> Result<Stored> {
-        let message = message.clone();
+    async fn insert_and_append(
+        &self,
+        message: &Message,
+        recipients: &[UserId],
+        counted: bool,
+        _log: &dyn UserLog,
+    ) -> Result<Stored> {
+        let mut message = message.clone();
+        message.pos = 0;
         let users = recipients.to_vec();
         self.writer
             .write(move |round| {
@@ -159,6 +166,9 @@ impl MessageStore for EmbeddedStore {
                         (stored, true, RoundSend { record, message: None })
                     }
                     None => {
+                        if counted {
+                            round.stage_counted(&mut message)?;
+                        }
                         let send =
                             RoundSend { record: dedup_record_of(&message, true), message: Some(message_row(&message)) };
                         (message, false, send)
@@ -247,8 +257,9 @@ mod tests {
                 body: natter_types::MessageBody::Text("hi".into()),
                 ext: Default::default(),
                 from_system: false,
+                pos: 0,
             };
-            Box::pin(async move { store.insert_and_append(&message, &users, true, &store).await.unwrap() })
+            Box::pin(async move { store.insert_and_append(&message, &users, false, &store).await.unwrap() })
                 as futures::future::BoxFuture<'static, Stored>
         };
         let stored = in_one_round(&store, vec![send(10), send(11)]).await;

@@ -16,6 +16,9 @@
 //! presence                 user                         -> PresenceRecord
 //! webhook_outbox           receiver \0 id_be            -> WebhookEvent
 //! open_sessions            user \0 session              -> SessionInfo (the SessionJournal)
+//! conversation_heads       conversation                 -> ConversationHeadRecord
+//! user_conversations       user \0 conversation         -> UserConversationRecord
+//! removed_messages         user \0 conversation \0 id_be -> pos_be (conversations.rs)
 //! ```
 //!
 //! A log entry is a group change, or a reference to its message in
@@ -80,6 +83,7 @@ use parking_lot::Mutex;
 
 use crate::Stores;
 
+mod conversations;
 mod dedup_expiry;
 mod groups;
 mod keeper;
@@ -170,6 +174,10 @@ struct Inner {
     outbox: Keyspace,
     /// Sessions open now (`user \0 session` → SessionInfo), for [`SessionJournal`].
     sessions: Keyspace,
+    /// Conversation state (`conversations.rs`).
+    conversation_heads: Keyspace,
+    user_conversations: Keyspace,
+    removed_messages: Keyspace,
     options: EmbeddedOptions,
     /// Last queue id per webhook receiver, loaded lazily (writer only).
     outbox_heads: Mutex<HashMap<String, u64>>,
@@ -183,7 +191,7 @@ struct Inner {
 }
 
 impl Inner {
-    fn keyspaces(&self) -> [&Keyspace; 13] {
+    fn keyspaces(&self) -> [&Keyspace; 16] {
         [
             &self.messages,
             &self.dedup,
@@ -198,6 +206,9 @@ impl Inner {
             &self.presence,
             &self.outbox,
             &self.sessions,
+            &self.conversation_heads,
+            &self.user_conversations,
+            &self.removed_messages,
         ]
     }
 }
@@ -284,6 +295,9 @@ impl EmbeddedStore {
             presence: ks("presence")?,
             outbox: ks("webhook_outbox")?,
             sessions: ks("open_sessions")?,
+            conversation_heads: ks("conversation_heads")?,
+            user_conversations: ks("user_conversations")?,
+            removed_messages: ks("removed_messages")?,
             db,
             options,
             outbox_heads: Mutex::new(HashMap::new()),
@@ -319,6 +333,7 @@ impl EmbeddedStore {
             log: Arc::new(self.clone()),
             presence: Arc::new(self.clone()),
             outbox: Arc::new(self.clone()),
+            conversations: Arc::new(self.clone()),
         }
     }
 

@@ -44,6 +44,7 @@ use natter_types::{Error, Result, UserId};
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::oneshot;
 
+use super::conversations::StagedConversations;
 use super::log::Run;
 use super::{Inner, UserMap, storage_err};
 use crate::Appended;
@@ -75,6 +76,9 @@ pub(super) struct Round<'a> {
     /// The timelines this round moved, and where they were, to put back if
     /// its rows fail.
     pub(super) timeline_before: HashMap<Arc<str>, u64>,
+    /// Conversation heads and users' states of this round, written with
+    /// the log rows.
+    pub(super) conversations: StagedConversations,
     /// A rows batch written early ([`Round::flush_rows`]) failed: so does
     /// the round, and its later jobs do not run.
     failed: Option<Error>,
@@ -313,6 +317,7 @@ impl Rounds {
                 sends: HashMap::new(),
                 timeline_rows: Vec::new(),
                 timeline_before: HashMap::new(),
+                conversations: StagedConversations::default(),
                 failed: None,
             };
             for job in jobs {
