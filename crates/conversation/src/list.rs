@@ -3,7 +3,7 @@
 //! cut at `max_conversations`. Ordering needs only the heads and the states
 //! (one read each); previews and unread counts are read for the page only.
 
-use natter_store::{ConversationHead, UserConversation};
+use natter_store::{ConversationChange, ConversationHead, UserConversation};
 use natter_types::{
     ConversationId, ConversationItem, ConversationKey, ConversationPage, Error, KeyParts, ListQuery, Result, UserId,
 };
@@ -129,8 +129,11 @@ impl ConversationService {
     }
 
     /// C2: keeps the pinned conversations and the most recently active
-    /// others up to `max_conversations`, and forgets the 1:1 states past it
-    /// (a group stays a member's conversation; it is only left off the list).
+    /// others up to `max_conversations`. A 1:1 conversation past it is taken
+    /// off the list as a delete without `deleteRoam` takes it (its next
+    /// message brings it back, with the history and the user's read
+    /// position and deletes as they were); a group stays a member's
+    /// conversation and is only left out.
     async fn cap(&self, user: &UserId, entries: &mut Vec<Entry>) {
         let max = self.options.max_conversations;
         let pinned = entries.iter().filter(|e| e.pinned_at() > 0).count();
@@ -144,13 +147,16 @@ impl ConversationService {
                 room -= 1;
                 return true;
             }
-            dropped.push((e.key.clone(), e.joined_at.is_none()));
+            if e.joined_at.is_none() {
+                dropped.push((e.key.clone(), e.head.map_or(0, |h| h.pos)));
+            }
             false
         });
-        for (key, single) in dropped {
-            if single && let Err(e) = self.stores.conversations.forget(user, &key).await {
+        for (key, pos) in dropped {
+            let hide = ConversationChange::Hide { pos };
+            if let Err(e) = self.stores.conversations.update(user, &key, hide, natter_types::now_ms()).await {
                 // Left for the next listing: the list is cut either way.
-                tracing::warn!(user = %user, error = %e, "forgetting a conversation past the cap failed");
+                tracing::warn!(user = %user, error = %e, "taking a conversation past the cap off the list failed");
             }
         }
     }

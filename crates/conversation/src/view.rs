@@ -94,7 +94,8 @@ impl ConversationService {
         };
         let mut messages = Vec::with_capacity(want);
         'read: loop {
-            let step = (want - messages.len() + view.removed.len()).min(STEP);
+            // Enough for the page and the deleted messages it may skip.
+            let step = want - messages.len() + view.removed.len().min(STEP);
             let batch = self.stores.messages.history(&view.key, cursor, query.direction, step).await?;
             let exhausted = batch.len() < step;
             for message in batch {
