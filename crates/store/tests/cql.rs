@@ -143,6 +143,7 @@ fn tag_of(event: &LogEvent) -> String {
     match event {
         LogEvent::GroupChange(c) => c.group_name.clone(),
         LogEvent::Message(m) => m.client_msg_id.clone(),
+        other => format!("{other:?}"),
     }
 }
 

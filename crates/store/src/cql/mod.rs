@@ -176,6 +176,7 @@
 //!   so `migrate` does not write it); `migrate` leaves an existing keyspace
 //!   as it is.
 
+mod conversations;
 mod error;
 mod groups;
 mod leases;
@@ -561,6 +562,12 @@ pub(crate) struct Inner {
     appends: log::AppendQueues,
     /// `(conversation, bucket)` rows this process has written.
     buckets: Mutex<std::collections::HashSet<(String, i32)>>,
+    /// Last conversation head this process set, per conversation: a hint
+    /// like `heads` (a stale one costs a failed conditional update).
+    conversation_heads: Mutex<HashMap<String, conversations::HeadRow>>,
+    /// Position claims waiting for their conversation's turn (see
+    /// `take_position`).
+    claims: conversations::ClaimQueues,
 }
 
 /// Entries of the per-process caches before they are cleared.
@@ -607,6 +614,8 @@ impl CqlStore {
                 heads: Mutex::new(HashMap::new()),
                 appends: Mutex::new(HashMap::new()),
                 buckets: Mutex::new(std::collections::HashSet::new()),
+                conversation_heads: Mutex::new(HashMap::new()),
+                claims: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -618,6 +627,7 @@ impl CqlStore {
             log: Arc::new(self.clone()),
             presence: Arc::new(self.clone()),
             outbox: Arc::new(self.clone()),
+            conversations: Arc::new(self.clone()),
         }
     }
 

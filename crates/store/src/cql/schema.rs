@@ -22,7 +22,7 @@ use scylla::value::CqlTimestamp;
 use super::{Lwt, Replication, error, new_token, validate_keyspace};
 
 /// The schema version this build reads and writes.
-pub const LATEST_VERSION: i32 = 4;
+pub const LATEST_VERSION: i32 = 5;
 
 /// How long a migration lease lives without its holder.
 pub const LEASE_TTL_SECS: i32 = 120;
@@ -194,6 +194,46 @@ const MIGRATIONS: &[Migration] = &[
         // The entries before `event` of the append that set the head (oldest
         // first); null for a one-entry append.
         add_columns: &[("user_log_head", "earlier", "list<blob>"), ("webhook_outbox_head", "earlier", "list<blob>")],
+    },
+    Migration {
+        version: 5,
+        description: "conversation heads, users' conversation states, one-way deleted messages",
+        statements: &[
+            // `recent`: the ids of the newest counted messages, oldest first,
+            // the last at `pos` (see cql/mod.rs, "Conversations"). Frozen, so
+            // each advance overwrites one cell instead of leaving a
+            // collection tombstone on a row that changes with every message.
+            "CREATE TABLE IF NOT EXISTS {ks}.conversation_heads (
+            conversation text PRIMARY KEY,
+            pos bigint,
+            last_id bigint,
+            last_time bigint,
+            recent frozen<list<bigint>>
+        )",
+            "CREATE TABLE IF NOT EXISTS {ks}.user_conversations (
+            user_id text,
+            conversation text,
+            created_at bigint,
+            read_pos bigint,
+            cleared_pos bigint,
+            cleared_id bigint,
+            hidden boolean,
+            hidden_pos bigint,
+            pinned_at bigint,
+            PRIMARY KEY (user_id, conversation)
+        )",
+            "CREATE TABLE IF NOT EXISTS {ks}.user_removed_messages (
+            user_id text,
+            conversation text,
+            msg_id bigint,
+            pos bigint,
+            PRIMARY KEY ((user_id, conversation), msg_id)
+        )",
+        ],
+        // Whether the record's send is counted: a counted record whose
+        // message has no position yet is a send that died before it got one
+        // (null in records of earlier builds, which had no positions).
+        add_columns: &[("message_dedup", "counted", "boolean")],
     },
 ];
 

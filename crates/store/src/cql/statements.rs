@@ -5,6 +5,7 @@ use scylla::client::session::Session;
 use scylla::frame::types::Consistency;
 use scylla::statement::prepared::PreparedStatement;
 
+use super::conversations::ConversationStatements;
 use super::log::{LogStatements, MaxRegister};
 use super::{CqlOptions, error};
 
@@ -19,6 +20,8 @@ pub(crate) struct Statements {
     pub dedup_take_over: PreparedStatement,
     pub dedup_get: PreparedStatement,
     pub dedup_mark: PreparedStatement,
+    pub dedup_write_time: PreparedStatement,
+    pub dedup_position: PreparedStatement,
     pub bucket_insert: PreparedStatement,
     pub buckets: PreparedStatement,
     pub message_insert: PreparedStatement,
@@ -27,6 +30,9 @@ pub(crate) struct Statements {
     pub history_up_before: PreparedStatement,
     pub history_down: PreparedStatement,
     pub history_down_after: PreparedStatement,
+
+    // conversation heads and users' states
+    pub conversations: ConversationStatements,
 
     // groups
     pub group_create: PreparedStatement,
@@ -131,22 +137,22 @@ impl Statements {
             dedup_insert: p
                 .prepare(
                     "INSERT INTO {ks}.message_dedup \
-                     (sender, client_msg_id, conversation, msg_id, message) \
-                     VALUES (?, ?, ?, ?, ?) IF NOT EXISTS USING TTL ?",
+                     (sender, client_msg_id, conversation, msg_id, message, counted) \
+                     VALUES (?, ?, ?, ?, ?, ?) IF NOT EXISTS USING TTL ?",
                     false,
                 )
                 .await?,
             dedup_take_over: p
                 .prepare(
                     "UPDATE {ks}.message_dedup USING TTL ? \
-                     SET conversation = ?, msg_id = ?, message = ?, fanned_out = false \
+                     SET conversation = ?, msg_id = ?, message = ?, fanned_out = false, counted = ? \
                      WHERE sender = ? AND client_msg_id = ? IF msg_id = ?",
                     false,
                 )
                 .await?,
             dedup_get_serial: p
                 .serial_read(
-                    "SELECT message, fanned_out FROM {ks}.message_dedup \
+                    "SELECT message, fanned_out, counted FROM {ks}.message_dedup \
                      WHERE sender = ? AND client_msg_id = ?",
                 )
                 .await?,
@@ -159,6 +165,21 @@ impl Statements {
             dedup_mark: p
                 .prepare(
                     "UPDATE {ks}.message_dedup USING TTL ? SET fanned_out = true \
+                     WHERE sender = ? AND client_msg_id = ?",
+                    true,
+                )
+                .await?,
+            dedup_write_time: p
+                .prepare(
+                    "SELECT msg_id, WRITETIME(message), TTL(message) FROM {ks}.message_dedup \
+                     WHERE sender = ? AND client_msg_id = ?",
+                    true,
+                )
+                .await?,
+            dedup_position: p
+                .prepare(
+                    "UPDATE {ks}.message_dedup USING TTL ? AND TIMESTAMP ? \
+                     SET conversation = ?, msg_id = ?, message = ?, counted = true \
                      WHERE sender = ? AND client_msg_id = ?",
                     true,
                 )
@@ -179,6 +200,8 @@ impl Statements {
             history_up_before: p.prepare(&format!("{MESSAGE_COLS} AND id < ? LIMIT ?"), true).await?,
             history_down: p.prepare(&format!("{MESSAGE_COLS} ORDER BY id ASC LIMIT ?"), true).await?,
             history_down_after: p.prepare(&format!("{MESSAGE_COLS} AND id > ? ORDER BY id ASC LIMIT ?"), true).await?,
+
+            conversations: ConversationStatements::prepare(&p).await?,
 
             group_create: p
                 .prepare(
