@@ -67,6 +67,7 @@ macro_rules! scenarios {
             channel_ack_marks_read_and_tells_my_other_devices,
             conversation_events_reach_an_offline_device_on_resume_in_order_once,
             backend_grpc_reads_conversations_and_history_and_deletes_for_a_user,
+            conversation_requests_over_json_frames_use_the_seed_names,
         }
     };
     (@tests [$deployment:ty] $($name:ident,)*) => {

@@ -473,3 +473,67 @@ pub async fn backend_grpc_reads_conversations_and_history_and_deletes_for_a_user
         .unwrap_err();
     assert_eq!(unauthenticated.code(), tonic::Code::Unauthenticated);
 }
+
+/// Sends one JSON request and returns its response, with the events that
+/// came before it.
+async fn json_request(
+    ws: &mut super::RawWs,
+    request: serde_json::Value,
+) -> (serde_json::Value, Vec<serde_json::Value>) {
+    use futures::SinkExt;
+    let req_id = request["reqId"].clone();
+    eprintln!("> {request}");
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(request.to_string().into())).await.expect("send");
+    let mut events = Vec::new();
+    loop {
+        let frame = super::next_json(ws).await;
+        eprintln!("< {frame}");
+        match frame.get("response") {
+            Some(response) if response["reqId"] == req_id => return (response.clone(), events),
+            _ => events.push(frame),
+        }
+    }
+}
+
+pub async fn conversation_requests_over_json_frames_use_the_seed_names<D: Deployment>() {
+    let d = D::start().await;
+    let (alice, _a) = d.client("alice").await;
+    let mut ws = super::raw_json(&d, "bob").await;
+    let sent = alice.send_text(d.user("bob"), v1::ChatType::Single, "hi bob").await.expect("send").server_msg_id;
+    let event = super::next_json(&mut ws).await;
+    assert_eq!(event["event"]["onTextMessage"]["id"], sent.to_string(), "{event}");
+    let alice_id = d.user("alice");
+
+    let (list, _) =
+        json_request(&mut ws, serde_json::json!({"reqId": "1", "getServerConversations": {"pageSize": 20}})).await;
+    let item = &list["conversations"]["conversations"][0];
+    assert_eq!(item["conversationId"], alice_id.as_str(), "{list}");
+    assert_eq!((item["conversationType"].as_str(), item["unReadCount"].as_str()), (Some("SINGLE"), Some("1")));
+    assert_eq!(item["lastMessage"]["id"], sent.to_string());
+
+    let history = serde_json::json!({"reqId": "2", "getHistoryMessages":
+        {"targetId": alice_id, "chatType": "SINGLE", "pageSize": 20, "cursor": "-1", "searchDirection": "DOWN"}});
+    let (page, _) = json_request(&mut ws, history).await;
+    assert_eq!(page["history"]["messages"][0]["text"]["text"], "hi bob", "{page}");
+
+    let pin = serde_json::json!({"reqId": "3", "pinConversation":
+        {"conversationId": alice_id, "conversationType": "SINGLE", "isPinned": true}});
+    let (pinned, mut events) = json_request(&mut ws, pin).await;
+    assert!(pinned.get("ok").is_some(), "{pinned}");
+    let ack = serde_json::json!({"reqId": "4", "channelAck": {"to": alice_id, "chatType": "SINGLE"}});
+    let (acked, more) = json_request(&mut ws, ack).await;
+    assert!(acked.get("ok").is_some(), "{acked}");
+    events.extend(more);
+    // The device that made the changes gets their events too.
+    while events.len() < 2 {
+        events.push(super::next_json(&mut ws).await);
+    }
+    let operation = &events[0]["event"]["onMultiDeviceEvent"]["operation"];
+    assert_eq!(operation, "PINNED_CONVERSATION", "{events:?}");
+    assert_eq!(events[1]["event"]["onChannelMessage"]["to"], alice_id.as_str(), "{events:?}");
+
+    let bad = serde_json::json!({"reqId": "5", "removeHistoryMessages":
+        {"targetId": alice_id, "chatType": "SINGLE", "beforeTimestamp": "1", "messageIds": [sent.to_string()]}});
+    let (refused, _) = json_request(&mut ws, bad).await;
+    assert_eq!(refused["error"]["field"], "remove_history_messages.message_ids", "{refused}");
+}
