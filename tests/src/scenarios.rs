@@ -56,6 +56,17 @@ macro_rules! scenarios {
             p1_p3_p4_presence_over_websockets,
             backend_grpc_queries_presence_and_subscriptions,
             w1_webhook_reports_connect_kick_and_logout,
+            c1_c2_list_is_newest_activity_first_with_previews_and_unread,
+            c2_backend_messages_count_only_when_the_operator_asks,
+            c2_the_cap_drops_the_least_recently_active,
+            c3_c4_pins_are_listed_newest_first_limited_and_told_to_other_devices,
+            c5_history_pages_both_ways_from_a_cursor,
+            c5_group_history_starts_at_the_join_and_is_members_only,
+            c6_one_way_delete_by_ids_and_by_time_only_for_me,
+            c7_deleting_a_conversation_hides_it_until_the_next_message,
+            channel_ack_marks_read_and_tells_my_other_devices,
+            conversation_events_reach_an_offline_device_on_resume_in_order_once,
+            backend_grpc_reads_conversations_and_history_and_deletes_for_a_user,
         }
     };
     (@tests [$deployment:ty] $($name:ident,)*) => {
@@ -70,6 +81,9 @@ macro_rules! scenarios {
         [$(stringify!($name)),*]
     };
 }
+
+mod conversations;
+pub use conversations::*;
 
 type RawWs = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -663,11 +677,12 @@ mod tests {
     #[test]
     fn every_scenario_is_listed() {
         let listed: Vec<&str> = crate::scenarios!(@list names []).to_vec();
-        let defined: Vec<&str> = include_str!("scenarios.rs")
-            .lines()
+        let defined: Vec<&str> = [include_str!("scenarios.rs"), include_str!("scenarios/conversations.rs")]
+            .into_iter()
+            .flat_map(str::lines)
             .filter_map(|line| line.strip_prefix("pub async fn ")?.split_once("<D: Deployment>"))
             .map(|(name, _)| name)
             .collect();
-        assert_eq!(listed, defined, "the list in `scenarios!`, in the order of the file");
+        assert_eq!(listed, defined, "the list in `scenarios!`, in the order of the files");
     }
 }

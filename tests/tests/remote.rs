@@ -1,5 +1,5 @@
-//! The gateway in the distributed shape: its `MessageApi` and `PresenceApi`
-//! are gRPC clients of a message role and a presence role (served on
+//! The gateway in the distributed shape: its service APIs are gRPC clients
+//! of a message, a presence and a conversation role (served on
 //! 127.0.0.1 port 0), and real SDK clients exchange a 1:1 message through it.
 #![allow(clippy::unwrap_used)]
 
@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use natter_api::{MessageRoleServer, PresenceRoleServer, RemoteMessages, RemotePresence};
+use natter_api::{
+    ConversationRoleServer, MessageRoleServer, PresenceRoleServer, RemoteConversations, RemoteMessages, RemotePresence,
+};
 use natter_bus::local::LocalBus;
 use natter_client::{ClientError, ClientOptions, v1};
 use natter_e2e::{WAIT, connect_caught_up, text_of};
@@ -57,12 +59,17 @@ async fn gateway_over_remote_roles_delivers_one_to_one() {
     .await;
     let presence_uri =
         serve_grpc(tonic::service::Routes::new(PresenceRoleServer::new(presence.clone()).into_service()), &tasks).await;
+    let conversations = wiring::conversation_service(Default::default(), &backends);
+    let conversation_uri =
+        serve_grpc(tonic::service::Routes::new(ConversationRoleServer::new(conversations).into_service()), &tasks)
+            .await;
 
     // The gateway knows the roles only through the remote clients.
     let tokens = Tokens::new(b"remote-test-secret", 3600);
     let apis = Apis {
         messages: Arc::new(RemoteMessages::connect_lazy(&message_uri, CALL_TIMEOUT).unwrap()),
         presence: Arc::new(RemotePresence::connect_lazy(&presence_uri, CALL_TIMEOUT).unwrap()),
+        conversations: Arc::new(RemoteConversations::connect_lazy(&conversation_uri, CALL_TIMEOUT).unwrap()),
     };
     let options = GatewayOptions {
         gateway_id: "gw-remote".into(),

@@ -14,9 +14,11 @@
 //! this crate), and one line in each front end.
 
 mod client;
+pub mod conversation;
 pub mod message;
 pub mod presence;
 
 pub use client::{RoleClient, lazy_channel};
+pub use conversation::{ConversationApi, ConversationRoleServer, RemoteConversations};
 pub use message::{MessageApi, MessageRoleServer, RemoteMessages};
 pub use presence::{PresenceApi, PresenceRoleServer, RemotePresence};

@@ -247,6 +247,75 @@ impl Client {
         }
     }
 
+    /// C1: my conversations, newest activity first; `cursor` empty for the
+    /// first page, then the page's `cursor` (empty on the last page).
+    pub async fn get_server_conversations(
+        &self,
+        page_size: u32,
+        cursor: impl Into<String>,
+    ) -> Result<v1::ConversationPage, ClientError> {
+        let body = v1::GetServerConversations { page_size, cursor: cursor.into() };
+        conversations(self.request(Req::GetServerConversations(body)).await?)
+    }
+
+    /// C3: my pinned conversations, newest pin first.
+    pub async fn get_server_pinned_conversations(
+        &self,
+        page_size: u32,
+        cursor: impl Into<String>,
+    ) -> Result<v1::ConversationPage, ClientError> {
+        let body = v1::GetServerPinnedConversations { page_size, cursor: cursor.into() };
+        conversations(self.request(Req::GetServerPinnedConversations(body)).await?)
+    }
+
+    /// C4: my other devices get `pinnedConversation` / `unpinnedConversation`.
+    pub async fn pin_conversation(
+        &self,
+        conversation_id: impl Into<String>,
+        conversation_type: v1::ChatType,
+        is_pinned: bool,
+    ) -> Result<(), ClientError> {
+        let body = v1::PinConversation {
+            conversation_id: conversation_id.into(),
+            conversation_type: conversation_type as i32,
+            is_pinned,
+        };
+        done(self.request(Req::PinConversation(body)).await?)
+    }
+
+    /// C5: a page of one conversation's history.
+    pub async fn get_history_messages(&self, query: v1::GetHistoryMessages) -> Result<v1::HistoryPage, ClientError> {
+        match self.request(Req::GetHistoryMessages(query)).await? {
+            Res::History(page) => Ok(page),
+            other => Err(unexpected("history", &other)),
+        }
+    }
+
+    /// C6: deletes messages for me only (by time or by at most 50 ids); my
+    /// other devices get `deleteRoaming`.
+    pub async fn remove_history_messages(&self, removal: v1::RemoveHistoryMessages) -> Result<(), ClientError> {
+        done(self.request(Req::RemoveHistoryMessages(removal)).await?)
+    }
+
+    /// C7: removes the conversation from my list, with `delete_roam` also my
+    /// server-side history of it.
+    pub async fn delete_conversation(
+        &self,
+        channel: impl Into<String>,
+        chat_type: v1::ChatType,
+        delete_roam: bool,
+    ) -> Result<(), ClientError> {
+        let body = v1::DeleteConversation { channel: channel.into(), chat_type: chat_type as i32, delete_roam };
+        done(self.request(Req::DeleteConversation(body)).await?)
+    }
+
+    /// The conversation read receipt: the conversation's unread count
+    /// becomes 0, and my devices get `onChannelMessage`.
+    pub async fn send_channel_ack(&self, to: impl Into<String>, chat_type: v1::ChatType) -> Result<(), ClientError> {
+        let body = v1::SendChannelAck { to: to.into(), chat_type: chat_type as i32 };
+        done(self.request(Req::ChannelAck(body)).await?)
+    }
+
     pub async fn ping(&self) -> Result<v1::Pong, ClientError> {
         match self.request(Req::Ping(v1::Ping { client_time: natter_types::now_ms() })).await? {
             Res::Pong(pong) => Ok(pong),
@@ -281,6 +350,13 @@ fn presences(result: Res) -> Result<Vec<v1::PresenceStatus>, ClientError> {
     }
 }
 
+fn conversations(result: Res) -> Result<v1::ConversationPage, ClientError> {
+    match result {
+        Res::Conversations(page) => Ok(page),
+        other => Err(unexpected("conversations", &other)),
+    }
+}
+
 fn unexpected(wanted: &str, got: &Res) -> ClientError {
     let got = match got {
         Res::Error(_) => "error",
@@ -292,6 +368,8 @@ fn unexpected(wanted: &str, got: &Res) -> ClientError {
         Res::Ok(_) => "ok",
         Res::Presences(_) => "presences",
         Res::Subscriptions(_) => "subscriptions",
+        Res::Conversations(_) => "conversations",
+        Res::History(_) => "history",
     };
     ClientError::Protocol(format!("expected a {wanted} result, got {got}"))
 }

@@ -428,6 +428,8 @@ impl Driver {
             Some(Kind::OnTextMessage(m)) => self.unless_echo(seq, m).map(ClientEvent::OnTextMessage),
             Some(Kind::OnCustomMessage(m)) => self.unless_echo(seq, m).map(ClientEvent::OnCustomMessage),
             Some(Kind::OnGroupChange(g)) => Some(ClientEvent::OnGroupChange(g)),
+            Some(Kind::OnMultiDeviceEvent(e)) => Some(ClientEvent::OnMultiDeviceEvent(e)),
+            Some(Kind::OnChannelMessage(a)) => Some(ClientEvent::OnChannelMessage(a)),
             None => {
                 debug!(seq, "skipping an event of a kind this sdk does not know");
                 None

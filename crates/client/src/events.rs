@@ -23,6 +23,13 @@ pub enum ClientEvent {
     OnTextMessage(v1::Message),
     OnCustomMessage(v1::Message),
     OnGroupChange(v1::GroupChange),
+    /// One of my conversations was pinned, unpinned or deleted, or messages
+    /// in it deleted one way, on one of my devices (the seed's
+    /// `onMultiDeviceEvent`; the device that made the change gets it too).
+    OnMultiDeviceEvent(v1::MultiDeviceEvent),
+    /// A conversation read receipt: `from` read the conversation with `to`
+    /// (on one of my devices when `from` is me: its unread count is 0).
+    OnChannelMessage(v1::ChannelAck),
     /// A subscribed user's presence changed, or this user's own (live only:
     /// not replayed after a reconnect).
     OnPresenceStatusChange(v1::PresenceStatus),

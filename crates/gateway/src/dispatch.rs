@@ -13,6 +13,7 @@ use crate::Shared;
 pub(crate) async fn handle(shared: &Shared, user: &UserId, body: Body) -> Result<Reply> {
     let messages = &shared.deps.messages;
     let presence = &shared.deps.presence;
+    let conversations = &shared.deps.conversations;
     let me = Actor::User(user.clone());
     match body {
         Body::Ping(p) => Ok(Reply::Pong(v1::Pong { client_time: p.client_time, server_time: now_ms() })),
@@ -85,6 +86,45 @@ pub(crate) async fn handle(shared: &Shared, user: &UserId, body: Body) -> Result
             Ok(Reply::Subscriptions(
                 (&presence.subscriptions(user, r.page_num, r.page_size).await.map_err(within)?).into(),
             ))
+        }
+        Body::GetServerConversations(r) => {
+            let within = |e: Error| e.within("get_server_conversations");
+            let query = wire::list_query(r.page_size, r.cursor, false).map_err(within)?;
+            Ok(Reply::Conversations((&conversations.conversations(user, query).await.map_err(within)?).into()))
+        }
+        Body::GetServerPinnedConversations(r) => {
+            let within = |e: Error| e.within("get_server_pinned_conversations");
+            let query = wire::list_query(r.page_size, r.cursor, true).map_err(within)?;
+            Ok(Reply::Conversations((&conversations.conversations(user, query).await.map_err(within)?).into()))
+        }
+        Body::PinConversation(r) => {
+            let within = |e: Error| e.within("pin_conversation");
+            let (conversation, pinned) = wire::pin(&r).map_err(within)?;
+            conversations.pin(user, &conversation, pinned).await.map_err(within)?;
+            Ok(Reply::Ok(v1::Empty {}))
+        }
+        Body::GetHistoryMessages(r) => {
+            let within = |e: Error| e.within("get_history_messages");
+            let (conversation, query) = wire::history_query(&r).map_err(within)?;
+            Ok(Reply::History((&conversations.history(user, &conversation, query).await.map_err(within)?).into()))
+        }
+        Body::RemoveHistoryMessages(r) => {
+            let within = |e: Error| e.within("remove_history_messages");
+            let (conversation, removal) = wire::removal(&r).map_err(within)?;
+            conversations.remove_messages(user, &conversation, removal).await.map_err(within)?;
+            Ok(Reply::Ok(v1::Empty {}))
+        }
+        Body::DeleteConversation(r) => {
+            let within = |e: Error| e.within("delete_conversation");
+            let (conversation, delete_roam) = wire::deletion(&r).map_err(within)?;
+            conversations.delete_conversation(user, &conversation, delete_roam).await.map_err(within)?;
+            Ok(Reply::Ok(v1::Empty {}))
+        }
+        Body::ChannelAck(r) => {
+            let within = |e: Error| e.within("channel_ack");
+            let conversation = wire::channel_ack(&r).map_err(within)?;
+            conversations.mark_read(user, &conversation).await.map_err(within)?;
+            Ok(Reply::Ok(v1::Empty {}))
         }
         Body::GetPresenceStatus(r) => {
             let within = |e: Error| e.within("get_presence_status");

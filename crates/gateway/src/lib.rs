@@ -25,7 +25,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use dashmap::DashMap;
 use futures::StreamExt;
-use natter_api::{MessageApi, PresenceApi};
+use natter_api::{ConversationApi, MessageApi, PresenceApi};
 use natter_bus::{Bus, Control};
 use natter_runtime::{Stage, Tasks};
 use natter_store::UserLog;
@@ -77,6 +77,7 @@ impl Default for GatewayOptions {
 #[derive(Clone)]
 pub struct GatewayDeps {
     pub messages: Arc<dyn MessageApi>,
+    pub conversations: Arc<dyn ConversationApi>,
     pub log: Arc<dyn UserLog>,
     pub bus: Arc<dyn Bus>,
     pub presence: Arc<dyn PresenceApi>,

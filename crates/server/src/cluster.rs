@@ -18,7 +18,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use natter_api::{MessageRoleServer, PresenceRoleServer, RemoteMessages, RemotePresence};
+use natter_api::{
+    ConversationRoleServer, MessageRoleServer, PresenceRoleServer, RemoteConversations, RemoteMessages, RemotePresence,
+};
 use natter_bus::nats::NatsBus;
 use natter_gateway::Tokens;
 use natter_message::MessageOptions;
@@ -246,18 +248,24 @@ impl RoleProcess {
                             .and_then(|p| p.with_api_key(&api_key))
                             .map_err(remote_err)?,
                     ),
+                    conversations: Arc::new(
+                        RemoteConversations::connect_lazy(&config.cluster.conversation_addr, timeout)
+                            .and_then(|c| c.with_api_key(&api_key))
+                            .map_err(remote_err)?,
+                    ),
                 };
                 let tokens = Tokens::new(config.auth.token_secret.as_bytes(), config.auth.token_ttl_secs);
                 let options = wiring::gateway_options(config, instance.clone());
                 let gateway = wiring::gateway(options, &backends, &apis, tokens.clone(), &tasks);
                 let ws_listener = process::bind(&config.server.listen, "server.listen").await?;
                 ws_addr = Some(process::serve_http(&tasks, ws_listener, &gateway)?);
-                (wiring::backend_api(&apis, tokens, config.limits.clone(), &api_key), &["natter.v1.Backend"])
+                (wiring::backend_api(&apis, tokens, config, &api_key), &["natter.v1.Backend"])
             }
             Role::Conversation => {
-                // Nothing to serve yet; checking the schema keeps readiness honest.
-                connect_store(config).await?;
-                (Routes::default(), &[])
+                let (_, backends) = connect(config).await?;
+                let conversations = wiring::conversation_service(config.conversations.clone(), &backends);
+                let server = ConversationRoleServer::new(conversations).into_service();
+                (Routes::new(InterceptedService::new(server, key_check)), &["natter.v1.ConversationRole"])
             }
         };
         let grpc_addr = process::serve_grpc(&tasks, grpc_listener, routes, services).await?;

@@ -25,6 +25,7 @@ pub struct Config {
     pub store: StoreConfig,
     pub limits: Limits,
     pub presence: natter_presence::PresenceOptions,
+    pub conversations: natter_conversation::ConversationOptions,
     pub log: LogConfig,
     /// Distributed mode: the NATS servers of the bus.
     pub nats: NatsConfig,
@@ -317,6 +318,7 @@ impl Config {
         }
         self.limits.validate().map_err(|e| anyhow::anyhow!(e))?;
         self.presence.validate().map_err(|e| anyhow::anyhow!(e))?;
+        self.conversations.validate().map_err(|e| anyhow::anyhow!(e))?;
         Ok(())
     }
 

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use natter_api::{MessageApi, PresenceApi};
+use natter_api::{ConversationApi, MessageApi, PresenceApi};
 use natter_gateway::Tokens;
 use natter_proto::api::{self as wire, field, reply};
 use natter_proto::status_from_error;
@@ -15,8 +15,16 @@ use tonic::{Request, Response, Status};
 pub struct BackendApi {
     pub messages: Arc<dyn MessageApi>,
     pub presence: Arc<dyn PresenceApi>,
+    pub conversations: Arc<dyn ConversationApi>,
     pub tokens: Tokens,
     pub limits: natter_types::Limits,
+    /// `conversations.backend_updates`: whether a send updates conversations
+    /// when the request does not say.
+    pub backend_updates: bool,
+}
+
+fn required<T>(value: Option<T>, name: &str) -> Result<T, Status> {
+    value.ok_or_else(|| status(Error::bad_request(name, "is required")))
 }
 
 type Reply<T> = Result<Response<T>, Status>;
@@ -38,7 +46,8 @@ impl Backend for BackendApi {
         let req = request.into_inner();
         let from = field(wire::operator(&req.from))?;
         let message = req.message.ok_or_else(|| status(Error::bad_request("message", "is required")))?;
-        let new = field(natter_proto::new_message(message, &self.limits).map_err(|e| e.within("message")))?;
+        let mut new = field(natter_proto::new_message(message, &self.limits).map_err(|e| e.within("message")))?;
+        new.updates_conversations = req.update_conversations.unwrap_or(self.backend_updates);
         reply(self.messages.send(from, new).await)
     }
 
@@ -107,6 +116,47 @@ impl Backend for BackendApi {
         let req = request.into_inner();
         let user = field(wire::user(&req.user_id, "user_id"))?;
         reply(self.presence.subscriptions(&user, req.page_num, req.page_size).await)
+    }
+
+    async fn get_conversations(
+        &self,
+        request: Request<v1::BackendConversationsRequest>,
+    ) -> Reply<v1::ConversationPage> {
+        let req = request.into_inner();
+        let user = field(wire::user(&req.user_id, "user_id"))?;
+        let query = field(wire::list_query(req.page_size, req.cursor, req.pinned))?;
+        reply(self.conversations.conversations(&user, query).await)
+    }
+
+    async fn get_history_messages(&self, request: Request<v1::BackendHistoryRequest>) -> Reply<v1::HistoryPage> {
+        let req = request.into_inner();
+        let user = field(wire::user(&req.user_id, "user_id"))?;
+        let query = required(req.query, "query")?;
+        let (conversation, query) = field(wire::history_query(&query).map_err(|e| e.within("query")))?;
+        reply(self.conversations.history(&user, &conversation, query).await)
+    }
+
+    async fn remove_history_messages(&self, request: Request<v1::BackendRemoveHistoryRequest>) -> Reply<v1::Empty> {
+        let req = request.into_inner();
+        let user = field(wire::user(&req.user_id, "user_id"))?;
+        let removal = required(req.removal, "removal")?;
+        let (conversation, removal) = field(wire::removal(&removal).map_err(|e| e.within("removal")))?;
+        reply(self.conversations.remove_messages(&user, &conversation, removal).await)
+    }
+
+    async fn delete_conversation(&self, request: Request<v1::BackendDeleteConversationRequest>) -> Reply<v1::Empty> {
+        let req = request.into_inner();
+        let user = field(wire::user(&req.user_id, "user_id"))?;
+        let deletion = required(req.conversation, "conversation")?;
+        let (conversation, delete_roam) = field(wire::deletion(&deletion).map_err(|e| e.within("conversation")))?;
+        reply(self.conversations.delete_conversation(&user, &conversation, delete_roam).await)
+    }
+
+    async fn pin_conversation(&self, request: Request<v1::BackendPinConversationRequest>) -> Reply<v1::Empty> {
+        let req = request.into_inner();
+        let user = field(wire::user(&req.user_id, "user_id"))?;
+        let (conversation, pinned) = field(wire::pin(&required(req.pin, "pin")?).map_err(|e| e.within("pin")))?;
+        reply(self.conversations.pin(&user, &conversation, pinned).await)
     }
 }
 

@@ -104,7 +104,9 @@ impl Node {
             sessions: Arc::new(LocalSessionRegistry::with_journal(journal.clone())),
         };
         let message = MessageOptions { node_id: config.server.node_id, limits: config.limits.clone() };
-        let (apis, presence) = wiring::local_services(message, config.presence.clone(), &backends, &tasks).await?;
+        let (apis, presence) =
+            wiring::local_services(message, config.presence.clone(), config.conversations.clone(), &backends, &tasks)
+                .await?;
         // Sessions the journal still holds belong to a run that died without
         // closing them: announce them offline before serving new ones.
         match journal.open_sessions().await {
@@ -122,7 +124,7 @@ impl Node {
         let ws_listener = process::bind(&config.server.listen, "server.listen").await?;
         let grpc_listener = process::bind(&config.server.grpc_listen, "server.grpc_listen").await?;
         let ws_addr = process::serve_http(&tasks, ws_listener, &gateway)?;
-        let routes = wiring::backend_api(&apis, tokens.clone(), config.limits.clone(), &api_key);
+        let routes = wiring::backend_api(&apis, tokens.clone(), &config, &api_key);
         let grpc_addr = process::serve_grpc(&tasks, grpc_listener, routes, &["natter.v1.Backend"]).await?;
         tracing::info!(ws = %ws_addr, grpc = %grpc_addr, data_dir = %data_dir.display(), "natter serving");
         Ok(Self {

@@ -8,8 +8,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use natter_api::{MessageApi, PresenceApi};
+use natter_api::{ConversationApi, MessageApi, PresenceApi};
 use natter_bus::Bus;
+use natter_conversation::{ConversationOptions, ConversationService};
 use natter_gateway::{Gateway, GatewayDeps, GatewayOptions, Tokens};
 use natter_message::{MessageOptions, MessageService};
 use natter_presence::{LeaderLease, PresenceDeps, PresenceOptions, PresenceService, SessionRegistry};
@@ -37,11 +38,18 @@ pub struct Backends {
 pub struct Apis {
     pub messages: Arc<dyn MessageApi>,
     pub presence: Arc<dyn PresenceApi>,
+    pub conversations: Arc<dyn ConversationApi>,
 }
 
 /// The message role: sends and groups. It has no background work.
 pub fn message_service(options: MessageOptions, backends: &Backends) -> Arc<MessageService> {
     Arc::new(MessageService::new(options, backends.stores.clone(), backends.bus.clone()))
+}
+
+/// The conversation role: lists, pins, history, one-way deletes. It has no
+/// background work.
+pub fn conversation_service(options: ConversationOptions, backends: &Backends) -> Arc<ConversationService> {
+    Arc::new(ConversationService::new(options, backends.stores.clone(), backends.bus.clone()))
 }
 
 /// The presence role; its background jobs run in `tasks` (only while it
@@ -68,13 +76,15 @@ pub async fn presence_service(
 pub async fn local_services(
     message: MessageOptions,
     presence: PresenceOptions,
+    conversations: ConversationOptions,
     backends: &Backends,
     tasks: &Tasks,
 ) -> anyhow::Result<(Apis, Arc<PresenceService>)> {
     let limits = message.limits.clone();
     let messages = message_service(message, backends);
     let presence = presence_service(presence, limits, backends, None, tasks).await?;
-    Ok((Apis { messages, presence: presence.clone() }, presence))
+    let conversations = conversation_service(conversations, backends);
+    Ok((Apis { messages, presence: presence.clone(), conversations }, presence))
 }
 
 /// The gateway role: client WebSockets, delivering each user's log from the
@@ -82,6 +92,7 @@ pub async fn local_services(
 pub fn gateway(options: GatewayOptions, backends: &Backends, apis: &Apis, tokens: Tokens, tasks: &Tasks) -> Gateway {
     let deps = GatewayDeps {
         messages: apis.messages.clone(),
+        conversations: apis.conversations.clone(),
         log: backends.stores.log.clone(),
         bus: backends.bus.clone(),
         presence: apis.presence.clone(),
@@ -91,8 +102,15 @@ pub fn gateway(options: GatewayOptions, backends: &Backends, apis: &Apis, tokens
 }
 
 /// The public backend API (`natter.v1.Backend`) behind the API key.
-pub fn backend_api(apis: &Apis, tokens: Tokens, limits: Limits, api_key: &str) -> Routes {
-    let api = BackendApi { messages: apis.messages.clone(), presence: apis.presence.clone(), tokens, limits };
+pub fn backend_api(apis: &Apis, tokens: Tokens, config: &Config, api_key: &str) -> Routes {
+    let api = BackendApi {
+        messages: apis.messages.clone(),
+        presence: apis.presence.clone(),
+        conversations: apis.conversations.clone(),
+        tokens,
+        limits: config.limits.clone(),
+        backend_updates: config.conversations.backend_updates,
+    };
     Routes::new(BackendServer::with_interceptor(api, ApiKeyCheck::new(api_key)))
 }
 

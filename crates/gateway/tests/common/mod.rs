@@ -48,7 +48,10 @@ impl Harness {
             Backends { stores: stores.clone(), bus: bus.clone(), sessions: Arc::new(LocalSessionRegistry::new()) };
         let limits = Limits::default();
         let message = MessageOptions { node_id: 1, limits: limits.clone() };
-        let (apis, _) = wiring::local_services(message, PresenceOptions::default(), &backends, &tasks).await.unwrap();
+        let (apis, _) =
+            wiring::local_services(message, PresenceOptions::default(), Default::default(), &backends, &tasks)
+                .await
+                .unwrap();
         let tokens = Tokens::new(b"delivery-test-secret", 3600);
         let gateway = wiring::gateway(GatewayOptions { limits, ..options }, &backends, &apis, tokens.clone(), &tasks);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
