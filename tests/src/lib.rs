@@ -229,6 +229,7 @@ pub async fn assert_quiet<D: Deployment>(d: &D, user: &str, events: &mut Events)
             body: Some(v1::send_message::Body::Text(v1::TextBody { text: "quiet?".into() })),
             ..Default::default()
         }),
+        update_conversations: None,
     };
     let sent = backend.send_message(with_key(send, &d.api_key())).await.expect("the marker is sent").into_inner();
     loop {

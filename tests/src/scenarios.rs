@@ -490,6 +490,7 @@ pub async fn backend_grpc_sends_as_system_and_as_user_behind_the_api_key<D: Depl
             body: Some(v1::send_message::Body::Text(v1::TextBody { text: format!("from {from:?}") })),
             ..Default::default()
         }),
+        update_conversations: None,
     };
     let system = backend.send_message(with_key(send("", "s1"), &key)).await.unwrap().into_inner();
     let got = bob_events.next_message(WAIT).await.unwrap();

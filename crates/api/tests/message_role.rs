@@ -178,6 +178,7 @@ async fn the_role_validates_wire_input() {
             chat_type: 99,
             ..Default::default()
         }),
+        update_conversations: true,
     };
     let e = natter_proto::error_from_status(&raw.send(req.clone()).await.unwrap_err());
     assert_eq!((e.code, e.field.as_deref()), (ErrorCode::BadRequest, Some("message.chat_type")));

@@ -710,6 +710,7 @@ mod tests {
             body,
             ext: BTreeMap::from([("k".to_owned(), "v".to_owned())]),
             from_system: false,
+            pos: 7,
         };
         let events = [
             t::LogEvent::Message(message(t::MessageBody::Text("hello, 世界".into()))),

@@ -6,7 +6,7 @@
 use natter_client::{Client, ClientError, ClientEvent, ClientOptions, Events, v1};
 use natter_server::Config;
 
-use crate::{Deployment, WAIT, assert_quiet, grpc_channel, messages, next_event, text_of, with_key};
+use crate::{Deployment, assert_quiet, grpc_channel, messages, next_event, text_of, with_key};
 
 use super::group_req;
 
@@ -46,7 +46,9 @@ fn texts(page: &v1::HistoryPage) -> Vec<&str> {
 
 fn error_of(result: Result<impl std::fmt::Debug, ClientError>) -> v1::Error {
     match result {
-        Err(ClientError::Server(e)) => e,
+        Err(ClientError::Server { code, message, field }) => {
+            v1::Error { code: code as i32, message, field: field.unwrap_or_default() }
+        }
         other => panic!("expected a server error, got {other:?}"),
     }
 }
@@ -141,7 +143,11 @@ pub async fn c2_backend_messages_count_only_when_the_operator_asks<D: Deployment
 }
 
 pub async fn c2_the_cap_drops_the_least_recently_active<D: Deployment>() {
-    let d = D::start_with(|c: &mut Config| c.conversations.max_conversations = 3).await;
+    let d = D::start_with(|c: &mut Config| {
+        c.conversations.max_conversations = 3;
+        c.conversations.max_pinned = 1;
+    })
+    .await;
     let (bob, _b) = d.client("bob").await;
     for name in ["u1", "u2", "u3", "u4"] {
         let (peer, _p) = d.client(name).await;
