@@ -240,7 +240,7 @@ async fn migration_is_versioned_idempotent_and_safe_to_run_concurrently() {
     assert_eq!(schema_version(&b, &keyspace).await.unwrap(), Some(LATEST_VERSION));
 
     // A migration that died after its DDL and before its record runs again
-    // cleanly (version 4 adds columns, which CQL cannot add "if not exists").
+    // cleanly (versions 4 and 5 add columns, which CQL cannot add "if not exists").
     a.query_unpaged(format!("DELETE FROM {keyspace}.schema_migrations WHERE version = {LATEST_VERSION}"), ())
         .await
         .unwrap();
@@ -680,6 +680,163 @@ async fn history_walks_buckets_both_ways() {
     for m in &sent {
         assert_eq!(messages.get_message(&conv, m.id).await.unwrap().as_ref(), Some(m));
     }
+}
+
+// ---------------------------------------------------------- conversations
+
+/// Writes the idempotency record of a counted send as a send that died
+/// right after it leaves it: no position yet, no history row.
+async fn pending_record(store: &CqlStore, message: &Message) {
+    let blob = natter_proto::ProstMessage::encode_to_vec(&natter_proto::v1::Message::from(message));
+    let cql = format!(
+        "INSERT INTO {}.message_dedup (sender, client_msg_id, conversation, msg_id, message, counted) \
+         VALUES (?, ?, ?, ?, ?, true) USING TTL 3600",
+        shared_keyspace()
+    );
+    let conversation = message.conversation();
+    let values = (message.from.as_str(), &message.client_msg_id, conversation.as_str(), message.id.0 as i64, blob);
+    store.session().query_unpaged(cql, values).await.unwrap();
+}
+
+/// The head's `(pos, recent)`.
+async fn head_row(store: &CqlStore, conversation: &ConversationKey) -> (i64, Vec<i64>) {
+    let cql = format!("SELECT pos, recent FROM {}.conversation_heads WHERE conversation = ?", shared_keyspace());
+    let rows = store.session().query_unpaged(cql, (conversation.as_str(),)).await.unwrap().into_rows_result().unwrap();
+    let (pos, recent) = rows.first_row::<(i64, Option<Vec<i64>>)>().unwrap();
+    (pos, recent.unwrap_or_default())
+}
+
+async fn send_counted(store: &CqlStore, message: &Message) -> natter_store::Stored {
+    let users = [message.from.clone(), UserId::parse(&message.to, "to").unwrap()];
+    let stores = store.stores();
+    stores.messages.insert_and_append(message, &users, true, stores.log.as_ref()).await.unwrap()
+}
+
+/// A send that died after its idempotency record and before its position:
+/// the retry gives it the next position, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_that_died_before_its_position_takes_one_on_retry() {
+    let store = shared_store(RETENTION).await;
+    let (a, b) = (user("a"), user("b"));
+    let now = natter_types::now_ms();
+    send_counted(&store, &message(id_at(now, 0), &a, &b, "c0")).await;
+    let died = message(id_at(now, 1), &a, &b, "c1");
+    pending_record(&store, &died).await;
+    assert_eq!(send_counted(&store, &message(id_at(now, 2), &b, &a, "c2")).await.message.pos, 2);
+
+    let retried = send_counted(&store, &message(id_at(now, 3), &a, &b, "c1")).await;
+    assert!(retried.duplicate);
+    assert_eq!(retried.message, Message { pos: 3, ..died.clone() }, "the stored message, positioned now");
+    assert_eq!(retried.appended.len(), 2, "and fanned out");
+    let again = send_counted(&store, &message(id_at(now, 4), &a, &b, "c1")).await;
+    assert_eq!((again.message.pos, again.appended.len()), (3, 0), "once");
+    let conv = died.conversation();
+    assert_eq!(head_row(&store, &conv).await.0, 3);
+    let history = store.stores().messages.history(&conv, None, Direction::Down, 10).await.unwrap();
+    assert_eq!(history.iter().map(|m| m.pos).collect::<Vec<_>>(), [1, 3, 2], "in id order, each with its position");
+    let state = store.stores().conversations.user_conversation(&a, &conv).await.unwrap().unwrap();
+    assert_eq!(state.read_pos, 3, "the sender's read position moved with it");
+}
+
+/// A send that died after taking its position and before recording it: the
+/// retry finds the position among the head's recent ids, on another
+/// connection and after later messages, and takes no second one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_that_died_after_taking_its_position_keeps_it() {
+    let store = shared_store(RETENTION).await;
+    let (a, b) = (user("a"), user("b"));
+    let now = natter_types::now_ms();
+    let first = send_counted(&store, &message(id_at(now, 0), &a, &b, "k0")).await.message;
+    let died = message(id_at(now, 1), &a, &b, "k1");
+    pending_record(&store, &died).await;
+    let conv = died.conversation();
+    let cql = format!(
+        "UPDATE {}.conversation_heads SET pos = 2, last_id = ?, last_time = ?, recent = ? WHERE conversation = ?",
+        shared_keyspace()
+    );
+    let recent = vec![first.id.0 as i64, died.id.0 as i64];
+    store.session().query_unpaged(cql, (died.id.0 as i64, died.timestamp, recent, conv.as_str())).await.unwrap();
+    for i in 2..12 {
+        let later = send_counted(&store, &message(id_at(now, i), &b, &a, &format!("k{i}"))).await;
+        assert_eq!(later.message.pos, i + 1);
+    }
+
+    let other = shared_store(RETENTION).await;
+    let retried = send_counted(&other, &message(id_at(now, 20), &a, &b, "k1")).await;
+    assert_eq!(retried.message, Message { pos: 2, ..died.clone() }, "the position it took");
+    assert_eq!(head_row(&store, &conv).await.0, 12, "no second position");
+    let stored = other.stores().messages.get_message(&conv, died.id).await.unwrap().unwrap();
+    assert_eq!(stored.pos, 2, "history has it");
+    match other.stores().messages.insert_message(&message(id_at(now, 21), &a, &b, "k1")).await.unwrap() {
+        Inserted::Duplicate { message, fanned_out } => {
+            assert_eq!((message.pos, fanned_out), (2, true), "and so does the record");
+        }
+        Inserted::New => panic!("the record is gone"),
+    }
+}
+
+/// Identical counted sends racing on two connections: one position.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_identical_counted_sends_take_one_position() {
+    let stores = [shared_store(RETENTION).await, shared_store(RETENTION).await];
+    let (a, b) = (user("a"), user("b"));
+    let now = natter_types::now_ms();
+    let results = join_all((0..8u64).map(|i| {
+        let store = stores[i as usize % 2].clone();
+        let m = message(id_at(now, i), &a, &b, "twin");
+        async move { send_counted(&store, &m).await }
+    }))
+    .await;
+    assert_eq!(results.iter().filter(|r| !r.duplicate).count(), 1, "one wins the record");
+    let winner = results.iter().find(|r| !r.duplicate).unwrap().message.clone();
+    assert_eq!(winner.pos, 1);
+    assert!(results.iter().all(|r| r.message == winner), "every attempt answers with the winner, positioned");
+    let conv = winner.conversation();
+    assert_eq!(head_row(&stores[0], &conv).await, (1, vec![winner.id.0 as i64]));
+}
+
+/// Concurrent counted sends to one group from two connections (standing for
+/// two message processes): dense positions, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_group_sends_from_two_connections_get_positions_1_to_n() {
+    let stores = [shared_store(RETENTION).await, shared_store(RETENTION).await];
+    let owner = user("o");
+    let group = Group {
+        id: GroupId::from_id(id_at(natter_types::now_ms(), 9).0 ^ (std::process::id() as u64)),
+        name: "busy".into(),
+        description: String::new(),
+        owner: owner.clone(),
+        created_at: natter_types::now_ms(),
+        member_count: 0,
+        max_members: 10,
+    };
+    let members: Vec<GroupMember> = std::iter::once(owner.clone())
+        .chain((0..3).map(|_| user("m")))
+        .map(|u| member(&u, GroupRole::Member))
+        .collect();
+    stores[0].stores().groups.create_group(&group, &members).await.unwrap();
+    let ids: Vec<UserId> = members.iter().map(|m| m.user_id.clone()).collect();
+    const N: u64 = 40;
+    let now = natter_types::now_ms();
+    let started = Instant::now();
+    let results = join_all((0..N).map(|i| {
+        let stores = stores[i as usize % 2].stores();
+        let ids = ids.clone();
+        let m = Message {
+            to: group.id.to_string(),
+            chat_type: ChatType::Group,
+            ..message(id_at(now, i), &ids[i as usize % ids.len()], &owner, &format!("g{i}"))
+        };
+        async move { stores.messages.insert_and_append(&m, &ids, true, stores.log.as_ref()).await.unwrap() }
+    }))
+    .await;
+    eprintln!("{N} concurrent counted group sends on 2 connections: {:?}", started.elapsed());
+    let positions: BTreeSet<u64> = results.iter().map(|r| r.message.pos).collect();
+    assert_eq!(positions, (1..=N).collect(), "dense and each once");
+    let conv = ConversationKey::group(&group.id);
+    assert_eq!(head_row(&stores[0], &conv).await.0, N as i64);
+    let history = stores[1].stores().messages.history(&conv, None, Direction::Up, 100).await.unwrap();
+    assert_eq!(history.iter().map(|m| m.pos).collect::<BTreeSet<_>>(), positions, "history has the same");
 }
 
 // ----------------------------------------------------------------- groups

@@ -4,7 +4,7 @@
 //! materialized views or SASI); every hot-path statement is prepared once at
 //! [`CqlStore::connect`], and scans page.
 //!
-//! # Data model (schema version 4, see [`migrate`])
+//! # Data model (schema version 5, see [`migrate`])
 //!
 //! Partition key in inner parentheses where it is not the first column.
 //!
@@ -12,7 +12,13 @@
 //! messages             ((conversation text, bucket int), id bigint DESC) -> message blob
 //! conversation_buckets (conversation text, bucket int)
 //! message_dedup        ((sender text, client_msg_id text)) -> conversation, msg_id, message blob,
-//!                                                             fanned_out boolean
+//!                                                             fanned_out boolean, counted boolean
+//! conversation_heads   (conversation text) -> pos bigint, last_id bigint, last_time bigint,
+//!                                             recent frozen<list<bigint>>
+//! user_conversations   (user_id text, conversation text) -> created_at, read_pos, cleared_pos,
+//!                                                           cleared_id bigint, hidden boolean,
+//!                                                           hidden_pos, pinned_at bigint
+//! user_removed_messages ((user_id text, conversation text), msg_id bigint ASC) -> pos bigint
 //! groups               (group_id text, user_id text) -> role int, joined_at bigint
 //!                        static: name, description, owner, created_at, member_count,
 //!                                max_members, version bigint, writer bigint
@@ -41,7 +47,8 @@
 //! `WebhookEvent`), so both backends store the same bytes. Version 1 holds the
 //! message, group and user-log tables; version 2 the presence and webhook
 //! tables; version 3 the session registry and the leases; version 4 adds
-//! `earlier` to the log heads.
+//! `earlier` to the log heads; version 5 the conversation tables and
+//! `counted` to the idempotency records.
 //!
 //! **Messages** use the Discord layout: a conversation's history is split into
 //! partitions of [`BUCKET_MS`] (10 days) of message-id time, clustered by
@@ -74,6 +81,70 @@
 //! the `IF msg_id = null` take-over and `mark_fanned_out`'s no-TTL case can
 //! go once no keyspace holds them: keyspaces created at or after 32a432b, or
 //! after deleting the `message_dedup` rows without a TTL.
+//!
+//! **Conversations** (see `conversations.rs`): a counted message (C2) takes
+//! the next position of its conversation, 1, 2, …, from
+//! `conversation_heads`, a row per conversation changed only by Paxos: `IF
+//! NOT EXISTS` for the first message, then `UPDATE … SET pos = s+k, last_id,
+//! last_time, recent IF pos = s`. `recent` lists the ids of the newest 64
+//! (`RECENT_IDS`) counted messages, the last at `pos`, so the head itself
+//! says which position a recent message took. Claims of one
+//! conversation from one process take turns like log appends: the one whose
+//! turn it is positions every claim waiting behind it in one round, and a
+//! claim whose id is already in `recent` (read at each attempt; the `IF pos
+//! = s` makes that read exact) keeps the position it has. So a message is
+//! given at most one position, by whichever attempt, retry or concurrent
+//! duplicate gets there first, and a conditional update whose outcome was
+//! lost is settled by the ids in the next read.
+//!
+//! A counted send writes, in order: the idempotency record with `counted =
+//! true` and the message without its position (`IF NOT EXISTS`, as above);
+//! the position; then together the record rewritten with the positioned
+//! message, the history row (stamped a microsecond after an unpositioned
+//! copy, so it always wins) and the users' states; then the log entries;
+//! then the mark. The record's rewrite is a plain write stamped one
+//! microsecond after the cell it replaces (its write time is read back: the
+//! conditional insert was stamped by its Paxos ballot, on a coordinator
+//! whose clock this one may trail) with what is left of the record's TTL,
+//! so it wins and the record's cells still expire together. A retry with
+//! the same client message id reads the record: one that is counted and
+//! has no position is a send that died before recording it, and the retry
+//! finds its position in `recent` or takes the next, then writes what
+//! follows. Where the first attempt died:
+//! - after the record, before the position: the retry takes the next
+//!   position (`tests/cql.rs`, `a_send_that_died_before_its_position…`);
+//! - after the position, before the record's rewrite: the retry finds it in
+//!   `recent` (`a_send_that_died_after_taking_its_position_keeps_it`);
+//! - after the record's rewrite: the retry has the position from the record
+//!   and repairs the history row, the states and the entries, as before.
+//!
+//! What remains: a send that died after taking its position and is never
+//! retried leaves a position without a message (a "ghost": it counts as
+//! unread for the peer until they read past it), and one retried only after
+//! more than 64 counted messages followed it in its conversation takes a
+//! second position and leaves the first a ghost. Both need the send to stop
+//! between the head's update and the record's rewrite (a crash, or an error
+//! in the read and the write between them); a client retries an error at
+//! once, far within 64 messages of most conversations. Taking positions
+//! without Paxos (a later change) has to keep a message's position findable
+//! from its record in the same way.
+//!
+//! A user's state is a row per conversation with one column per field, so
+//! a change writes only the columns it touches: a pin, an unpin and a hide
+//! (`hidden`, `hidden_pos`, `pinned_at = 0`) are plain writes that replace
+//! what was there; `read_pos` and `(cleared_pos, cleared_id)` never move
+//! back, so they are raised by a compare-and-set on the value read (`IF
+//! read_pos = ?`), skipped when the value is already there — a plain write
+//! could lose a concurrent higher read, which would show read messages as
+//! unread again. `created_at` is set once, `IF created_at = null`, by the
+//! first change or counted message. A missing field reads as its default;
+//! a row without `created_at` (a change that raced `forget`) reads as
+//! created at 0 until the next change sets it. A hidden conversation is
+//! listed again when its head passes `hidden_pos`, so a new message writes
+//! nothing for it. `user_removed_messages` holds a user's one-way deletes
+//! (C6) per conversation, by id; `forget` deletes the state and them in one
+//! logged batch. A group message writes the group's head and its sender's
+//! state only, never a row per member.
 //!
 //! **Groups** live in one partition per group: the group's fields are static
 //! columns and each member is a clustering row ordered by user id (so
@@ -165,12 +236,20 @@
 //!   (clients drop repeats by message id). An `Err` can also follow an append
 //!   that did land (its outcome could not be confirmed in time); it is never
 //!   half-written and never lands twice for one call.
+//! - A counted send is not one batch: it can die with its position taken
+//!   and not yet recorded (see "Conversations" for what a retry completes
+//!   and what remains). Its users' states are written before its log
+//!   entries, so a device that receives the message finds the conversation.
 //! - A group's id must not be reused after `delete_group` if its partition
 //!   purge failed (ids are generated, so they are not).
 //!
 //! # Operating notes
 //! - Every conditional statement is a Paxos round (4 round trips with
-//!   Cassandra's default `paxos_variant: v1`, 2 with `v2`).
+//!   Cassandra's default `paxos_variant: v1`, 2 with `v2`). A counted send
+//!   costs, besides the record's and the log appends' rounds, one for its
+//!   conversation's head (shared by the claims waiting in one process) and
+//!   one for its sender's read position; the first message of a 1:1
+//!   conversation one more per user for `created_at`.
 //! - ScyllaDB releases that do not support LWT on tablets keyspaces need the
 //!   keyspace created beforehand with tablets disabled (Scylla-only syntax,
 //!   so `migrate` does not write it); `migrate` leaves an existing keyspace
