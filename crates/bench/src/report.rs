@@ -62,7 +62,8 @@ request at a time on one connection, at most 45 requests/s (under the server's p
 limiter is never what is measured). Pages/s back to back is pages ÷ the time spent waiting for them: what one client \
 paging without pause would get were it not for that limit. Ping is a `ping` request on the same socket between pages: \
 the floor under every request (WebSocket, gateway, request worker), so a page's own cost is its latency minus the \
-ping's. Server CPU per page is over the paced window (pings included).";
+ping's. Server CPU per page is over the paced window, pings and the server's background work (heartbeats, \
+compactions after seeding) included.";
 
 pub fn markdown(r: &SuiteReport) -> String {
     let mut md = String::new();
