@@ -9,8 +9,10 @@ use natter_bench::bare::{self, BareOptions};
 use natter_bench::client::{ClientOptions, raise_fd_limit};
 use natter_bench::nats_server::{self, NatsSource};
 use natter_bench::report;
+use natter_bench::scenarios::conversations::ConversationsConfig;
 use natter_bench::scenarios::direct::DirectConfig;
 use natter_bench::scenarios::fanout::FanoutConfig;
+use natter_bench::scenarios::history::HistoryConfig;
 use natter_bench::scenarios::idle::IdleConfig;
 use natter_bench::suite::{self, BareSource, NatterSource, SuiteConfig};
 use natter_bench::target::{self, ServerKind, Target};
@@ -35,7 +37,8 @@ enum Command {
         /// Override the idle scenario's connection count (e.g. 500000).
         #[arg(long)]
         idle_conns: Option<usize>,
-        /// Scenarios to run (idle, direct, fanout, presence, sweeper); all by default.
+        /// Scenarios to run (idle, direct, fanout, presence, sweeper,
+        /// conversations, history); all by default.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         #[command(flatten)]
@@ -83,6 +86,52 @@ enum Command {
         messages: usize,
         #[arg(long, default_value_t = 32)]
         window: usize,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// The conversation list (C1) only: one user with many conversations
+    /// pages the whole list, many times.
+    Conversations {
+        /// 1:1 conversations: peers that each send the user one message.
+        #[arg(long, default_value_t = 500)]
+        conversations: usize,
+        /// Groups the user is also in (one message each).
+        #[arg(long, default_value_t = 5)]
+        groups: usize,
+        /// Peers in each group besides the user.
+        #[arg(long, default_value_t = 9)]
+        group_members: usize,
+        #[arg(long, default_value_t = 20)]
+        page_size: usize,
+        /// Times the whole list is paged.
+        #[arg(long, default_value_t = 50)]
+        passes: usize,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// History (C5) only: one conversation with many messages, paged in
+    /// walks from the newest and from random messages, both directions.
+    History {
+        /// Messages in the conversation.
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+        /// Group members that send them (each at 45/s).
+        #[arg(long, default_value_t = 64)]
+        senders: usize,
+        /// Sends in flight per sender while seeding.
+        #[arg(long, default_value_t = 8)]
+        window: usize,
+        #[arg(long, default_value_t = 50)]
+        page_size: usize,
+        /// Pages read in all.
+        #[arg(long, default_value_t = 1200)]
+        pages: usize,
+        /// Pages per walk.
+        #[arg(long, default_value_t = 10)]
+        walk_pages: usize,
+        /// How long seeding may take, in seconds.
+        #[arg(long, default_value_t = 900.0)]
+        seed_timeout_secs: f64,
         #[command(flatten)]
         common: Common,
     },
@@ -195,6 +244,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 if !wants("sweeper") {
                     config.sweeper_subscriptions = None;
                 }
+                if !wants("conversations") {
+                    config.conversations = None;
+                }
+                if !wants("history") {
+                    config.history = None;
+                }
+                let known = ["idle", "direct", "fanout", "presence", "sweeper", "conversations", "history"];
+                if let Some(unknown) = only.iter().find(|o| !known.contains(&o.as_str())) {
+                    anyhow::bail!("--only {unknown}: not a scenario (one of {})", known.join(", "));
+                }
             }
             (config, common)
         }
@@ -208,6 +267,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let standard = SuiteConfig::standard().direct.context("standard direct config")?;
             config.direct =
                 Some(DirectConfig { users, loads, step_secs, target_step_secs, saturation_secs, window, ..standard });
+            (config, common)
+        }
+        Command::Conversations { conversations, groups, group_members, page_size, passes, common } => {
+            let mut config = empty("conversations");
+            let standard = SuiteConfig::standard().conversations.context("standard conversations config")?;
+            config.conversations = Some(ConversationsConfig {
+                peers: conversations,
+                groups,
+                group_members,
+                page_size,
+                passes,
+                ..standard
+            });
+            (config, common)
+        }
+        Command::History { messages, senders, window, page_size, pages, walk_pages, seed_timeout_secs, common } => {
+            let mut config = empty("history");
+            let standard = SuiteConfig::standard().history.context("standard history config")?;
+            config.history = Some(HistoryConfig {
+                messages,
+                senders,
+                window,
+                page_size,
+                pages,
+                walk_pages,
+                seed_timeout_secs,
+                ..standard
+            });
             (config, common)
         }
         Command::Fanout { group_size, groups, senders, messages, window, common } => {
@@ -295,6 +382,8 @@ fn empty(name: &str) -> SuiteConfig {
         fanout: Vec::new(),
         presence: None,
         sweeper_subscriptions: None,
+        conversations: None,
+        history: None,
         ..SuiteConfig::standard()
     }
 }

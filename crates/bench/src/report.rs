@@ -56,6 +56,15 @@ fn thousands(v: f64) -> String {
     out
 }
 
+/// How the read scenarios measure (said once above each of their tables).
+const READ_SCENARIOS: &str = "Latency is client-side: the request written to the WebSocket → its response read off it, one \
+request at a time on one connection, at most 45 requests/s (under the server's per-connection limit of 50/s, so the \
+limiter is never what is measured). Pages/s back to back is pages ÷ the time spent waiting for them: what one client \
+paging without pause would get were it not for that limit. Ping is a `ping` request on the same socket between pages: \
+the floor under every request (WebSocket, gateway, request worker), so a page's own cost is its latency minus the \
+ping's. Server CPU per page is over the paced window, pings and the server's background work (heartbeats, \
+compactions after seeding) included.";
+
 pub fn markdown(r: &SuiteReport) -> String {
     let mut md = String::new();
     let m = &r.machine;
@@ -253,6 +262,103 @@ pub fn markdown(r: &SuiteReport) -> String {
             s.cpu_us_per_removed,
             s.schedule_rss_bytes_per_entry
         );
+    }
+
+    if !r.conversations.is_empty() {
+        let _ = writeln!(md, "## Conversation list (C1)\n");
+        let _ = writeln!(md, "{READ_SCENARIOS}\n");
+        for c in &r.conversations {
+            let _ = writeln!(
+                md,
+                "{}: one user with {} conversations ({} 1:1, each peer sent one message; {} groups), its client pages \
+                 the whole list with pages of {}, {} times ({} pages).\n",
+                c.target,
+                c.seeded,
+                c.seeded - c.groups,
+                c.groups,
+                c.page_size,
+                c.passes,
+                c.pages
+            );
+        }
+        let _ = writeln!(
+            md,
+            "| Server | Listed / seeded | Pages | Page p50 / p99 / p99.9 / max (ms) | First page p50 / p99 | Last page p50 / p99 | Ping p50 / p99 | Pages/s back to back | Errors | Wrong passes | Server CPU | Server CPU per page (µs) | Bench CPU | Other CPU |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for c in &r.conversations {
+            let _ = writeln!(
+                md,
+                "| {} | {} / {} | {} | {} | {} / {} | {} / {} | {} / {} | {} | {} | {} | {} | {} | {:.0}% | {:.0}% |",
+                c.target,
+                c.listed,
+                c.seeded,
+                c.pages,
+                lat(&c.page_latency),
+                ms(c.first_page.p50_ms),
+                ms(c.first_page.p99_ms),
+                ms(c.last_page.p50_ms),
+                ms(c.last_page.p99_ms),
+                ms(c.ping.p50_ms),
+                ms(c.ping.p99_ms),
+                thousands(c.pages_per_sec),
+                c.errors,
+                c.mismatched_passes,
+                opt(c.usage.server_cpu_percent, "%"),
+                cpu_per(c.usage.server_cpu_percent, c.wall_pages_per_sec),
+                c.usage.bench_cpu_percent,
+                c.usage.other_cpu_percent,
+            );
+        }
+        md.push('\n');
+    }
+
+    if !r.history.is_empty() {
+        let _ = writeln!(md, "## History (C5)\n");
+        let _ = writeln!(md, "{READ_SCENARIOS}\n");
+        for h in &r.history {
+            let _ = writeln!(
+                md,
+                "{}: one group conversation with {} messages (seeded by {} members in {:.0} s, {} msg/s, not measured), \
+                 paged with pages of {} in walks of {} pages: from the newest message up, from a random message up \
+                 (older), from a random message down (newer), in turn.\n",
+                h.target,
+                thousands(h.messages as f64),
+                h.senders,
+                h.seed_secs,
+                thousands(h.seed_messages_per_sec),
+                h.page_size,
+                h.walk_pages
+            );
+        }
+        let _ = writeln!(
+            md,
+            "| Server | Walk | Pages | Page p50 / p99 / p99.9 / max (ms) | Pages/s back to back | Errors | Wrong pages | Server CPU | Server CPU per page (µs) | Bench CPU | Other CPU |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|");
+        for h in &r.history {
+            for (walk, l) in
+                [("newest, up", &h.newest_up), ("random, up", &h.random_up), ("random, down", &h.random_down)]
+            {
+                let _ = writeln!(md, "| {} | {walk} | {} | {} | | | | | | | |", h.target, l.count, lat(l));
+            }
+            let _ = writeln!(
+                md,
+                "| {} | **all** | {} | {} | {} | {} | {} | {} | {} | {:.0}% | {:.0}% |",
+                h.target,
+                h.pages,
+                lat(&h.page_latency),
+                thousands(h.pages_per_sec),
+                h.errors,
+                h.mismatched_pages,
+                opt(h.usage.server_cpu_percent, "%"),
+                cpu_per(h.usage.server_cpu_percent, h.wall_pages_per_sec),
+                h.usage.bench_cpu_percent,
+                h.usage.other_cpu_percent,
+            );
+            let _ = writeln!(md, "| {} | ping (floor) | {} | {} | | | | | | | |", h.target, h.ping.count, lat(&h.ping));
+        }
+        md.push('\n');
     }
 
     if !r.notes.is_empty() {

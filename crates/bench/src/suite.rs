@@ -13,12 +13,14 @@ use crate::bare::BareOptions;
 use crate::client::ClientOptions;
 use crate::nats_server::{NatsInfo, NatsServer, NatsSource};
 use crate::procfs::{self, Machine};
+use crate::scenarios::conversations::{ConversationsConfig, ConversationsResult};
 use crate::scenarios::direct::{DirectConfig, DirectResult, P99_TARGET_LOAD};
 use crate::scenarios::fanout::{FanoutConfig, FanoutResult};
+use crate::scenarios::history::{HistoryConfig, HistoryResult};
 use crate::scenarios::idle::{IdleConfig, IdleResult};
 use crate::scenarios::nats::Layout;
 use crate::scenarios::presence::{PresenceFanoutConfig, PresenceFanoutResult, SweeperResult};
-use crate::scenarios::{Run, direct, fanout, idle, nats, presence};
+use crate::scenarios::{Run, conversations, direct, fanout, history, idle, nats, presence};
 use crate::target::{Spawned, Target};
 
 #[derive(Debug, Clone, Serialize)]
@@ -31,6 +33,10 @@ pub struct SuiteConfig {
     pub presence: Option<PresenceFanoutConfig>,
     /// Subscriptions for the sweeper-cost run (in-process).
     pub sweeper_subscriptions: Option<usize>,
+    /// One user's conversation list paged (C1).
+    pub conversations: Option<ConversationsConfig>,
+    /// One conversation's history paged (C5).
+    pub history: Option<HistoryConfig>,
     /// Run the bare baselines too (fan-out, and 1:1 saturation). The NATS
     /// baseline runs with every fan-out unless its source is `Skip`.
     pub baselines: bool,
@@ -87,6 +93,28 @@ impl SuiteConfig {
             ],
             presence: Some(PresenceFanoutConfig { subscribers: 3000, rounds: 20, timeout_secs: 30.0 }),
             sweeper_subscriptions: Some(1_000_000),
+            conversations: Some(ConversationsConfig {
+                peers: 500,
+                groups: 5,
+                group_members: 9,
+                page_size: 20,
+                passes: 50,
+                ping_every: 4,
+                per_conn_rate: 45.0,
+                payload_bytes: 100,
+            }),
+            history: Some(HistoryConfig {
+                messages: 100_000,
+                senders: 64,
+                window: 8,
+                page_size: 50,
+                pages: 1200,
+                walk_pages: 10,
+                ping_every: 4,
+                per_conn_rate: 45.0,
+                payload_bytes: 100,
+                seed_timeout_secs: 900.0,
+            }),
             baselines: true,
             nats_gateways: 2,
             client: ClientOptions::default(),
@@ -124,6 +152,28 @@ impl SuiteConfig {
             }],
             presence: Some(PresenceFanoutConfig { subscribers: 5, rounds: 2, timeout_secs: 20.0 }),
             sweeper_subscriptions: Some(2_000),
+            conversations: Some(ConversationsConfig {
+                peers: 12,
+                groups: 2,
+                group_members: 3,
+                page_size: 5,
+                passes: 3,
+                ping_every: 2,
+                per_conn_rate: 45.0,
+                payload_bytes: 100,
+            }),
+            history: Some(HistoryConfig {
+                messages: 240,
+                senders: 4,
+                window: 4,
+                page_size: 20,
+                pages: 24,
+                walk_pages: 4,
+                ping_every: 3,
+                per_conn_rate: 45.0,
+                payload_bytes: 100,
+                seed_timeout_secs: 60.0,
+            }),
             baselines: true,
             nats_gateways: 2,
             client: ClientOptions {
@@ -171,6 +221,8 @@ pub struct SuiteReport {
     pub fanout: Vec<FanoutResult>,
     pub presence: Vec<PresenceFanoutResult>,
     pub sweeper: Option<SweeperResult>,
+    pub conversations: Vec<ConversationsResult>,
+    pub history: Vec<HistoryResult>,
     pub checks: Vec<Check>,
     pub notes: Vec<String>,
 }
@@ -207,8 +259,18 @@ impl Server {
 }
 
 async fn natter(source: &NatterSource) -> anyhow::Result<Server> {
+    natter_with(source, Vec::new()).await
+}
+
+/// A Natter for one scenario; `settings` (`NATTER_*` environment) go to a
+/// server the bench starts, before the user's `--server-env` (which wins).
+/// A given server is used as it is.
+async fn natter_with(source: &NatterSource, settings: Vec<(String, String)>) -> anyhow::Result<Server> {
     Ok(match source {
-        NatterSource::Spawn { binary, env } => Server::Spawned(Box::new(Spawned::natter(binary, "natter", env).await?)),
+        NatterSource::Spawn { binary, env } => {
+            let env: Vec<(String, String)> = settings.into_iter().chain(env.iter().cloned()).collect();
+            Server::Spawned(Box::new(Spawned::natter(binary, "natter", &env).await?))
+        }
         NatterSource::Given(t) => Server::Given(t.clone()),
     })
 }
@@ -273,6 +335,8 @@ pub async fn run_suite(
         fanout: Vec::new(),
         presence: Vec::new(),
         sweeper: None,
+        conversations: Vec::new(),
+        history: Vec::new(),
         checks: Vec::new(),
         notes: Vec::new(),
     };
@@ -402,6 +466,32 @@ async fn run_scenarios(
         report.sweeper = Some(presence::sweeper(subscriptions).await?);
     }
 
+    if let Some(conversations_config) = &config.conversations {
+        tracing::info!(conversations = conversations_config.expected(), "conversation list");
+        // Room for every seeded conversation (the default keeps 100): past
+        // the cap a listing would drop, and forget, the oldest ones.
+        let cap = conversations_config.expected().max(100);
+        let settings = vec![("NATTER_CONVERSATIONS__MAX_CONVERSATIONS".to_owned(), cap.to_string())];
+        let server = natter_with(natter_source, settings).await?;
+        let result = on(server, client, "c", |run| async move {
+            let r = conversations::run(&run, conversations_config).await;
+            (run, r)
+        })
+        .await?;
+        report.conversations.push(result);
+    }
+
+    if let Some(history_config) = &config.history {
+        tracing::info!(messages = history_config.messages, senders = history_config.senders, "history");
+        let server = natter(natter_source).await?;
+        let result = on(server, client, "h", |run| async move {
+            let r = history::run(&run, history_config).await;
+            (run, r)
+        })
+        .await?;
+        report.history.push(result);
+    }
+
     Ok(())
 }
 
@@ -477,6 +567,46 @@ fn checks(report: &SuiteReport) -> Vec<Check> {
             });
         }
     }
+    if let Some(c) = report.conversations.iter().find(|r| r.seeded >= 500 && r.gateways == 1) {
+        checks.push(Check {
+            name: format!("C1 conversation page p99 ({} conversations, pages of {})", c.seeded, c.page_size),
+            goal: "≤ 5 ms (single node)".into(),
+            measured: format!(
+                "{:.2} ms over {} pages (p50 {:.2} ms, max {:.2} ms; {} of {} listed, {} errors, {} passes wrong)",
+                c.page_latency.p99_ms,
+                c.pages,
+                c.page_latency.p50_ms,
+                c.page_latency.max_ms,
+                c.listed,
+                c.seeded,
+                c.errors,
+                c.mismatched_passes
+            ),
+            met: c.page_latency.p99_ms <= 5.0
+                && c.errors == 0
+                && c.mismatched_passes == 0
+                && c.listed == c.seeded
+                && c.pages > 0,
+        });
+    }
+    if let Some(h) = report.history.iter().find(|r| r.messages >= 100_000) {
+        let (goal, limit) =
+            if h.gateways > 1 { ("≤ 15 ms (one-box cluster)", 15.0) } else { ("≤ 2 ms (single node)", 2.0) };
+        checks.push(Check {
+            name: format!("C5 history page p99 ({} messages, pages of {})", h.messages, h.page_size),
+            goal: goal.into(),
+            measured: format!(
+                "{:.2} ms over {} pages (p50 {:.2} ms, max {:.2} ms; {} errors, {} pages wrong)",
+                h.page_latency.p99_ms,
+                h.pages,
+                h.page_latency.p50_ms,
+                h.page_latency.max_ms,
+                h.errors,
+                h.mismatched_pages
+            ),
+            met: h.page_latency.p99_ms <= limit && h.errors == 0 && h.mismatched_pages == 0 && h.pages > 0,
+        });
+    }
     checks
 }
 
@@ -520,6 +650,17 @@ fn notes(report: &SuiteReport, config: &SuiteConfig, nats_source: &NatsSource) -
             notes.push(format!("The raw NATS publish/subscribe baseline was not measured: {reason}."));
         }
         _ => {}
+    }
+    for c in &report.conversations {
+        if c.listed != c.seeded {
+            notes.push(format!(
+                "The conversation list on {} listed {} of the {} conversations seeded. A server keeps at most \
+                 `conversations.max_conversations` per user (100 by default) and drops the least recently active \
+                 past it; the natter the bench starts gets room for all of them, a given one is measured as it is \
+                 configured.",
+                c.target, c.listed, c.seeded
+            ));
+        }
     }
     // Senders keep Natter's per-connection pace, so a baseline fast enough
     // can hit that ceiling instead of its own.

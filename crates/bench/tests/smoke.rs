@@ -64,6 +64,25 @@ async fn smoke_suite_measures_every_scenario_against_a_real_server() {
     let sweeper = report.sweeper.as_ref().expect("sweeper ran");
     assert_eq!((sweeper.subscriptions, sweeper.removed), (2_000, 2_000), "{sweeper:?}");
 
+    let conversations = &report.conversations[0];
+    assert_eq!((conversations.seeded, conversations.listed), (14, 14), "12 peers and 2 groups: {conversations:?}");
+    assert_eq!(conversations.passes, 3, "{conversations:?}");
+    assert_eq!((conversations.errors, conversations.mismatched_passes), (0, 0), "{conversations:?}");
+    assert_eq!(conversations.pages, 9, "three pages of 5 per pass: {conversations:?}");
+    assert_eq!(conversations.page_latency.count, conversations.pages);
+    assert_eq!(conversations.first_page.count, 3);
+    assert_eq!(conversations.last_page.count, 3);
+    assert!(conversations.ping.count > 0 && conversations.pages_per_sec > 0.0, "{conversations:?}");
+
+    let history = &report.history[0];
+    assert_eq!(history.messages, 240, "every send stored: {history:?}");
+    assert_eq!(history.pages, 24, "{history:?}");
+    assert_eq!((history.errors, history.mismatched_pages), (0, 0), "every page as stored: {history:?}");
+    for walk in [&history.newest_up, &history.random_up, &history.random_down] {
+        assert!(walk.count > 0, "every kind of walk ran: {history:?}");
+    }
+    assert!(history.ping.count > 0 && history.pages_per_sec > 0.0, "{history:?}");
+
     assert_eq!(report.fanout.len(), 3, "natter, bare, bare-batched");
     for f in &report.fanout {
         assert!(f.complete, "{f:?}");
@@ -74,7 +93,13 @@ async fn smoke_suite_measures_every_scenario_against_a_real_server() {
     }
 
     let md = report::markdown(&report);
-    for section in ["## Idle connections", "## 1:1 persisted messages", "## Group fan-out"] {
+    for section in [
+        "## Idle connections",
+        "## 1:1 persisted messages",
+        "## Group fan-out",
+        "## Conversation list (C1)",
+        "## History (C5)",
+    ] {
         assert!(md.contains(section), "{section} missing from\n{md}");
     }
     assert!(report.nats.is_none());

@@ -318,7 +318,7 @@ pub(crate) fn validate(config: &FanoutConfig) -> anyhow::Result<()> {
 
 /// Creates a group owned by `members[0]` with everyone in it, over a setup
 /// connection of the owner; returns its id.
-async fn create_group(run: &Run, members: &[String]) -> anyhow::Result<String> {
+pub(crate) async fn create_group(run: &Run, members: &[String]) -> anyhow::Result<String> {
     let owner = &members[0];
     let path = run.target.ws_path(owner, None)?;
     let mut ws = client::connect(&run.target, 0, client::source_ip(0, 1), &path, &run.client).await?;
