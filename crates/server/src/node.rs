@@ -124,7 +124,7 @@ impl Node {
         let ws_listener = process::bind(&config.server.listen, "server.listen").await?;
         let grpc_listener = process::bind(&config.server.grpc_listen, "server.grpc_listen").await?;
         let ws_addr = process::serve_http(&tasks, ws_listener, &gateway)?;
-        let routes = wiring::backend_api(&apis, tokens.clone(), &config, &api_key);
+        let routes = wiring::backend_api(&apis, tokens.clone(), config, &api_key);
         let grpc_addr = process::serve_grpc(&tasks, grpc_listener, routes, &["natter.v1.Backend"]).await?;
         tracing::info!(ws = %ws_addr, grpc = %grpc_addr, data_dir = %data_dir.display(), "natter serving");
         Ok(Self {

@@ -118,7 +118,6 @@ macro_rules! conformance_tests {
             conversations_update_applies_each_change,
             conversations_concurrent_changes_keep_each_field,
             conversations_hidden_is_listed_again_after_a_new_message,
-            conversations_forget_drops_the_state_and_removed_messages,
             conversations_removed_messages_ascend_after_the_bound
         );
 
@@ -859,32 +858,6 @@ pub async fn conversations_hidden_is_listed_again_after_a_new_message(stores: &S
     assert_eq!(state.hidden_pos, Some(2));
     assert!(state.listed(head), "listed again at head {head}");
     assert_eq!(state.read_pos, 2, "the new message is unread");
-}
-
-/// `forget` drops the user's state of one conversation and the messages
-/// they deleted in it; their other conversations and the peer stay.
-pub async fn conversations_forget_drops_the_state_and_removed_messages(stores: &Stores) {
-    let (a, b, c) = (user("a"), user("b"), user("c"));
-    let message = text_message(&a, &b, &unique("f"), "to forget");
-    send_counted(stores, &message, &[a.clone(), b.clone()]).await;
-    send_counted(stores, &text_message(&a, &c, &unique("f"), "to keep"), &[a.clone(), c.clone()]).await;
-    let (conv, kept) = (ConversationKey::single(&a, &b), ConversationKey::single(&a, &c));
-    stores.conversations.remove_messages(&a, &conv, &[(message.id, 1)]).await.unwrap();
-    stores.conversations.remove_messages(&a, &kept, &[(message.id, 1)]).await.unwrap();
-    stores.conversations.forget(&a, &conv).await.unwrap();
-    assert_eq!(state_of(stores, &a, &conv).await, None);
-    assert!(stores.conversations.removed_messages(&a, &conv, MessageId(0)).await.unwrap().is_empty());
-    let listed: Vec<ConversationKey> =
-        stores.conversations.user_conversations(&a).await.unwrap().into_iter().map(|s| s.conversation).collect();
-    assert_eq!(listed, vec![kept.clone()]);
-    assert_eq!(stores.conversations.removed_messages(&a, &kept, MessageId(0)).await.unwrap(), vec![(message.id, 1)]);
-    assert!(state_of(stores, &b, &conv).await.is_some(), "the peer's state stays");
-    stores.conversations.forget(&a, &conv).await.unwrap();
-    // A later change starts a new state.
-    let again = stores.conversations.update(&a, &conv, ConversationChange::Pin { at: 3 }, 77).await.unwrap();
-    let mut fresh = UserConversation::new(conv.clone(), 77);
-    fresh.pinned_at = 3;
-    assert_eq!(again, fresh);
 }
 
 /// C6: removed messages come back ascending by id, strictly after the

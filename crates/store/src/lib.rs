@@ -247,10 +247,6 @@ pub trait ConversationStore: Send + Sync + 'static {
         now: i64,
     ) -> Result<UserConversation>;
 
-    /// Drops the user's state of the conversation (past the list's cap, C2)
-    /// with the messages they deleted in it.
-    async fn forget(&self, user: &UserId, conversation: &ConversationKey) -> Result<()>;
-
     /// C6: these messages, with their positions, are gone for the user.
     async fn remove_messages(
         &self,

@@ -51,9 +51,7 @@ pub(crate) struct ConversationStatements {
     state_clear_cas: PreparedStatement,
     state_pin: PreparedStatement,
     state_hide: PreparedStatement,
-    state_delete: PreparedStatement,
     removed_insert: PreparedStatement,
-    removed_delete: PreparedStatement,
     removed_scan: PreparedStatement,
 }
 
@@ -109,14 +107,12 @@ impl ConversationStatements {
                     true,
                 )
                 .await?,
-            state_delete: p.prepare(&format!("DELETE FROM {{ks}}.user_conversations {key}"), true).await?,
             removed_insert: p
                 .prepare(
                     "INSERT INTO {ks}.user_removed_messages (user_id, conversation, msg_id, pos) VALUES (?, ?, ?, ?)",
                     true,
                 )
                 .await?,
-            removed_delete: p.prepare(&format!("DELETE FROM {{ks}}.user_removed_messages {key}"), true).await?,
             removed_scan: p
                 .prepare(&format!("SELECT msg_id, pos FROM {{ks}}.user_removed_messages {key} AND msg_id > ?"), true)
                 .await?,
@@ -439,9 +435,7 @@ fn stored_u64(conversation: &ConversationKey, field: &str, value: Option<i64>) -
 }
 
 /// A missing field is its default (a field is written only by the changes
-/// that touch it). A row without `created_at` is one a change wrote just as
-/// `forget` deleted it; it reads as created at 0 until the next change
-/// gives it a creation time.
+/// that touch it); `created_at` is written with the row's first change.
 fn state_of(conversation: ConversationKey, row: &StateRow) -> Result<UserConversation> {
     let hidden_pos = match row.hidden {
         Some(true) => Some(stored_u64(&conversation, "hidden_pos", row.hidden_pos)?),
@@ -701,20 +695,6 @@ impl ConversationStore for CqlStore {
         now: i64,
     ) -> Result<UserConversation> {
         self.inner.change_state(user, conversation, change, now).await
-    }
-
-    async fn forget(&self, user: &UserId, conversation: &ConversationKey) -> Result<()> {
-        let inner = &*self.inner;
-        let st = &inner.st.conversations;
-        // Logged: the state must not go while its deleted messages stay (or
-        // the other way round), as two separate writes could leave it.
-        let mut batch = Batch::new(BatchType::Logged);
-        batch.append_statement(st.state_delete.clone());
-        batch.append_statement(st.removed_delete.clone());
-        batch.set_is_idempotent(true);
-        let key = (user.as_str(), conversation.as_str());
-        inner.session.batch(&batch, (key, key)).await.map_err(|e| error::execution("forget conversation", e))?;
-        Ok(())
     }
 
     async fn remove_messages(

@@ -137,13 +137,10 @@
 //! read_pos = ?`), skipped when the value is already there — a plain write
 //! could lose a concurrent higher read, which would show read messages as
 //! unread again. `created_at` is set once, `IF created_at = null`, by the
-//! first change or counted message. A missing field reads as its default;
-//! a row without `created_at` (a change that raced `forget`) reads as
-//! created at 0 until the next change sets it. A hidden conversation is
+//! first change or counted message. A missing field reads as its default. A hidden conversation is
 //! listed again when its head passes `hidden_pos`, so a new message writes
 //! nothing for it. `user_removed_messages` holds a user's one-way deletes
-//! (C6) per conversation, by id; `forget` deletes the state and them in one
-//! logged batch. A group message writes the group's head and its sender's
+//! (C6) per conversation, by id. A group message writes the group's head and its sender's
 //! state only, never a row per member.
 //!
 //! **Groups** live in one partition per group: the group's fields are static

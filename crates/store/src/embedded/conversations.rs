@@ -195,26 +195,6 @@ impl ConversationStore for EmbeddedStore {
         self.writer.write(move |round| round.change_state(&user, &conversation, Some(&change), now)).await
     }
 
-    async fn forget(&self, user: &UserId, conversation: &ConversationKey) -> Result<()> {
-        let (user, conversation) = (user.clone(), conversation.clone());
-        self.writer
-            .write(move |round| {
-                // This job's deletes must follow what the round staged.
-                round.flush_rows()?;
-                let inner = round.inner;
-                let mut batch = inner.db.batch();
-                batch.remove(&inner.user_conversations, state_key(&user, &conversation));
-                let prefix = removed_prefix(&user, &conversation);
-                let range = (Bound::Included(key2(&prefix, &[])), Bound::Excluded(prefix_end(&prefix)));
-                for item in inner.removed_messages.range::<Vec<u8>, _>(range) {
-                    let key = item.key().map_err(storage_err)?;
-                    batch.remove(&inner.removed_messages, key.to_vec());
-                }
-                round.commit(batch)
-            })
-            .await
-    }
-
     async fn remove_messages(
         &self,
         user: &UserId,
