@@ -35,12 +35,21 @@ impl StagedConversations {
     }
 
     /// Adds the staged rows to `batch`.
-    pub(super) fn write(self, inner: &Inner, batch: &mut fjall::OwnedWriteBatch) {
-        for (conversation, head) in self.heads {
-            batch.insert(&inner.conversation_heads, conversation, head_record(&head).encode_to_vec());
+    pub(super) fn stage(&self, inner: &Inner, batch: &mut fjall::OwnedWriteBatch) {
+        for (conversation, head) in &self.heads {
+            batch.insert(&inner.conversation_heads, conversation.as_bytes(), head_record(head).encode_to_vec());
         }
-        for (key, state) in self.states {
-            batch.insert(&inner.user_conversations, key, state_record(&state).encode_to_vec());
+        for (key, state) in &self.states {
+            batch.insert(&inner.user_conversations, key.as_slice(), state_record(state).encode_to_vec());
+        }
+    }
+
+    /// The staged rows are in the journal: later rounds take the heads from
+    /// memory. (Before, a failed batch would leave a cached head its rows
+    /// never reached, and the next send would skip a position.)
+    pub(super) fn written(self, inner: &Inner) {
+        if !self.heads.is_empty() {
+            inner.conversation_heads_cached.lock().extend(self.heads);
         }
     }
 }
@@ -98,11 +107,16 @@ impl Inner {
 }
 
 impl Round<'_> {
+    /// The head as this round has it: staged by it, cached by an earlier
+    /// round, or read from disk.
     fn head(&self, conversation: &str) -> Result<Option<ConversationHead>> {
-        match self.conversations.heads.get(conversation) {
-            Some(head) => Ok(Some(*head)),
-            None => self.inner.stored_head(conversation),
+        if let Some(head) = self.conversations.heads.get(conversation) {
+            return Ok(Some(*head));
         }
+        if let Some(head) = self.inner.conversation_heads_cached.lock().get(conversation) {
+            return Ok(Some(*head));
+        }
+        self.inner.stored_head(conversation)
     }
 
     fn state(&self, user: &UserId, conversation: &ConversationKey) -> Result<Option<UserConversation>> {
@@ -135,12 +149,15 @@ impl Round<'_> {
     /// sender's read position.
     pub(super) fn stage_counted(&mut self, message: &mut Message) -> Result<()> {
         let conversation = message.conversation();
-        let pos = self.head(conversation.as_str())?.map_or(0, |head| head.pos) + 1;
+        let before = self.head(conversation.as_str())?;
+        let pos = before.map_or(0, |head| head.pos) + 1;
         message.pos = pos;
         let head = ConversationHead { pos, last_id: message.id, last_time: message.timestamp };
         self.conversations.heads.insert(conversation.as_str().to_owned(), head);
         let sender = (!message.from_system).then(|| message.from.clone());
-        if message.chat_type == ChatType::Single {
+        // A 1:1 conversation's first counted message gives both users their
+        // state, and states are never removed: with a head, they exist.
+        if message.chat_type == ChatType::Single && before.is_none() {
             let to = UserId::parse(&message.to, "to")?;
             if self.state(&to, &conversation)?.is_none() {
                 self.change_state(&to, &conversation, None, message.timestamp)?;

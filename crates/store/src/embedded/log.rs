@@ -384,6 +384,16 @@ impl Inner {
                 !gone
             });
         }
+        drop(timelines);
+        let mut conversations = self.conversation_heads_cached.lock();
+        if conversations.len() > cap {
+            let mut excess = conversations.len() - keep;
+            conversations.retain(|_, _| {
+                let gone = excess > 0;
+                excess -= usize::from(gone);
+                !gone
+            });
+        }
     }
 
     /// After a round's fsync: readers may now see those entries.
@@ -560,7 +570,7 @@ impl Round<'_> {
         for (key, entry) in timeline_rows {
             batch.insert(&inner.timeline, key, entry);
         }
-        conversations.write(inner, &mut batch);
+        conversations.stage(inner, &mut batch);
         let mut heads = inner.log_heads.lock();
         let staged = runs.iter().try_for_each(|(user, run)| {
             let head = heads.get_mut(user).ok_or_else(|| Error::internal("log head of a staged run vanished"))?;
@@ -575,6 +585,9 @@ impl Round<'_> {
         });
         drop(heads);
         let written = staged.and_then(|()| batch.commit().map_err(storage_err));
+        if written.is_ok() {
+            conversations.written(inner);
+        }
         if written.is_err() {
             let mut heads = inner.log_heads.lock();
             for (user, run) in runs {
