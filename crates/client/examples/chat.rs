@@ -103,6 +103,12 @@ fn show(event: &ClientEvent) {
             let kind = v1::GroupChangeKind::try_from(g.kind).map(|k| k.as_str_name()).unwrap_or("CHANGED");
             println!("* group {} {kind} by {}: {}", g.group_id, g.operator, g.members.join(", "));
         }
+        ClientEvent::OnMultiDeviceEvent(e) => {
+            let operation =
+                v1::MultiDeviceOperation::try_from(e.operation).map(|o| o.as_str_name()).unwrap_or("CHANGED");
+            println!("* conversation {} {operation} on one of my devices", e.conversation_id);
+        }
+        ClientEvent::OnChannelMessage(a) => println!("* {} read the conversation with {}", a.from, a.to),
         ClientEvent::OnPresenceStatusChange(p) => {
             let state = if p.online { "online" } else { "offline" };
             println!("* {} is {state} {}", p.user_id, p.description);
