@@ -5,7 +5,8 @@
 
 use natter_store::{ConversationChange, ConversationHead, UserConversation};
 use natter_types::{
-    ConversationId, ConversationItem, ConversationKey, ConversationPage, Error, KeyParts, ListQuery, Result, UserId,
+    ConversationId, ConversationItem, ConversationKey, ConversationPage, Error, KeyParts, ListQuery, MessageId, Result,
+    UserId,
 };
 
 use crate::ConversationService;
@@ -17,7 +18,7 @@ pub(crate) struct Entry {
     state: Option<UserConversation>,
     head: Option<ConversationHead>,
     joined_at: Option<i64>,
-    /// Activity, or the pin time for C3.
+    /// Activity as an id ([`ConversationService::activity`]), or the pin time for C3.
     order: i64,
 }
 
@@ -84,9 +85,13 @@ impl ConversationService {
             .map(|s| (s.conversation.clone(), s))
             .collect();
         let mut entries = Vec::new();
-        for group in stores.groups.user_groups(user).await? {
+        let groups = stores.groups.user_groups(user).await?;
+        // One read per group, concurrently: on CQL each is a round trip.
+        let members =
+            futures::future::try_join_all(groups.iter().map(|group| stores.groups.get_member(group, user))).await?;
+        for (group, member) in groups.into_iter().zip(members) {
             // A group left or dissolved between the two reads is left out.
-            let Some(member) = stores.groups.get_member(&group, user).await? else { continue };
+            let Some(member) = member else { continue };
             let key = ConversationKey::group(&group);
             let state = states.remove(&key);
             let id = ConversationId::group(&group);
@@ -112,8 +117,10 @@ impl ConversationService {
         Ok(entries)
     }
 
-    /// The newest message's time if the user can see that far, or when the
-    /// conversation began for them.
+    /// Where the entry sorts: the newest message's id if the user can see
+    /// that far, or the first id of when the conversation began for them.
+    /// Ids, not times, so that messages of the same millisecond keep their
+    /// order.
     fn activity(&self, entry: &Entry) -> i64 {
         let joined = entry.joined_at.filter(|_| !self.options.history_before_join).unwrap_or(0);
         let cleared = entry.state.as_ref().map_or(0, |s| s.cleared_id.0);
@@ -122,10 +129,11 @@ impl ConversationService {
             (Some(state), None) => state.created_at,
             (None, None) => 0,
         };
-        match entry.head {
-            Some(head) if head.last_time >= joined && head.last_id.0 > cleared => head.last_time,
-            _ => began,
-        }
+        let id = match entry.head {
+            Some(head) if head.last_time >= joined && head.last_id.0 > cleared => head.last_id,
+            _ => MessageId::first_at(began),
+        };
+        i64::try_from(id.0).unwrap_or(i64::MAX)
     }
 
     /// C2: keeps the pinned conversations and the most recently active
@@ -167,7 +175,7 @@ impl ConversationService {
             Some(head) => (self.preview(&view, head).await?, self.unread(&view, head).await?),
             None => (None, 0),
         };
-        let activity = self.activity(entry);
+        let activity = MessageId(self.activity(entry).unsigned_abs()).timestamp_ms();
         Ok(ConversationItem { id: entry.id.clone(), pinned_at: entry.pinned_at(), last_message, unread, activity })
     }
 }
