@@ -474,8 +474,19 @@ pub async fn backend_grpc_reads_conversations_and_history_and_deletes_for_a_user
     assert_eq!(unauthenticated.code(), tonic::Code::Unauthenticated);
 }
 
-/// Sends one JSON request and returns its response, with the events that
-/// came before it.
+/// The next frame that is not a presence change: the user's own devices get
+/// those live, at whatever moment their login reaches the presence service.
+async fn next_frame(ws: &mut super::RawWs) -> serde_json::Value {
+    loop {
+        let frame = super::next_json(ws).await;
+        if frame["event"].get("onPresenceStatusChange").is_none() {
+            return frame;
+        }
+    }
+}
+
+/// Sends one JSON request and returns its response, with the events other
+/// than presence changes that came before it.
 async fn json_request(
     ws: &mut super::RawWs,
     request: serde_json::Value,
@@ -486,7 +497,7 @@ async fn json_request(
     ws.send(tokio_tungstenite::tungstenite::Message::Text(request.to_string().into())).await.expect("send");
     let mut events = Vec::new();
     loop {
-        let frame = super::next_json(ws).await;
+        let frame = next_frame(ws).await;
         eprintln!("< {frame}");
         match frame.get("response") {
             Some(response) if response["reqId"] == req_id => return (response.clone(), events),
@@ -500,7 +511,7 @@ pub async fn conversation_requests_over_json_frames_use_the_seed_names<D: Deploy
     let (alice, _a) = d.client("alice").await;
     let mut ws = super::raw_json(&d, "bob").await;
     let sent = alice.send_text(d.user("bob"), v1::ChatType::Single, "hi bob").await.expect("send").server_msg_id;
-    let event = super::next_json(&mut ws).await;
+    let event = next_frame(&mut ws).await;
     assert_eq!(event["event"]["onTextMessage"]["id"], sent.to_string(), "{event}");
     let alice_id = d.user("alice");
 
@@ -526,7 +537,7 @@ pub async fn conversation_requests_over_json_frames_use_the_seed_names<D: Deploy
     events.extend(more);
     // The device that made the changes gets their events too.
     while events.len() < 2 {
-        events.push(super::next_json(&mut ws).await);
+        events.push(next_frame(&mut ws).await);
     }
     let operation = &events[0]["event"]["onMultiDeviceEvent"]["operation"];
     assert_eq!(operation, "PINNED_CONVERSATION", "{events:?}");
