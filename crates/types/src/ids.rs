@@ -189,6 +189,12 @@ pub struct ConversationKey(String);
 
 impl ConversationKey {
     pub fn single(a: &UserId, b: &UserId) -> Self {
+        Self::single_of(a.as_str(), b.as_str())
+    }
+
+    /// [`ConversationKey::single`] of two ids already validated (a stored
+    /// message's sender and recipient).
+    pub(crate) fn single_of(a: &str, b: &str) -> Self {
         let (lo, hi) = if a <= b { (a, b) } else { (b, a) };
         Self(format!("s:{lo}:{hi}"))
     }

@@ -138,11 +138,8 @@ impl Message {
     /// 1:1 chat).
     pub fn conversation(&self) -> ConversationKey {
         match self.chat_type {
-            ChatType::Single => match UserId::parse(&self.to, "to") {
-                Ok(to) => ConversationKey::single(&self.from, &to),
-                // Stored messages were validated; keep a distinct key anyway.
-                Err(_) => ConversationKey::from_stored(format!("s:{}:{}", self.from, self.to)),
-            },
+            // A message's ids were validated when it was sent.
+            ChatType::Single => ConversationKey::single_of(self.from.as_str(), &self.to),
             ChatType::Group | ChatType::Thread => ConversationKey::from_stored(format!("g:{}", self.to)),
         }
     }

@@ -22,14 +22,18 @@ use super::writer::Round;
 use super::{EmbeddedStore, Inner, decode, key2, prefix_end, seq_of, storage_err};
 use crate::{ConversationChange, ConversationHead, ConversationStore, UserConversation};
 
-/// The conversation rows a round's jobs staged, written by its rows batch.
+/// Conversation heads and users' states keyed as stored: those a round's
+/// jobs staged, written by its rows batch, and (in `Inner::conversations_cached`)
+/// those the writer last wrote, so that a counted send to a warm
+/// conversation reads neither from disk. Every write of these rows goes
+/// through the writer, so the cache is never behind the disk.
 #[derive(Default)]
-pub(super) struct StagedConversations {
+pub(super) struct ConversationRows {
     heads: HashMap<String, ConversationHead>,
     states: HashMap<Vec<u8>, UserConversation>,
 }
 
-impl StagedConversations {
+impl ConversationRows {
     pub(super) fn is_empty(&self) -> bool {
         self.heads.is_empty() && self.states.is_empty()
     }
@@ -44,13 +48,33 @@ impl StagedConversations {
         }
     }
 
-    /// The staged rows are in the journal: later rounds take the heads from
-    /// memory. (Before, a failed batch would leave a cached head its rows
-    /// never reached, and the next send would skip a position.)
+    /// The staged rows are in the journal: later rounds take them from
+    /// memory. (A failed batch must not reach the cache, or the next send
+    /// would skip a position.)
     pub(super) fn written(self, inner: &Inner) {
-        if !self.heads.is_empty() {
-            inner.conversation_heads_cached.lock().extend(self.heads);
+        if !self.is_empty() {
+            let mut cached = inner.conversations_cached.lock();
+            cached.heads.extend(self.heads);
+            cached.states.extend(self.states);
         }
+    }
+
+    /// Drops entries past `cap` (down to `keep`); they are read back from
+    /// disk when next needed.
+    pub(super) fn trim(&mut self, cap: usize, keep: usize) {
+        drop_excess(&mut self.heads, cap, keep);
+        drop_excess(&mut self.states, cap, keep);
+    }
+}
+
+fn drop_excess<K, V>(map: &mut HashMap<K, V>, cap: usize, keep: usize) {
+    if map.len() > cap {
+        let mut excess = map.len() - keep;
+        map.retain(|_, _| {
+            let gone = excess > 0;
+            excess -= usize::from(gone);
+            !gone
+        });
     }
 }
 
@@ -113,17 +137,22 @@ impl Round<'_> {
         if let Some(head) = self.conversations.heads.get(conversation) {
             return Ok(Some(*head));
         }
-        if let Some(head) = self.inner.conversation_heads_cached.lock().get(conversation) {
+        if let Some(head) = self.inner.conversations_cached.lock().heads.get(conversation) {
             return Ok(Some(*head));
         }
         self.inner.stored_head(conversation)
     }
 
+    /// The user's state as this round has it, like [`Round::head`].
     fn state(&self, user: &UserId, conversation: &ConversationKey) -> Result<Option<UserConversation>> {
-        match self.conversations.states.get(&state_key(user, conversation)) {
-            Some(state) => Ok(Some(state.clone())),
-            None => self.inner.stored_state(user, conversation),
+        let key = state_key(user, conversation);
+        if let Some(state) = self.conversations.states.get(&key) {
+            return Ok(Some(state.clone()));
         }
+        if let Some(state) = self.inner.conversations_cached.lock().states.get(&key) {
+            return Ok(Some(state.clone()));
+        }
+        self.inner.stored_state(user, conversation)
     }
 
     /// Applies `change` to the user's state (made at `now` if absent) and

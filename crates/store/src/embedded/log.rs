@@ -385,15 +385,7 @@ impl Inner {
             });
         }
         drop(timelines);
-        let mut conversations = self.conversation_heads_cached.lock();
-        if conversations.len() > cap {
-            let mut excess = conversations.len() - keep;
-            conversations.retain(|_, _| {
-                let gone = excess > 0;
-                excess -= usize::from(gone);
-                !gone
-            });
-        }
+        self.conversations_cached.lock().trim(cap, keep);
     }
 
     /// After a round's fsync: readers may now see those entries.

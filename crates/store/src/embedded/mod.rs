@@ -117,8 +117,8 @@ pub struct EmbeddedOptions {
     /// How long an idempotency record holds ([`crate::DEFAULT_IDEMPOTENCY_WINDOW`]);
     /// older ones are dropped when their table is compacted.
     pub idempotency_window: Duration,
-    /// Users' log heads (and groups' timeline positions, and conversation
-    /// heads) kept in memory at most, ~150 bytes each. Past it, a quarter of them is dropped between
+    /// Users' log heads (and groups' timeline positions, conversation
+    /// heads and users' conversation states) kept in memory at most, ~150 bytes each. Past it, a quarter of them is dropped between
     /// two writer rounds and read back from disk when next needed, so memory
     /// does not grow with every user who ever got a message.
     pub heads_cached: usize,
@@ -186,8 +186,8 @@ struct Inner {
     log_heads: Mutex<UserMap<LogHead>>,
     /// Last position assigned per group timeline, loaded lazily (writer only).
     timeline_heads: Mutex<HashMap<Arc<str>, u64>>,
-    /// Conversation heads as written (writer only; see `conversations.rs`).
-    conversation_heads_cached: Mutex<HashMap<String, crate::ConversationHead>>,
+    /// Conversation heads and users' states as written (writer only).
+    conversations_cached: Mutex<conversations::ConversationRows>,
     /// Member ids of recently used groups; see [`EmbeddedStore::write_members`].
     member_cache: MemberCache,
 }
@@ -305,7 +305,7 @@ impl EmbeddedStore {
             outbox_heads: Mutex::new(HashMap::new()),
             log_heads: Mutex::new(UserMap::default()),
             timeline_heads: Mutex::new(HashMap::new()),
-            conversation_heads_cached: Mutex::new(HashMap::new()),
+            conversations_cached: Mutex::default(),
             member_cache: MemberCache::new(),
         };
         let keeper = Keeper::start(inner.keyspaces().into_iter().cloned().collect(), tasks).map_err(storage_err)?;

@@ -44,7 +44,7 @@ use natter_types::{Error, Result, UserId};
 use parking_lot::{Condvar, Mutex};
 use tokio::sync::oneshot;
 
-use super::conversations::StagedConversations;
+use super::conversations::ConversationRows;
 use super::log::Run;
 use super::{Inner, UserMap, storage_err};
 use crate::Appended;
@@ -78,7 +78,7 @@ pub(super) struct Round<'a> {
     pub(super) timeline_before: HashMap<Arc<str>, u64>,
     /// Conversation heads and users' states of this round, written with
     /// the log rows.
-    pub(super) conversations: StagedConversations,
+    pub(super) conversations: ConversationRows,
     /// A rows batch written early ([`Round::flush_rows`]) failed: so does
     /// the round, and its later jobs do not run.
     failed: Option<Error>,
@@ -317,7 +317,7 @@ impl Rounds {
                 sends: HashMap::new(),
                 timeline_rows: Vec::new(),
                 timeline_before: HashMap::new(),
-                conversations: StagedConversations::default(),
+                conversations: ConversationRows::default(),
                 failed: None,
             };
             for job in jobs {
