@@ -40,15 +40,21 @@ impl ConversationService {
     /// exist.
     pub(crate) async fn view(&self, user: &UserId, conversation: &ConversationId) -> Result<View> {
         let key = conversation.key(user);
-        let joined_at = match conversation.chat_type {
-            ChatType::Single => None,
-            ChatType::Group => Some(self.member_since(user, &group_of(conversation)?).await?),
-            ChatType::Thread => {
-                return Err(Error::bad_request("chat_type", "thread conversations are not supported yet"));
+        let joined_at = async {
+            match conversation.chat_type {
+                ChatType::Single => Ok(None),
+                ChatType::Group => self.member_since(user, &group_of(conversation)?).await.map(Some),
+                ChatType::Thread => Err(Error::bad_request("chat_type", "thread conversations are not supported yet")),
             }
         };
-        let state = self.stores.conversations.user_conversation(user, &key).await?;
-        self.view_of(user, key, state, joined_at).await
+        // Three independent reads, one round trip on a remote store; nothing
+        // read is returned unless the membership check passed.
+        let (joined_at, state, removed) = futures::try_join!(
+            joined_at,
+            self.stores.conversations.user_conversation(user, &key),
+            self.stores.conversations.removed_messages(user, &key, MessageId(0)),
+        )?;
+        Ok(self.assemble(key, state, joined_at, removed.into_iter().collect()))
     }
 
     /// The view from what the caller already read.
@@ -59,18 +65,28 @@ impl ConversationService {
         state: Option<UserConversation>,
         joined_at: Option<i64>,
     ) -> Result<View> {
-        let joined_from = match joined_at {
-            Some(at) if !self.options.history_before_join => MessageId::first_at(at),
-            _ => MessageId(0),
-        };
-        let cleared_from = state.as_ref().map_or(MessageId(0), |s| MessageId(s.cleared_id.0.saturating_add(1)));
         let removed = match &state {
             Some(_) => {
                 self.stores.conversations.removed_messages(user, &key, MessageId(0)).await?.into_iter().collect()
             }
             None => HashMap::new(),
         };
-        Ok(View { from_id: joined_from.max(cleared_from), key, state, joined_at, removed })
+        Ok(self.assemble(key, state, joined_at, removed))
+    }
+
+    fn assemble(
+        &self,
+        key: ConversationKey,
+        state: Option<UserConversation>,
+        joined_at: Option<i64>,
+        removed: HashMap<MessageId, u64>,
+    ) -> View {
+        let joined_from = match joined_at {
+            Some(at) if !self.options.history_before_join => MessageId::first_at(at),
+            _ => MessageId(0),
+        };
+        let cleared_from = state.as_ref().map_or(MessageId(0), |s| MessageId(s.cleared_id.0.saturating_add(1)));
+        View { from_id: joined_from.max(cleared_from), key, state, joined_at, removed }
     }
 
     /// When the user joined the group; FORBIDDEN if they are not a member.
