@@ -19,7 +19,7 @@ use natter_types::{ChatType, ConversationKey, Error, Message, MessageId, Result,
 use prost::Message as _;
 
 use super::writer::Round;
-use super::{EmbeddedStore, Inner, decode, key2, prefix_end, seq_of, storage_err};
+use super::{EmbeddedStore, Inner, decode, drop_excess, key2, prefix_end, seq_of, storage_err};
 use crate::{ConversationChange, ConversationHead, ConversationStore, UserConversation};
 
 /// Conversation heads and users' states keyed as stored: those a round's
@@ -62,19 +62,8 @@ impl ConversationRows {
     /// Drops entries past `cap` (down to `keep`); they are read back from
     /// disk when next needed.
     pub(super) fn trim(&mut self, cap: usize, keep: usize) {
-        drop_excess(&mut self.heads, cap, keep);
-        drop_excess(&mut self.states, cap, keep);
-    }
-}
-
-fn drop_excess<K, V>(map: &mut HashMap<K, V>, cap: usize, keep: usize) {
-    if map.len() > cap {
-        let mut excess = map.len() - keep;
-        map.retain(|_, _| {
-            let gone = excess > 0;
-            excess -= usize::from(gone);
-            !gone
-        });
+        drop_excess(&mut self.heads, cap, keep, |_| true);
+        drop_excess(&mut self.states, cap, keep, |_| true);
     }
 }
 

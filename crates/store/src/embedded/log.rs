@@ -50,7 +50,7 @@ use natter_types::{ConversationKey, Error, GroupId, LogEvent, Message, Result, U
 use prost::Message as _;
 
 use super::writer::Round;
-use super::{EmbeddedStore, Inner, UserMap, decode, key2, prefix_end, seq_of, storage_err};
+use super::{EmbeddedStore, Inner, UserMap, decode, drop_excess, key2, prefix_end, seq_of, storage_err};
 use crate::{Appended, CursorExpired, LogPage, UserLog};
 
 #[derive(Debug, Clone)]
@@ -365,26 +365,8 @@ impl Inner {
     pub(super) fn trim_heads(&self) {
         let cap = self.options.heads_cached.max(1);
         let keep = cap - cap / 4;
-        let mut heads = self.log_heads.lock();
-        if heads.len() > cap {
-            let mut excess = heads.len() - keep;
-            heads.retain(|_, head| {
-                let gone = excess > 0 && head.assigned == head.durable;
-                excess -= usize::from(gone);
-                !gone
-            });
-        }
-        drop(heads);
-        let mut timelines = self.timeline_heads.lock();
-        if timelines.len() > cap {
-            let mut excess = timelines.len() - keep;
-            timelines.retain(|_, _| {
-                let gone = excess > 0;
-                excess -= usize::from(gone);
-                !gone
-            });
-        }
-        drop(timelines);
+        drop_excess(&mut self.log_heads.lock(), cap, keep, |head| head.assigned == head.durable);
+        drop_excess(&mut self.timeline_heads.lock(), cap, keep, |_| true);
         self.conversations_cached.lock().trim(cap, keep);
     }
 

@@ -117,10 +117,11 @@ pub struct EmbeddedOptions {
     /// How long an idempotency record holds ([`crate::DEFAULT_IDEMPOTENCY_WINDOW`]);
     /// older ones are dropped when their table is compacted.
     pub idempotency_window: Duration,
-    /// Users' log heads (and groups' timeline positions, conversation
-    /// heads and users' conversation states) kept in memory at most, ~150 bytes each. Past it, a quarter of them is dropped between
-    /// two writer rounds and read back from disk when next needed, so memory
-    /// does not grow with every user who ever got a message.
+    /// Users' log heads (and groups' timeline positions, conversation heads
+    /// and users' conversation states) kept in memory at most, ~150 bytes
+    /// each. Past it, a quarter of them is dropped between two writer rounds
+    /// and read back from disk when next needed, so memory does not grow
+    /// with every user who ever got a message.
     pub heads_cached: usize,
 }
 
@@ -218,6 +219,24 @@ impl Inner {
 /// Maps by user id on the delivery path, where a group send looks up every
 /// member several times: foldhash, not SipHash (randomly seeded per process).
 type UserMap<V> = foldhash::HashMap<UserId, V>;
+
+/// Drops entries that `droppable` allows until `map` is down to `keep`,
+/// once it has grown past `cap`; which ones is the map's order, not age.
+fn drop_excess<K, V, S>(
+    map: &mut std::collections::HashMap<K, V, S>,
+    cap: usize,
+    keep: usize,
+    droppable: impl Fn(&V) -> bool,
+) {
+    if map.len() > cap {
+        let mut excess = map.len() - keep;
+        map.retain(|_, value| {
+            let gone = excess > 0 && droppable(value);
+            excess -= usize::from(gone);
+            !gone
+        });
+    }
+}
 
 impl std::fmt::Debug for EmbeddedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
