@@ -68,6 +68,15 @@ macro_rules! scenarios {
             conversation_events_reach_an_offline_device_on_resume_in_order_once,
             backend_grpc_reads_conversations_and_history_and_deletes_for_a_user,
             conversation_requests_over_json_frames_use_the_seed_names,
+            r2_delivery_receipts_reach_the_senders_devices,
+            r3_channel_ack_tells_the_sender_and_my_other_devices,
+            r4_read_receipt_reaches_the_sender_and_cannot_be_forged,
+            r5_non_admin_cannot_ask_for_group_acks,
+            r6_group_read_counts_live_and_coalesced_on_resume,
+            r7_reader_list_pages_for_the_sender_and_admins_only,
+            r8_recall_takes_a_message_out_of_history_previews_and_unread,
+            backend_grpc_recalls_reads_receipts_and_reader_lists,
+            receipt_and_recall_frames_over_json_use_the_seed_names,
         }
     };
     (@tests [$deployment:ty] $($name:ident,)*) => {
@@ -84,7 +93,9 @@ macro_rules! scenarios {
 }
 
 mod conversations;
+mod receipts;
 pub use conversations::*;
+pub use receipts::*;
 
 type RawWs = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 

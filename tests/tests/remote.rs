@@ -49,7 +49,10 @@ async fn gateway_over_remote_roles_delivers_one_to_one() {
 
     // The message role and the presence role, wired as their processes wire
     // them, each behind its gRPC server.
-    let messages = wiring::message_service(MessageOptions { node_id: 1, limits: limits.clone() }, &backends);
+    let messages = wiring::message_service(
+        MessageOptions { node_id: 1, limits: limits.clone(), ..MessageOptions::default() },
+        &backends,
+    );
     let presence =
         wiring::presence_service(PresenceOptions::default(), limits.clone(), &backends, None, &tasks).await.unwrap();
     let message_uri = serve_grpc(

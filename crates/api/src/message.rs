@@ -12,7 +12,8 @@ use natter_proto::v1;
 use natter_proto::v1::message_role_client::MessageRoleClient;
 use natter_proto::v1::message_role_server::{MessageRole, MessageRoleServer as GrpcServer};
 use natter_types::{
-    Actor, Error, Group, GroupId, Limits, MemberPage, NewGroup, NewMessage, Result, SendOutcome, UserId,
+    Actor, Error, Group, GroupId, Limits, MemberPage, NewGroup, NewMessage, ReaderPage, ReaderQuery, RecallRequest,
+    ReceiptRequest, Result, SendOutcome, UserId,
 };
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -40,6 +41,16 @@ pub trait MessageApi: Send + Sync + 'static {
         limit: usize,
     ) -> Result<MemberPage>;
     async fn user_groups(&self, user: &UserId) -> Result<Vec<Group>>;
+
+    /// R2, R4, R5: `reader`'s receipt for a message addressed to them;
+    /// answers once the sender's event (or, for a group message, its read
+    /// count) is durable.
+    async fn receipt(&self, reader: &UserId, receipt: ReceiptRequest) -> Result<()>;
+    /// R8: answers once every recipient's event is durable.
+    async fn recall(&self, actor: &Actor, recall: RecallRequest) -> Result<()>;
+    /// R7: who read a group message, for its sender, the group's owner and
+    /// admins, or the system.
+    async fn group_read_users(&self, actor: &Actor, query: ReaderQuery) -> Result<ReaderPage>;
 }
 
 /// Per-call deadline of [`RemoteMessages`] unless told otherwise.
@@ -143,6 +154,25 @@ impl MessageRole for MessageRoleServer {
     async fn user_groups(&self, request: Request<v1::RoleUserRequest>) -> Reply<v1::GroupList> {
         let user = field(wire::user(&request.into_inner().user_id, "user_id"))?;
         reply(self.api.user_groups(&user).await)
+    }
+
+    async fn receipt(&self, request: Request<v1::RoleReceiptRequest>) -> Reply<v1::Empty> {
+        let req = request.into_inner();
+        let user = field(wire::user(&req.user_id, "user_id"))?;
+        let receipt = field(wire::receipt(&required(req.receipt, "receipt")?).map_err(|e| e.within("receipt")))?;
+        reply(self.api.receipt(&user, receipt).await)
+    }
+
+    async fn recall(&self, request: Request<v1::RoleRecallRequest>) -> Reply<v1::Empty> {
+        let req = request.into_inner();
+        let recall = field(wire::recall(&required(req.recall, "recall")?, &req.from).map_err(|e| e.within("recall")))?;
+        reply(self.api.recall(&actor(req.actor)?, recall).await)
+    }
+
+    async fn group_read_users(&self, request: Request<v1::RoleGroupReadUsersRequest>) -> Reply<v1::GroupReadUsers> {
+        let req = request.into_inner();
+        let query = field(wire::reader_query(&required(req.query, "query")?).map_err(|e| e.within("query")))?;
+        reply(self.api.group_read_users(&actor(req.actor)?, query).await)
     }
 }
 
@@ -253,5 +283,24 @@ impl MessageApi for RemoteMessages {
     async fn user_groups(&self, user: &UserId) -> Result<Vec<Group>> {
         let req = v1::RoleUserRequest { user_id: user.to_string() };
         decode(self.inner.call(req, |mut c, r| async move { c.user_groups(r).await }).await?)
+    }
+
+    async fn receipt(&self, reader: &UserId, receipt: ReceiptRequest) -> Result<()> {
+        let req = v1::RoleReceiptRequest { user_id: reader.to_string(), receipt: Some((&receipt).into()) };
+        self.inner.call(req, |mut c, r| async move { c.receipt(r).await }).await.map(drop)
+    }
+
+    async fn recall(&self, actor: &Actor, recall: RecallRequest) -> Result<()> {
+        let req = v1::RoleRecallRequest {
+            actor: Some(actor.into()),
+            from: recall.from.as_ref().map(ToString::to_string).unwrap_or_default(),
+            recall: Some((&recall).into()),
+        };
+        self.inner.call(req, |mut c, r| async move { c.recall(r).await }).await.map(drop)
+    }
+
+    async fn group_read_users(&self, actor: &Actor, query: ReaderQuery) -> Result<ReaderPage> {
+        let req = v1::RoleGroupReadUsersRequest { actor: Some(actor.into()), query: Some((&query).into()) };
+        decode(self.inner.call(req, |mut c, r| async move { c.group_read_users(r).await }).await?)
     }
 }

@@ -58,7 +58,7 @@ async fn harness() -> Harness {
     let storage = natter_runtime::Tasks::new();
     let stores = EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), &storage).unwrap().stores();
     let local = Arc::new(MessageService::new(
-        MessageOptions { node_id: 1, limits: limits() },
+        MessageOptions { node_id: 1, limits: limits(), ..MessageOptions::default() },
         stores,
         Arc::new(LocalBus::new()),
     ));
@@ -195,7 +195,7 @@ async fn a_client_made_before_its_role_starts_connects_when_it_does() {
     let storage = natter_runtime::Tasks::new();
     let stores = EmbeddedStore::open(dir.path(), EmbeddedOptions::default(), &storage).unwrap().stores();
     let local = Arc::new(MessageService::new(
-        MessageOptions { node_id: 1, limits: limits() },
+        MessageOptions { node_id: 1, limits: limits(), ..MessageOptions::default() },
         stores,
         Arc::new(LocalBus::new()),
     ));

@@ -208,6 +208,7 @@ fn answer(bytes: &[u8], user: &str, rooms: &Rooms) -> Option<Vec<u8>> {
                 body: Some(v1::message::Body::Text(text)),
                 ext: send.ext,
                 from_system: false,
+                allow_group_ack: false,
                 position: 0,
             };
             // Encoded once for the whole room.

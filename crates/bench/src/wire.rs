@@ -64,6 +64,7 @@ pub fn send_frame(req_id: u64, client_msg_id: String, to: String, group: bool, t
             chat_type: chat_type as i32,
             body: Some(v1::send_message::Body::Text(v1::TextBody { text })),
             ext: Default::default(),
+            msg_config: None,
         })),
     }
     .encode_to_vec()
@@ -246,6 +247,7 @@ mod tests {
             body: Some(v1::message::Body::Text(v1::TextBody { text: text.clone() })),
             ext: Default::default(),
             from_system: false,
+            allow_group_ack: false,
             position: 0,
         };
         let bytes = bus_live_message(7, 6, message);
@@ -270,6 +272,7 @@ mod tests {
             body: Some(v1::message::Body::Text(v1::TextBody { text: text.clone() })),
             ext: [("k".to_owned(), "v".to_owned())].into(),
             from_system: false,
+            allow_group_ack: false,
             position: 0,
         };
         let bytes = event_frame(42, message);

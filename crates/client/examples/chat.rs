@@ -109,6 +109,15 @@ fn show(event: &ClientEvent) {
             println!("* conversation {} {operation} on one of my devices", e.conversation_id);
         }
         ClientEvent::OnChannelMessage(a) => println!("* {} read the conversation with {}", a.from, a.to),
+        ClientEvent::OnDeliveredMessage(r) => println!("* message {} reached {}", r.mid, r.from),
+        ClientEvent::OnReadMessage(r) if r.group_read_count > 0 => {
+            println!("* message {} read by {} members of {}", r.mid, r.group_read_count, r.to);
+        }
+        ClientEvent::OnReadMessage(r) => println!("* {} read message {}", r.from, r.mid),
+        ClientEvent::OnStatisticMessage(r) => {
+            println!("* while away: message {} read by {} members of {}", r.mid, r.group_read_count, r.to);
+        }
+        ClientEvent::OnRecallMessage(r) => println!("* {} recalled message {}", r.by, r.mid),
         ClientEvent::OnPresenceStatusChange(p) => {
             let state = if p.online { "online" } else { "offline" };
             println!("* {} is {state} {}", p.user_id, p.description);

@@ -10,7 +10,7 @@ use natter_proto::v1::response::Result as Res;
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use crate::driver::{Command, Driver};
+use crate::driver::{Command, Driver, Reply};
 use crate::events::{Events, Shared};
 use crate::{ClientError, ClientOptions, conn};
 
@@ -80,6 +80,7 @@ impl Client {
     /// [`ClientError::Server`].
     pub async fn request(&self, body: Req) -> Result<Res, ClientError> {
         let (reply, rx) = oneshot::channel();
+        let reply = Reply::Caller(reply);
         self.cmds.send(Command::Request { body, reply }).map_err(|_| ClientError::Closed)?;
         match tokio::time::timeout(self.request_timeout, rx).await {
             Ok(Ok(result)) => result,
@@ -316,6 +317,55 @@ impl Client {
         done(self.request(Req::ChannelAck(body)).await?)
     }
 
+    /// R2/R4/R5: a delivery or read receipt for message `id` of the
+    /// conversation with `to` (its sender, or the group). With
+    /// [`ClientOptions::delivery_receipts`] the SDK sends delivery receipts
+    /// by itself.
+    pub async fn send_receipt(
+        &self,
+        kind: v1::ReceiptType,
+        to: impl Into<String>,
+        chat_type: v1::ChatType,
+        id: u64,
+    ) -> Result<(), ClientError> {
+        let body = v1::SendReceipt { r#type: kind as i32, to: to.into(), chat_type: chat_type as i32, id };
+        done(self.request(Req::Receipt(body)).await?)
+    }
+
+    /// R4/R5: "I read message `id`" (the seed's `type: "read"` message).
+    pub async fn send_read_ack(
+        &self,
+        to: impl Into<String>,
+        chat_type: v1::ChatType,
+        id: u64,
+    ) -> Result<(), ClientError> {
+        self.send_receipt(v1::ReceiptType::Read, to, chat_type, id).await
+    }
+
+    /// R8: takes back message `mid` of the conversation with `to`; every
+    /// recipient's devices get `onRecallMessage`.
+    pub async fn recall_message(
+        &self,
+        mid: u64,
+        to: impl Into<String>,
+        chat_type: v1::ChatType,
+    ) -> Result<(), ClientError> {
+        let body = v1::RecallMessage { mid, to: to.into(), chat_type: chat_type as i32 };
+        done(self.request(Req::RecallMessage(body)).await?)
+    }
+
+    /// R7: who read group message `msg_id` (its sender, or the group's
+    /// owner and admins), page by page.
+    pub async fn get_group_msg_read_user(
+        &self,
+        query: v1::GetGroupMsgReadUser,
+    ) -> Result<v1::GroupReadUsers, ClientError> {
+        match self.request(Req::GetGroupMsgReadUser(query)).await? {
+            Res::GroupReadUsers(page) => Ok(page),
+            other => Err(unexpected("group_read_users", &other)),
+        }
+    }
+
     pub async fn ping(&self) -> Result<v1::Pong, ClientError> {
         match self.request(Req::Ping(v1::Ping { client_time: natter_types::now_ms() })).await? {
             Res::Pong(pong) => Ok(pong),
@@ -370,6 +420,7 @@ fn unexpected(wanted: &str, got: &Res) -> ClientError {
         Res::Subscriptions(_) => "subscriptions",
         Res::Conversations(_) => "conversations",
         Res::History(_) => "history",
+        Res::GroupReadUsers(_) => "group_read_users",
     };
     ClientError::Protocol(format!("expected a {wanted} result, got {got}"))
 }

@@ -42,7 +42,37 @@ const WRITE_BATCH: usize = 128;
 /// How long a clean close waits for the server's close frame.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
-pub(crate) type Reply = oneshot::Sender<Result<v1::response::Result, ClientError>>;
+/// Who waits for a request's answer.
+pub(crate) enum Reply {
+    Caller(oneshot::Sender<Result<v1::response::Result, ClientError>>),
+    /// A delivery receipt the SDK sends by itself
+    /// ([`ClientOptions::delivery_receipts`]): nobody waits for it.
+    Automatic,
+}
+
+impl Reply {
+    /// The caller stopped waiting (timed out).
+    fn is_closed(&self) -> bool {
+        match self {
+            Self::Caller(sender) => sender.is_closed(),
+            Self::Automatic => false,
+        }
+    }
+
+    fn send(self, result: Result<v1::response::Result, ClientError>) {
+        match self {
+            Self::Caller(sender) => {
+                // The caller may have timed out and gone; nothing to do then.
+                let _ = sender.send(result);
+            }
+            Self::Automatic => {
+                if let Err(e) = result {
+                    debug!(error = %e, "automatic delivery receipt not taken");
+                }
+            }
+        }
+    }
+}
 
 pub(crate) enum Command {
     Request { body: Req, reply: Reply },
@@ -430,14 +460,39 @@ impl Driver {
             Some(Kind::OnGroupChange(g)) => Some(ClientEvent::OnGroupChange(g)),
             Some(Kind::OnMultiDeviceEvent(e)) => Some(ClientEvent::OnMultiDeviceEvent(e)),
             Some(Kind::OnChannelMessage(a)) => Some(ClientEvent::OnChannelMessage(a)),
+            Some(Kind::OnDeliveredMessage(r)) => Some(ClientEvent::OnDeliveredMessage(r)),
+            Some(Kind::OnReadMessage(r)) => Some(ClientEvent::OnReadMessage(r)),
+            Some(Kind::OnStatisticMessage(r)) => Some(ClientEvent::OnStatisticMessage(r)),
+            Some(Kind::OnRecallMessage(r)) => Some(ClientEvent::OnRecallMessage(r)),
             None => {
                 debug!(seq, "skipping an event of a kind this sdk does not know");
                 None
             }
         };
+        if self.opts.delivery_receipts
+            && let Some(m) = event.as_ref().and_then(ClientEvent::message)
+        {
+            self.deliver_receipt(m);
+        }
         // Queued even when suppressed, so the cursor moves past it once the
         // application reaches this point of the stream.
         self.push(event);
+    }
+
+    /// R2: tells the sender of a 1:1 message from someone else that it
+    /// arrived (the seed SDK's `delivery: true`). Queued like any request;
+    /// written once the window allows.
+    fn deliver_receipt(&mut self, m: &v1::Message) {
+        if m.chat_type != v1::ChatType::Single as i32 || m.from_system || m.to != self.shared.hello().user_id {
+            return;
+        }
+        let body = Req::Receipt(v1::SendReceipt {
+            r#type: v1::ReceiptType::Delivery as i32,
+            to: m.from.clone(),
+            chat_type: v1::ChatType::Single as i32,
+            id: m.id,
+        });
+        self.outbox.push_back(Queued { body, reply: Reply::Automatic });
     }
 
     fn unless_echo(&self, seq: u64, m: v1::Message) -> Option<v1::Message> {
@@ -461,8 +516,7 @@ impl Driver {
         if let Ok(v1::response::Result::Sent(sent)) = &result {
             self.echo.note_sent(sent.server_msg_id);
         }
-        // The caller may have timed out and gone; nothing to do then.
-        let _ = pending.reply.send(result);
+        pending.reply.send(result);
     }
 
     async fn ack(&mut self, ws: &mut Socket, seq: u64) -> Result<(), tungstenite::Error> {
@@ -512,7 +566,7 @@ impl Driver {
                 }
                 None => {
                     failed += 1;
-                    let _ = f.reply.send(Err(ClientError::Disconnected));
+                    f.reply.send(Err(ClientError::Disconnected));
                 }
             }
         }
@@ -597,10 +651,10 @@ impl Driver {
 
     fn fail_all(&mut self, err: impl Fn() -> ClientError) {
         for (_, f) in self.in_flight.drain() {
-            let _ = f.reply.send(Err(err()));
+            f.reply.send(Err(err()));
         }
         for q in self.outbox.drain(..) {
-            let _ = q.reply.send(Err(err()));
+            q.reply.send(Err(err()));
         }
     }
 

@@ -30,6 +30,16 @@ pub enum ClientEvent {
     /// A conversation read receipt: `from` read the conversation with `to`
     /// (on one of my devices when `from` is me: its unread count is 0).
     OnChannelMessage(v1::ChannelAck),
+    /// R2: a 1:1 message I sent reached a device of its recipient (`from`).
+    OnDeliveredMessage(v1::Receipt),
+    /// R4: `from` read a 1:1 message I sent; or, live, a group message of
+    /// mine that asked for receipts was read (`group_read_count` readers).
+    OnReadMessage(v1::Receipt),
+    /// R6: a group message's read count gathered while I was away, on
+    /// resume (the newest count per message).
+    OnStatisticMessage(v1::Receipt),
+    /// R8: a message I sent or received was recalled.
+    OnRecallMessage(v1::Recall),
     /// A subscribed user's presence changed, or this user's own (live only:
     /// not replayed after a reconnect).
     OnPresenceStatusChange(v1::PresenceStatus),

@@ -42,6 +42,10 @@ pub struct ClientOptions {
     /// Interval of WebSocket pings; a connection with no traffic from the
     /// server for three intervals is considered dead. `None` disables it.
     pub heartbeat: Option<Duration>,
+    /// R2: acknowledge every 1:1 message received from someone else with a
+    /// delivery receipt, as the seed SDK's `delivery: true` does (off by
+    /// default).
+    pub delivery_receipts: bool,
 }
 
 impl ClientOptions {
@@ -59,6 +63,7 @@ impl ClientOptions {
             connect_timeout: Duration::from_secs(10),
             max_in_flight: 32,
             heartbeat: Some(Duration::from_secs(20)),
+            delivery_receipts: false,
         }
     }
 }
@@ -72,6 +77,7 @@ impl fmt::Debug for ClientOptions {
             .field("platform", &self.platform)
             .field("cursor", &self.cursor)
             .field("reconnect", &self.reconnect)
+            .field("delivery_receipts", &self.delivery_receipts)
             .field("backoff_min", &self.backoff_min)
             .field("backoff_max", &self.backoff_max)
             .field("request_timeout", &self.request_timeout)

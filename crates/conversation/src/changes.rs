@@ -6,11 +6,11 @@
 
 use natter_store::ConversationChange;
 use natter_types::{
-    ChannelAck, ConversationEvent, ConversationId, Direction, Error, LogEvent, MessageId, MultiDeviceOperation,
-    Removal, Result, UserId, now_ms,
+    ChannelAck, ChatType, ConversationEvent, ConversationId, Direction, Error, LogEvent, MessageId,
+    MultiDeviceOperation, Removal, Result, UserId, now_ms,
 };
 
-use crate::{ConversationService, notify};
+use crate::{ConversationService, notify, notify_all};
 
 impl ConversationService {
     async fn tell(&self, user: &UserId, event: LogEvent) -> Result<()> {
@@ -131,7 +131,8 @@ impl ConversationService {
     }
 
     /// The conversation read receipt: the user's read position moves to the
-    /// head; the user's devices get the receipt (`onChannelMessage`).
+    /// head; the user's devices get the receipt (`onChannelMessage`), and in
+    /// a 1:1 chat so does the peer's (R3).
     pub(crate) async fn mark_read_impl(&self, user: &UserId, conversation: &ConversationId) -> Result<()> {
         let view = self.view(user, conversation).await?;
         let now = now_ms();
@@ -145,6 +146,14 @@ impl ConversationService {
             chat_type: conversation.chat_type,
             time: now,
         };
-        self.tell(user, LogEvent::ChannelAck(ack)).await
+        let mut told = vec![user.clone()];
+        if conversation.chat_type == ChatType::Single
+            && let Ok(peer) = UserId::parse(&conversation.target, "to")
+            && peer != *user
+            && peer != UserId::system()
+        {
+            told.push(peer);
+        }
+        notify_all(&self.stores, &self.bus, &told, LogEvent::ChannelAck(ack)).await
     }
 }

@@ -71,11 +71,15 @@ impl ConversationOptions {
 
 /// Appends an event to one user's log, then tells their live sessions.
 pub(crate) async fn notify(stores: &Stores, bus: &Arc<dyn Bus>, user: &UserId, event: LogEvent) -> Result<()> {
-    let users = std::slice::from_ref(user);
+    notify_all(stores, bus, std::slice::from_ref(user), event).await
+}
+
+/// [`notify`] for several users at once.
+pub(crate) async fn notify_all(stores: &Stores, bus: &Arc<dyn Bus>, users: &[UserId], event: LogEvent) -> Result<()> {
     let appended = stores.log.append(users, &event).await?;
     if let Err(e) = bus.publish_event(SharedEvent::new(event), users, &appended).await {
         // Durable in the log: the sessions read it at the next event or reconnect.
-        tracing::warn!(user = %user, error = %e, "live publish failed");
+        tracing::warn!(users = users.len(), error = %e, "live publish failed");
     }
     Ok(())
 }

@@ -24,7 +24,7 @@ pub(crate) struct View {
     pub(crate) joined_at: Option<i64>,
     /// The oldest id the user may see (their join, their clears).
     pub(crate) from_id: MessageId,
-    /// Messages the user deleted one way (id → position).
+    /// Messages the user deleted one way, and recalled ones (id → position).
     pub(crate) removed: HashMap<MessageId, u64>,
 }
 
@@ -47,14 +47,16 @@ impl ConversationService {
                 ChatType::Thread => Err(Error::bad_request("chat_type", "thread conversations are not supported yet")),
             }
         };
-        // Three independent reads, one round trip on a remote store; nothing
-        // read is returned unless the membership check passed.
-        let (joined_at, state, removed) = futures::try_join!(
+        // Independent reads, one round trip on a remote store; nothing read
+        // is returned unless the membership check passed.
+        let conversations = &self.stores.conversations;
+        let (joined_at, state, removed, recalled) = futures::try_join!(
             joined_at,
-            self.stores.conversations.user_conversation(user, &key),
-            self.stores.conversations.removed_messages(user, &key, MessageId(0)),
+            conversations.user_conversation(user, &key),
+            conversations.removed_messages(user, &key, MessageId(0)),
+            conversations.recalled(&key, MessageId(0)),
         )?;
-        Ok(self.assemble(key, state, joined_at, removed.into_iter().collect()))
+        Ok(self.assemble(key, state, joined_at, removed.into_iter().chain(recalled).collect()))
     }
 
     /// The view from what the caller already read.
@@ -65,13 +67,15 @@ impl ConversationService {
         state: Option<UserConversation>,
         joined_at: Option<i64>,
     ) -> Result<View> {
-        let removed = match &state {
-            Some(_) => {
-                self.stores.conversations.removed_messages(user, &key, MessageId(0)).await?.into_iter().collect()
+        let conversations = &self.stores.conversations;
+        let removed = async {
+            match &state {
+                Some(_) => conversations.removed_messages(user, &key, MessageId(0)).await,
+                None => Ok(Vec::new()),
             }
-            None => HashMap::new(),
         };
-        Ok(self.assemble(key, state, joined_at, removed))
+        let (removed, recalled) = futures::try_join!(removed, conversations.recalled(&key, MessageId(0)))?;
+        Ok(self.assemble(key, state, joined_at, removed.into_iter().chain(recalled).collect()))
     }
 
     fn assemble(

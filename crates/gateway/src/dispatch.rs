@@ -22,7 +22,7 @@ pub(crate) async fn handle(shared: &Shared, user: &UserId, body: Body) -> Result
         Body::Send(s) => {
             let in_send = |e: Error| e.within("send");
             let new = natter_proto::new_message(s, &shared.options.limits).map_err(in_send)?;
-            Ok(Reply::Sent((&messages.send(me, new).await?).into()))
+            Ok(Reply::Sent((&messages.send(me, new).await.map_err(in_send)?).into()))
         }
         Body::CreateGroup(g) => {
             let within = |e: Error| e.within("create_group");
@@ -125,6 +125,21 @@ pub(crate) async fn handle(shared: &Shared, user: &UserId, body: Body) -> Result
             let conversation = wire::channel_ack(&r).map_err(within)?;
             conversations.mark_read(user, &conversation).await.map_err(within)?;
             Ok(Reply::Ok(v1::Empty {}))
+        }
+        Body::Receipt(r) => {
+            let within = |e: Error| e.within("receipt");
+            messages.receipt(user, wire::receipt(&r).map_err(within)?).await.map_err(within)?;
+            Ok(Reply::Ok(v1::Empty {}))
+        }
+        Body::RecallMessage(r) => {
+            let within = |e: Error| e.within("recall_message");
+            messages.recall(&me, wire::recall(&r, "").map_err(within)?).await.map_err(within)?;
+            Ok(Reply::Ok(v1::Empty {}))
+        }
+        Body::GetGroupMsgReadUser(r) => {
+            let within = |e: Error| e.within("get_group_msg_read_user");
+            let query = wire::reader_query(&r).map_err(within)?;
+            Ok(Reply::GroupReadUsers((&messages.group_read_users(&me, query).await.map_err(within)?).into()))
         }
         Body::GetPresenceStatus(r) => {
             let within = |e: Error| e.within("get_presence_status");

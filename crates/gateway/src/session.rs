@@ -25,7 +25,7 @@ use futures::{FutureExt, SinkExt, StreamExt, TryFutureExt};
 use natter_bus::{Control, Live, LiveEvent, Transient};
 use natter_proto::v1::{self, server_frame::Body as Out};
 use natter_types::SessionInfo;
-use natter_types::{Error, ErrorCode, SessionId, SessionStatus, UserId, now_ms};
+use natter_types::{Error, ErrorCode, LogEvent, SessionId, SessionStatus, UserId, now_ms};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
@@ -302,8 +302,12 @@ impl Session {
                     let Some(&(last, _)) = page.events.last() else {
                         return Ok(());
                     };
-                    for (seq, event) in &page.events {
-                        let frame = Out::Event(natter_proto::event_frame(*seq, event));
+                    let superseded = superseded_counts(&page.events);
+                    for (i, (seq, event)) in page.events.iter().enumerate() {
+                        if superseded.contains(&i) {
+                            continue;
+                        }
+                        let frame = Out::Event(natter_proto::replay_frame(*seq, event));
                         self.sink.feed(codec::encode(&wrap(frame), self.conn.format)).await.map_err(socket_error)?;
                     }
                     self.sink.flush().await.map_err(socket_error)?;
@@ -569,9 +573,53 @@ fn socket_error(e: axum::Error) -> Error {
     Error::unavailable(format!("socket: {e}"))
 }
 
+/// The group read counts of a replayed page that a later count for the same
+/// message in the page makes stale: each carries the whole count, so a
+/// device resuming after many receipts gets one per message, not one per
+/// write (R6). Skipping one is safe: a device that stops before the later
+/// one has not passed its seq and gets it on the next resume.
+fn superseded_counts(events: &[(u64, LogEvent)]) -> std::collections::HashSet<usize> {
+    let mut newest = std::collections::HashSet::new();
+    let mut superseded = std::collections::HashSet::new();
+    for (i, (_, event)) in events.iter().enumerate().rev() {
+        if let LogEvent::Receipt(r) = event
+            && r.read_count > 0
+            && !newest.insert((r.to.as_str(), r.message_id))
+        {
+            superseded.insert(i);
+        }
+    }
+    superseded
+}
+
 #[cfg(test)]
 mod tests {
-    use super::heartbeat_phase;
+    use natter_types::{ChatType, MessageId, Receipt, ReceiptKind, UserId};
+
+    use super::{LogEvent, heartbeat_phase, superseded_counts};
+
+    fn count(message: u64, read_count: u64) -> (u64, LogEvent) {
+        let receipt = Receipt {
+            kind: ReceiptKind::Read,
+            message_id: MessageId(message),
+            chat_type: if read_count > 0 { ChatType::Group } else { ChatType::Single },
+            from: UserId::system(),
+            to: "42".into(),
+            time: 0,
+            read_count,
+        };
+        (0, LogEvent::Receipt(receipt))
+    }
+
+    /// R6 on resume: the newest count of each message stays, 1:1 receipts
+    /// all stay.
+    #[test]
+    fn a_replayed_page_keeps_the_newest_count_per_message() {
+        let page = [count(1, 1), count(2, 1), count(1, 2), count(7, 0), count(7, 0), count(1, 3)];
+        let mut superseded: Vec<usize> = superseded_counts(&page).into_iter().collect();
+        superseded.sort_unstable();
+        assert_eq!(superseded, [0, 2]);
+    }
 
     /// However many sessions connect at once, their pings spread over the
     /// whole interval: no tenth of it takes much more than its share.

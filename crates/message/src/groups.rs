@@ -244,7 +244,11 @@ mod tests {
         let stores = EmbeddedStore::open(dir, EmbeddedOptions::default(), storage).unwrap().stores();
         let bus = LocalBus::new();
         let limits = Limits { max_group_members: 4, ..Limits::default() };
-        let service = MessageService::new(MessageOptions { node_id: 1, limits }, stores.clone(), Arc::new(bus.clone()));
+        let service = MessageService::new(
+            MessageOptions { node_id: 1, limits, ..MessageOptions::default() },
+            stores.clone(),
+            Arc::new(bus.clone()),
+        );
         (service, bus, stores)
     }
 

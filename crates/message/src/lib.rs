@@ -1,4 +1,4 @@
-//! The message service: the send pipeline and groups.
+//! The message service: the send pipeline, groups, receipts and recall.
 //!
 //! Send: validate → resolve recipients → store the message with its
 //! idempotency record (durable) → append one event to every recipient's log
@@ -12,6 +12,8 @@
 //! distributed mode.
 
 mod groups;
+mod read_counts;
+mod receipts;
 mod service;
 
 pub use service::{MessageOptions, MessageService};

@@ -1,20 +1,34 @@
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use natter_bus::{Bus, SharedEvent};
+use natter_runtime::Clock;
 use natter_store::{Appended, Stored, Stores};
 use natter_types::{
-    Actor, ChatType, Error, Group, GroupId, IdGenerator, Limits, LogEvent, MemberPage, Message, NewGroup, NewMessage,
-    Result, SendOutcome, UserId,
+    Actor, ChatType, DEFAULT_RECALL_WINDOW, Error, ErrorCode, Group, GroupId, IdGenerator, Limits, LogEvent,
+    MemberPage, Message, NewGroup, NewMessage, ReaderPage, ReaderQuery, RecallRequest, ReceiptRequest, Result,
+    SendOutcome, UserId,
 };
+
+use crate::read_counts::ReadCounts;
 
 use natter_api::MessageApi;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct MessageOptions {
     /// Distinguishes id generators of several message-service instances.
     pub node_id: u16,
     pub limits: Limits,
+    /// R8: how long after its server timestamp a sender may recall a
+    /// message (at most [`natter_types::MAX_RECALL_WINDOW`]).
+    pub recall_window: Duration,
+}
+
+impl Default for MessageOptions {
+    fn default() -> Self {
+        Self { node_id: 0, limits: Limits::default(), recall_window: DEFAULT_RECALL_WINDOW }
+    }
 }
 
 /// The local implementation of [`MessageApi`]; cheap to share behind an `Arc`.
@@ -23,6 +37,10 @@ pub struct MessageService {
     pub(crate) bus: Arc<dyn Bus>,
     pub(crate) ids: IdGenerator,
     pub(crate) limits: Limits,
+    pub(crate) recall_window: Duration,
+    /// The server clock of the recall window.
+    pub(crate) clock: Clock,
+    pub(crate) read_counts: ReadCounts,
 }
 
 impl std::fmt::Debug for MessageService {
@@ -33,7 +51,15 @@ impl std::fmt::Debug for MessageService {
 
 impl MessageService {
     pub fn new(options: MessageOptions, stores: Stores, bus: Arc<dyn Bus>) -> Self {
-        Self { stores, bus, ids: IdGenerator::new(options.node_id), limits: options.limits }
+        Self {
+            stores,
+            bus,
+            ids: IdGenerator::new(options.node_id),
+            limits: options.limits,
+            recall_window: options.recall_window,
+            clock: Clock::new(),
+            read_counts: ReadCounts::default(),
+        }
     }
 
     pub fn limits(&self) -> &Limits {
@@ -53,11 +79,16 @@ impl MessageService {
             }
             ChatType::Group => {
                 let group = GroupId::parse(&message.to, "to")?;
-                self.require_group(&group).await?;
-                if let Actor::User(me) = from
-                    && self.stores.groups.get_member(&group, me).await?.is_none()
-                {
-                    return Err(Error::forbidden(format!("{me} is not a member of group {group}")));
+                let role = self.require_member(from, &group).await?;
+                if role.is_none() {
+                    self.require_group(&group).await?; // the system: any existing group
+                }
+                if message.allow_group_ack && role.is_some_and(|r| !r.can_manage()) {
+                    return Err(Error::field(
+                        ErrorCode::Forbidden,
+                        "msg_config.allow_group_ack",
+                        format!("only the owner or an admin of group {group} may ask for read receipts"),
+                    ));
                 }
                 self.stores.groups.member_ids(&group).await
             }
@@ -99,7 +130,7 @@ impl MessageService {
 impl MessageApi for MessageService {
     async fn send(&self, from: Actor, new: NewMessage) -> Result<SendOutcome> {
         let recipients = self.recipients(&from, &new).await?;
-        let id = self.ids.next();
+        let id = self.ids.next_at(self.clock.now_ms());
         let message = Message {
             id,
             client_msg_id: new.client_msg_id,
@@ -113,6 +144,7 @@ impl MessageApi for MessageService {
             from_system: from == Actor::System,
             // Given by the store.
             pos: 0,
+            allow_group_ack: new.allow_group_ack,
         };
         let counted = new.updates_conversations;
         let stored =
@@ -175,6 +207,18 @@ impl MessageApi for MessageService {
             None
         };
         Ok(MemberPage { members, next })
+    }
+
+    async fn receipt(&self, reader: &UserId, receipt: ReceiptRequest) -> Result<()> {
+        self.receipt_impl(reader, receipt).await
+    }
+
+    async fn recall(&self, actor: &Actor, recall: RecallRequest) -> Result<()> {
+        self.recall_impl(actor, recall).await
+    }
+
+    async fn group_read_users(&self, actor: &Actor, query: ReaderQuery) -> Result<ReaderPage> {
+        self.group_read_users_impl(actor, query).await
     }
 
     async fn user_groups(&self, user: &UserId) -> Result<Vec<Group>> {

@@ -18,7 +18,6 @@
 //! - **Webhook** ([`webhook`]): every session status change goes to a durable
 //!   outbox per receiver and is POSTed in signed, ordered batches.
 
-pub mod clock;
 pub mod local;
 mod service;
 pub mod sweeper;

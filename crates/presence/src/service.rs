@@ -18,10 +18,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::clock::Clock;
 use crate::sweeper::Sweeper;
 use crate::webhook::{Webhook, WebhookOptions};
 use natter_api::PresenceApi;
+use natter_runtime::Clock;
 use natter_types::SubscriptionPage;
 
 use crate::{SessionInfo, SessionRegistry};

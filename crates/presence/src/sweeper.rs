@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::Clock;
+use natter_runtime::Clock;
 
 /// `(due, expires_at, subscriber, target)`: due is the expiry, or later for
 /// a removal that failed and is retried; removal compares `expires_at`.

@@ -154,6 +154,81 @@ pub fn channel_ack(a: &v1::SendChannelAck) -> t::Result<t::ConversationId> {
     conversation(&a.to, a.chat_type, "to", "chat_type")
 }
 
+/// A receipt as a reader sends it (R2, R4, R5).
+pub fn receipt(r: &v1::SendReceipt) -> t::Result<t::ReceiptRequest> {
+    let kind =
+        crate::receipt_kind(r.r#type).ok_or_else(|| t::Error::bad_request("type", "must be DELIVERY or READ"))?;
+    let conversation = conversation(&r.to, r.chat_type, "to", "chat_type")?;
+    if r.id == 0 {
+        return Err(t::Error::bad_request("id", "must be the id of the message the receipt is for"));
+    }
+    if kind == t::ReceiptKind::Delivered && conversation.chat_type != t::ChatType::Single {
+        return Err(t::Error::bad_request("type", "delivery receipts are for 1:1 messages"));
+    }
+    Ok(t::ReceiptRequest {
+        kind,
+        chat_type: conversation.chat_type,
+        to: conversation.target,
+        message_id: t::MessageId(r.id),
+    })
+}
+
+/// A recall (R8); `from` is the 1:1 message's sender when the backend
+/// recalls as the system.
+pub fn recall(r: &v1::RecallMessage, from: &str) -> t::Result<t::RecallRequest> {
+    let conversation = conversation(&r.to, r.chat_type, "to", "chat_type")?;
+    if r.mid == 0 {
+        return Err(t::Error::bad_request("mid", "must be the id of the message to recall"));
+    }
+    Ok(t::RecallRequest {
+        chat_type: conversation.chat_type,
+        to: conversation.target,
+        message_id: t::MessageId(r.mid),
+        from: optional_user(from, "from")?,
+    })
+}
+
+/// A reader-list request (R7).
+pub fn reader_query(q: &v1::GetGroupMsgReadUser) -> t::Result<t::ReaderQuery> {
+    if q.msg_id == 0 {
+        return Err(t::Error::bad_request("msg_id", "must be the id of a group message"));
+    }
+    Ok(t::ReaderQuery {
+        group: group_id(&q.group_id, "group_id")?,
+        message_id: t::MessageId(q.msg_id),
+        after: optional_user(&q.cursor, "cursor")?,
+        limit: t::reader_page_size(q.page_size, "page_size")?,
+    })
+}
+
+impl From<&t::ReaderQuery> for v1::GetGroupMsgReadUser {
+    fn from(q: &t::ReaderQuery) -> Self {
+        Self {
+            msg_id: q.message_id.0,
+            group_id: q.group.to_string(),
+            page_size: q.limit as u32,
+            cursor: q.after.as_ref().map(ToString::to_string).unwrap_or_default(),
+        }
+    }
+}
+
+impl From<&t::ReceiptRequest> for v1::SendReceipt {
+    fn from(r: &t::ReceiptRequest) -> Self {
+        Self {
+            r#type: v1::ReceiptType::from(r.kind) as i32,
+            to: r.to.clone(),
+            chat_type: v1::ChatType::from(r.chat_type) as i32,
+            id: r.message_id.0,
+        }
+    }
+}
+
+impl From<&t::RecallRequest> for v1::RecallMessage {
+    fn from(r: &t::RecallRequest) -> Self {
+        Self { mid: r.message_id.0, to: r.to.clone(), chat_type: v1::ChatType::from(r.chat_type) as i32 }
+    }
+}
+
 pub fn user_strings(users: &[t::UserId]) -> Vec<String> {
     users.iter().map(ToString::to_string).collect()
 }

@@ -203,6 +203,7 @@ impl From<&t::Message> for v1::Message {
             body: Some(body_to_wire(&m.body)),
             ext: m.ext.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
             from_system: m.from_system,
+            allow_group_ack: m.allow_group_ack,
             position: m.pos,
         }
     }
@@ -228,6 +229,7 @@ impl TryFrom<v1::Message> for t::Message {
             body,
             ext: m.ext.into_iter().collect::<BTreeMap<_, _>>(),
             from_system: m.from_system,
+            allow_group_ack: m.allow_group_ack,
             pos: m.position,
         })
     }
@@ -248,6 +250,7 @@ impl From<&t::NewMessage> for v1::SendMessage {
             chat_type: v1::ChatType::from(m.chat_type) as i32,
             body: Some(body),
             ext: m.ext.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            msg_config: m.allow_group_ack.then_some(v1::MsgConfig { allow_group_ack: true }),
         }
     }
 }
@@ -255,14 +258,20 @@ impl From<&t::NewMessage> for v1::SendMessage {
 /// Decodes and validates a message to send against `limits` (errors name
 /// the field and the limit, as [`t::NewMessage::validate`] does).
 pub fn new_message(m: v1::SendMessage, limits: &t::Limits) -> t::Result<t::NewMessage> {
-    t::NewMessage::validate(
+    let allow_group_ack = m.msg_config.is_some_and(|c| c.allow_group_ack);
+    let mut message = t::NewMessage::validate(
         m.client_msg_id,
         chat_type(m.chat_type),
         &m.to,
         send_body(m.body),
         m.ext.into_iter().collect::<BTreeMap<_, _>>(),
         limits,
-    )
+    )?;
+    if allow_group_ack && message.chat_type != t::ChatType::Group {
+        return Err(t::Error::bad_request("msg_config.allow_group_ack", "only group messages ask for read receipts"));
+    }
+    message.allow_group_ack = allow_group_ack;
+    Ok(message)
 }
 
 // ---- groups ----
@@ -467,6 +476,107 @@ impl TryFrom<v1::ChannelAck> for t::ChannelAck {
     }
 }
 
+// ---- receipts and recall ----
+
+impl From<t::ReceiptKind> for v1::ReceiptType {
+    fn from(k: t::ReceiptKind) -> Self {
+        match k {
+            t::ReceiptKind::Delivered => Self::Delivery,
+            t::ReceiptKind::Read => Self::Read,
+        }
+    }
+}
+
+pub fn receipt_kind(raw: i32) -> Option<t::ReceiptKind> {
+    match v1::ReceiptType::try_from(raw) {
+        Ok(v1::ReceiptType::Delivery) => Some(t::ReceiptKind::Delivered),
+        Ok(v1::ReceiptType::Read) => Some(t::ReceiptKind::Read),
+        Ok(v1::ReceiptType::Unspecified) | Err(_) => None,
+    }
+}
+
+impl From<&t::Receipt> for v1::Receipt {
+    fn from(r: &t::Receipt) -> Self {
+        Self {
+            r#type: v1::ReceiptType::from(r.kind) as i32,
+            mid: r.message_id.0,
+            from: r.from.to_string(),
+            to: r.to.clone(),
+            chat_type: v1::ChatType::from(r.chat_type) as i32,
+            time: r.time,
+            group_read_count: r.read_count,
+        }
+    }
+}
+
+impl TryFrom<v1::Receipt> for t::Receipt {
+    type Error = DecodeError;
+
+    fn try_from(r: v1::Receipt) -> Result<Self, DecodeError> {
+        Ok(Self {
+            kind: receipt_kind(r.r#type).ok_or_else(|| DecodeError("receipt type".into()))?,
+            message_id: t::MessageId(r.mid),
+            chat_type: chat_type(r.chat_type).ok_or_else(|| DecodeError("receipt chat type".into()))?,
+            from: t::UserId::parse(&r.from, "from")?,
+            to: r.to,
+            time: r.time,
+            read_count: r.group_read_count,
+        })
+    }
+}
+
+impl From<&t::Recall> for v1::Recall {
+    fn from(r: &t::Recall) -> Self {
+        Self {
+            mid: r.message_id.0,
+            from: r.from.to_string(),
+            to: r.to.clone(),
+            chat_type: v1::ChatType::from(r.chat_type) as i32,
+            by: r.by.to_string(),
+            time: r.time,
+        }
+    }
+}
+
+impl TryFrom<v1::Recall> for t::Recall {
+    type Error = DecodeError;
+
+    fn try_from(r: v1::Recall) -> Result<Self, DecodeError> {
+        Ok(Self {
+            message_id: t::MessageId(r.mid),
+            chat_type: chat_type(r.chat_type).ok_or_else(|| DecodeError("recall chat type".into()))?,
+            from: t::UserId::parse(&r.from, "from")?,
+            to: r.to,
+            by: t::UserId::parse(&r.by, "by")?,
+            time: r.time,
+        })
+    }
+}
+
+impl From<&t::ReaderPage> for v1::GroupReadUsers {
+    fn from(p: &t::ReaderPage) -> Self {
+        Self {
+            users: p.readers.iter().map(|r| v1::GroupReadUser { user_id: r.user.to_string(), time: r.time }).collect(),
+            cursor: p.cursor.as_ref().map(ToString::to_string).unwrap_or_default(),
+            read_count: p.read_count,
+        }
+    }
+}
+
+impl TryFrom<v1::GroupReadUsers> for t::ReaderPage {
+    type Error = DecodeError;
+
+    fn try_from(p: v1::GroupReadUsers) -> Result<Self, DecodeError> {
+        let readers = p
+            .users
+            .into_iter()
+            .map(|r| Ok(t::Reader { user: t::UserId::parse(&r.user_id, "user_id")?, time: r.time }))
+            .collect::<Result<_, DecodeError>>()?;
+        let cursor = if p.cursor.is_empty() { None } else { Some(t::UserId::parse(&p.cursor, "cursor")?) };
+        Ok(Self { readers, cursor, read_count: p.read_count })
+    }
+}
+
 // ---- log events ----
 
 impl From<&t::LogEvent> for v1::LogEvent {
@@ -476,6 +586,8 @@ impl From<&t::LogEvent> for v1::LogEvent {
             t::LogEvent::GroupChange(c) => v1::log_event::Kind::GroupChange(c.into()),
             t::LogEvent::Conversation(c) => v1::log_event::Kind::MultiDevice(c.into()),
             t::LogEvent::ChannelAck(a) => v1::log_event::Kind::ChannelAck(a.into()),
+            t::LogEvent::Receipt(r) => v1::log_event::Kind::Receipt(r.into()),
+            t::LogEvent::Recall(r) => v1::log_event::Kind::Recall(r.into()),
         };
         Self { kind: Some(kind) }
     }
@@ -490,6 +602,8 @@ impl TryFrom<v1::LogEvent> for t::LogEvent {
             v1::log_event::Kind::GroupChange(c) => Ok(Self::GroupChange(c.try_into()?)),
             v1::log_event::Kind::MultiDevice(c) => Ok(Self::Conversation(c.try_into()?)),
             v1::log_event::Kind::ChannelAck(a) => Ok(Self::ChannelAck(a.try_into()?)),
+            v1::log_event::Kind::Receipt(r) => Ok(Self::Receipt(r.try_into()?)),
+            v1::log_event::Kind::Recall(r) => Ok(Self::Recall(r.try_into()?)),
         }
     }
 }
@@ -506,8 +620,25 @@ pub fn event_frame(seq: u64, event: &t::LogEvent) -> v1::Event {
         t::LogEvent::GroupChange(c) => Kind::OnGroupChange(c.into()),
         t::LogEvent::Conversation(c) => Kind::OnMultiDeviceEvent(c.into()),
         t::LogEvent::ChannelAck(a) => Kind::OnChannelMessage(a.into()),
+        t::LogEvent::Receipt(r) => match r.kind {
+            t::ReceiptKind::Delivered => Kind::OnDeliveredMessage(r.into()),
+            t::ReceiptKind::Read => Kind::OnReadMessage(r.into()),
+        },
+        t::LogEvent::Recall(r) => Kind::OnRecallMessage(r.into()),
     };
     v1::Event { seq, kind: Some(kind) }
+}
+
+/// The event for a log entry replayed on resume: as [`event_frame`], except
+/// that a group message's read count arrives as `onStatisticMessage` (the
+/// seed's callback for counts gathered while the sender was away).
+pub fn replay_frame(seq: u64, event: &t::LogEvent) -> v1::Event {
+    match event {
+        t::LogEvent::Receipt(r) if r.chat_type != t::ChatType::Single && r.kind == t::ReceiptKind::Read => {
+            v1::Event { seq, kind: Some(v1::event::Kind::OnStatisticMessage(r.into())) }
+        }
+        _ => event_frame(seq, event),
+    }
 }
 
 /// A log entry's `Event` without its seq, encoded: what the frames of all
@@ -710,6 +841,7 @@ mod tests {
             body,
             ext: BTreeMap::from([("k".to_owned(), "v".to_owned())]),
             from_system: false,
+            allow_group_ack: false,
             pos: 7,
         };
         let events = [

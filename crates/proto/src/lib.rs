@@ -31,12 +31,14 @@ mod tests {
                 chat_type: ChatType::Single as i32,
                 body: Some(send_message::Body::Text(TextBody { text: "hi".into() })),
                 ext: Default::default(),
+                msg_config: Some(MsgConfig { allow_group_ack: true }),
             })),
         };
         let json = serde_json::to_value(&frame).expect("serialize");
         assert_eq!(json["reqId"], "7", "uint64 is a JSON string in proto3 JSON");
         assert_eq!(json["send"]["chatType"], "SINGLE");
         assert_eq!(json["send"]["text"]["text"], "hi");
+        assert_eq!(json["send"]["msgConfig"]["allowGroupAck"], true, "the seed's msgConfig.allowGroupAck");
         let back: ClientFrame = serde_json::from_value(json).expect("deserialize");
         assert_eq!(back, frame);
     }
@@ -54,5 +56,6 @@ pub mod api;
 mod convert;
 pub use convert::{
     DecodeError, actor, chat_type, error_from_status, event_body, event_frame, event_frame_bytes, group_role,
-    live_bus_message_bytes, live_event_body, new_message, send_body, session_status, status_from_error,
+    live_bus_message_bytes, live_event_body, new_message, receipt_kind, replay_frame, send_body, session_status,
+    status_from_error,
 };

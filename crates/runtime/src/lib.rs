@@ -11,6 +11,9 @@
 //! A task that fails requests the stop of the whole process: one broken part
 //! must not leave a half-alive process behind (an orchestrator restarts it).
 
+mod clock;
+pub use clock::Clock;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;

@@ -219,7 +219,11 @@ impl RoleProcess {
                 let ttl = Duration::from_secs(config.cluster.node_id_lease_secs);
                 let node_id = hold_node_id(&tasks, store.leases(), instance.clone(), ttl).await?;
                 tracing::info!(node_id, "node id leased");
-                let options = MessageOptions { node_id, limits: config.limits.clone() };
+                let options = MessageOptions {
+                    node_id,
+                    limits: config.limits.clone(),
+                    recall_window: config.messages.recall_window(),
+                };
                 let messages = wiring::message_service(options, &backends);
                 let server = MessageRoleServer::new(messages, config.limits.clone()).into_service();
                 (Routes::new(InterceptedService::new(server, key_check)), &["natter.v1.MessageRole"])

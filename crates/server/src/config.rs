@@ -26,6 +26,7 @@ pub struct Config {
     pub limits: Limits,
     pub presence: natter_presence::PresenceOptions,
     pub conversations: natter_conversation::ConversationOptions,
+    pub messages: MessagesConfig,
     pub log: LogConfig,
     /// Distributed mode: the NATS servers of the bus.
     pub nats: NatsConfig,
@@ -146,6 +147,27 @@ impl Default for StoreConfig {
 impl StoreConfig {
     pub fn idempotency_window(&self) -> Duration {
         Duration::from_secs(self.idempotency_window_secs)
+    }
+}
+
+/// The message service's rules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MessagesConfig {
+    /// R8: seconds after sending (server time) during which a sender may
+    /// recall a message; 1 to 604800 (7 days).
+    pub recall_window_secs: u64,
+}
+
+impl Default for MessagesConfig {
+    fn default() -> Self {
+        Self { recall_window_secs: natter_types::DEFAULT_RECALL_WINDOW.as_secs() }
+    }
+}
+
+impl MessagesConfig {
+    pub fn recall_window(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.recall_window_secs)
     }
 }
 
@@ -296,6 +318,13 @@ impl Config {
         if self.gateway.ping_interval_secs == 0 || self.gateway.idle_timeout_secs <= self.gateway.ping_interval_secs {
             anyhow::bail!(
                 "gateway.idle_timeout_secs must be greater than gateway.ping_interval_secs, which must be > 0"
+            );
+        }
+        let max_recall = natter_types::MAX_RECALL_WINDOW.as_secs();
+        if !(1..=max_recall).contains(&self.messages.recall_window_secs) {
+            anyhow::bail!(
+                "messages.recall_window_secs = {} must be between 1 and {max_recall} (7 days)",
+                self.messages.recall_window_secs
             );
         }
         if self.store.log_retention_events == 0 {

@@ -158,6 +158,37 @@ impl Backend for BackendApi {
         let (conversation, pinned) = field(wire::pin(&required(req.pin, "pin")?).map_err(|e| e.within("pin")))?;
         reply(self.conversations.pin(&user, &conversation, pinned).await)
     }
+
+    async fn mark_conversation_read(&self, request: Request<v1::BackendMarkReadRequest>) -> Reply<v1::Empty> {
+        let req = request.into_inner();
+        let user = field(wire::user(&req.user_id, "user_id"))?;
+        let conversation = field(wire::channel_ack(&required(req.ack, "ack")?).map_err(|e| e.within("ack")))?;
+        reply(self.conversations.mark_read(&user, &conversation).await)
+    }
+
+    async fn send_receipt(&self, request: Request<v1::BackendReceiptRequest>) -> Reply<v1::Empty> {
+        let req = request.into_inner();
+        let user = field(wire::user(&req.user_id, "user_id"))?;
+        let receipt = field(wire::receipt(&required(req.receipt, "receipt")?).map_err(|e| e.within("receipt")))?;
+        reply(self.messages.receipt(&user, receipt).await.map_err(|e| e.within("receipt")))
+    }
+
+    async fn recall_message(&self, request: Request<v1::BackendRecallRequest>) -> Reply<v1::Empty> {
+        let req = request.into_inner();
+        let operator = field(wire::operator(&req.operator))?;
+        let recall = field(wire::recall(&required(req.recall, "recall")?, &req.from).map_err(|e| e.within("recall")))?;
+        reply(self.messages.recall(&operator, recall).await.map_err(|e| e.within("recall")))
+    }
+
+    async fn get_group_msg_read_user(
+        &self,
+        request: Request<v1::BackendGroupReadUsersRequest>,
+    ) -> Reply<v1::GroupReadUsers> {
+        let req = request.into_inner();
+        let operator = field(wire::operator(&req.operator))?;
+        let query = field(wire::reader_query(&required(req.query, "query")?).map_err(|e| e.within("query")))?;
+        reply(self.messages.group_read_users(&operator, query).await.map_err(|e| e.within("query")))
+    }
 }
 
 /// Rejects calls without `authorization: Bearer <api key>`.

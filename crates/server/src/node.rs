@@ -103,7 +103,11 @@ impl Node {
             bus: Arc::new(LocalBus::new()),
             sessions: Arc::new(LocalSessionRegistry::with_journal(journal.clone())),
         };
-        let message = MessageOptions { node_id: config.server.node_id, limits: config.limits.clone() };
+        let message = MessageOptions {
+            node_id: config.server.node_id,
+            limits: config.limits.clone(),
+            recall_window: config.messages.recall_window(),
+        };
         let (apis, presence) =
             wiring::local_services(message, config.presence.clone(), config.conversations.clone(), &backends, &tasks)
                 .await?;

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use natter_types::{
     ChatType, ConversationKey, ErrorCode, Group, GroupChange, GroupChangeKind, GroupId, GroupMember, GroupRole,
-    IdGenerator, LogEvent, Message, MessageBody, MessageId, SessionId, SessionInfo, SessionStatus, Subscription,
-    UserId, WebhookEvent,
+    IdGenerator, LogEvent, Message, MessageBody, MessageId, Reader, SessionId, SessionInfo, SessionStatus,
+    Subscription, UserId, WebhookEvent,
 };
 
 use crate::{
@@ -50,6 +50,7 @@ pub fn text_message(from: &UserId, to: &UserId, client_msg_id: &str, text: &str)
         body: MessageBody::Text(text.to_owned()),
         ext: [("k".to_owned(), "v".to_owned())].into(),
         from_system: false,
+        allow_group_ack: false,
         pos: 0,
     }
 }
@@ -118,7 +119,11 @@ macro_rules! conformance_tests {
             conversations_update_applies_each_change,
             conversations_concurrent_changes_keep_each_field,
             conversations_hidden_is_listed_again_after_a_new_message,
-            conversations_removed_messages_ascend_after_the_bound
+            conversations_removed_messages_ascend_after_the_bound,
+            conversations_recalls_are_per_conversation_and_idempotent,
+            receipts_count_each_reader_once,
+            receipts_page_readers_by_user_id,
+            receipts_concurrent_readers_are_all_counted
         );
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -456,6 +461,7 @@ pub fn group_message(from: &UserId, group: &GroupId, n: usize) -> Message {
         body: MessageBody::Text(format!("group message {n}")),
         ext: Default::default(),
         from_system: false,
+        allow_group_ack: false,
         pos: 0,
     }
 }
@@ -882,6 +888,79 @@ pub async fn conversations_removed_messages_ascend_after_the_bound(stores: &Stor
     c.remove_messages(&b, &conv, &many).await.unwrap();
     assert_eq!(c.removed_messages(&b, &conv, MessageId(0)).await.unwrap(), many, "more than one batch");
     assert_eq!(state_of(stores, &a, &conv).await, None, "removing writes no state");
+}
+
+pub async fn conversations_recalls_are_per_conversation_and_idempotent(stores: &Stores) {
+    let c = &stores.conversations;
+    let (a, b) = (user("a"), user("b"));
+    let conv = ConversationKey::single(&a, &b);
+    let (first, second) = (ids().next(), ids().next());
+    assert!(c.recalled(&conv, MessageId(0)).await.unwrap().is_empty());
+    c.recall(&conv, second, 7).await.unwrap();
+    c.recall(&conv, first, 3).await.unwrap();
+    c.recall(&conv, second, 7).await.unwrap();
+    assert_eq!(c.recalled(&conv, MessageId(0)).await.unwrap(), vec![(first, 3), (second, 7)], "once each, by id");
+    assert_eq!(c.recalled(&conv, first).await.unwrap(), vec![(second, 7)], "strictly after the bound");
+    let other = ConversationKey::single(&a, &user("c"));
+    assert!(c.recalled(&other, MessageId(0)).await.unwrap().is_empty(), "per conversation");
+}
+
+fn group_conversation() -> (ConversationKey, MessageId) {
+    (ConversationKey::group(&GroupId::from_id(ids().next().0)), ids().next())
+}
+
+pub async fn receipts_count_each_reader_once(stores: &Stores) {
+    let r = &stores.receipts;
+    let (conv, message) = group_conversation();
+    let (a, b) = (user("a"), user("b"));
+    assert_eq!(r.read_count(&conv, message).await.unwrap(), 0);
+    r.record_read(&conv, message, &a, 100).await.unwrap();
+    r.record_read(&conv, message, &a, 200).await.unwrap();
+    r.record_read(&conv, message, &b, 150).await.unwrap();
+    assert_eq!(r.read_count(&conv, message).await.unwrap(), 2, "a repeat is not counted again");
+    let readers = r.readers(&conv, message, None, 10).await.unwrap();
+    let mut want = vec![Reader { user: a.clone(), time: 100 }, Reader { user: b.clone(), time: 150 }];
+    want.sort_by(|x, y| x.user.cmp(&y.user));
+    assert_eq!(readers, want, "the first time is kept");
+    let other = ids().next();
+    assert_eq!(r.read_count(&conv, other).await.unwrap(), 0, "per message");
+    assert!(r.readers(&conv, other, None, 10).await.unwrap().is_empty());
+}
+
+pub async fn receipts_page_readers_by_user_id(stores: &Stores) {
+    let r = &stores.receipts;
+    let (conv, message) = group_conversation();
+    let prefix = unique("p");
+    let mut users: Vec<UserId> = (0..25).map(|n| UserId::parse(&format!("{prefix}-{n:02}"), "user").unwrap()).collect();
+    for (n, u) in users.iter().enumerate().rev() {
+        r.record_read(&conv, message, u, n as i64).await.unwrap();
+    }
+    users.sort();
+    let mut seen = Vec::new();
+    let mut after: Option<UserId> = None;
+    loop {
+        let page = r.readers(&conv, message, after.as_ref(), 10).await.unwrap();
+        seen.extend(page.iter().map(|x| x.user.clone()));
+        match page.last() {
+            Some(last) if page.len() == 10 => after = Some(last.user.clone()),
+            _ => break,
+        }
+    }
+    assert_eq!(seen, users, "every reader once, in user id order");
+    assert_eq!(r.read_count(&conv, message).await.unwrap(), 25);
+}
+
+pub async fn receipts_concurrent_readers_are_all_counted(stores: &Stores) {
+    let (conv, message) = group_conversation();
+    let readers: Vec<UserId> = (0..40).map(|n| user(&format!("r{n}"))).collect();
+    let writes = readers.iter().flat_map(|u| [u.clone(), u.clone()]).map(|u| {
+        let (stores, conv) = (stores.clone(), conv.clone());
+        async move { stores.receipts.record_read(&conv, message, &u, 1).await }
+    });
+    for result in futures::future::join_all(writes).await {
+        result.unwrap();
+    }
+    assert_eq!(stores.receipts.read_count(&conv, message).await.unwrap(), 40, "each reader once, none lost");
 }
 
 /// What one instance writes, the same data opened again reads, and its log

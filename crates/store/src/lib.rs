@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use natter_types::{
-    ConversationKey, Group, GroupId, GroupMember, GroupRole, LogEvent, Message, MessageId, Result, SessionId,
+    ConversationKey, Group, GroupId, GroupMember, GroupRole, LogEvent, Message, MessageId, Reader, Result, SessionId,
     SessionInfo, Subscription, UserId, WebhookEvent,
 };
 
@@ -263,6 +263,43 @@ pub trait ConversationStore: Send + Sync + 'static {
         conversation: &ConversationKey,
         after: MessageId,
     ) -> Result<Vec<(MessageId, u64)>>;
+
+    /// R8: the message, at its position, is recalled: gone for every user
+    /// (history, previews, unread counts). Recalling it again changes
+    /// nothing.
+    async fn recall(&self, conversation: &ConversationKey, message: MessageId, pos: u64) -> Result<()>;
+
+    /// The recalled messages of the conversation with ids above `after`,
+    /// ascending by id, with their positions.
+    async fn recalled(&self, conversation: &ConversationKey, after: MessageId) -> Result<Vec<(MessageId, u64)>>;
+}
+
+/// Group read receipts (R5–R7): which members read which group message, and
+/// when. One receipt is one row whatever the group's size; the count is
+/// kept with the rows, exact.
+#[async_trait]
+pub trait ReceiptStore: Send + Sync + 'static {
+    /// `reader` read the message at `time`; a repeated receipt keeps the
+    /// first time and is not counted again.
+    async fn record_read(
+        &self,
+        conversation: &ConversationKey,
+        message: MessageId,
+        reader: &UserId,
+        time: i64,
+    ) -> Result<()>;
+
+    /// How many members have read the message.
+    async fn read_count(&self, conversation: &ConversationKey, message: MessageId) -> Result<u64>;
+
+    /// The message's readers ordered by user id, strictly after `after`.
+    async fn readers(
+        &self,
+        conversation: &ConversationKey,
+        message: MessageId,
+        after: Option<&UserId>,
+        limit: usize,
+    ) -> Result<Vec<Reader>>;
 }
 
 /// Outcome of adding members under the group's size limit.
@@ -482,6 +519,7 @@ pub struct Stores {
     pub presence: Arc<dyn PresenceStore>,
     pub outbox: Arc<dyn WebhookOutbox>,
     pub conversations: Arc<dyn ConversationStore>,
+    pub receipts: Arc<dyn ReceiptStore>,
 }
 
 impl std::fmt::Debug for Stores {

@@ -164,6 +164,7 @@ fn message(id: MessageId, from: &UserId, to: &UserId, client_msg_id: &str) -> Me
         body: MessageBody::Text(format!("text of {client_msg_id}")),
         ext: Default::default(),
         from_system: false,
+        allow_group_ack: false,
         pos: 0,
     }
 }

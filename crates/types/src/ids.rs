@@ -157,7 +157,13 @@ impl IdGenerator {
     }
 
     pub fn next(&self) -> MessageId {
-        let now = (crate::now_ms() - Self::EPOCH_MS).max(0) as u64;
+        self.next_at(crate::now_ms())
+    }
+
+    /// The next id for a clock that reads `now_ms` (a service's own clock,
+    /// which paused-time tests move).
+    pub fn next_at(&self, now_ms: i64) -> MessageId {
+        let now = (now_ms - Self::EPOCH_MS).max(0) as u64;
         let floor = (now << Self::TIME_SHIFT) | (self.node << 12);
         let mut prev = self.last.load(Ordering::Relaxed);
         loop {

@@ -9,6 +9,7 @@ mod ids;
 mod limits;
 mod message;
 mod presence;
+mod receipt;
 
 pub use conversation::{
     ChannelAck, ConversationEvent, ConversationId, ConversationItem, ConversationPage, DEFAULT_PAGE_SIZE, Direction,
@@ -20,6 +21,10 @@ pub use ids::{ConversationKey, GroupId, IdGenerator, KeyParts, MessageId, Sessio
 pub use limits::Limits;
 pub use message::{Actor, Appended, ChatType, LogEvent, Message, MessageBody, NewMessage, SendOutcome};
 pub use presence::{DeviceStatus, Presence, SessionInfo, SessionStatus, Subscription, SubscriptionPage, WebhookEvent};
+pub use receipt::{
+    DEFAULT_READER_PAGE, DEFAULT_RECALL_WINDOW, MAX_READER_PAGE, MAX_RECALL_WINDOW, Reader, ReaderPage, ReaderQuery,
+    Recall, RecallRequest, Receipt, ReceiptKind, ReceiptRequest, reader_page_size,
+};
 
 /// Milliseconds since the Unix epoch by the server's clock.
 pub fn now_ms() -> i64 {

@@ -1,7 +1,8 @@
 use std::collections::BTreeMap;
 
 use crate::{
-    ChannelAck, ConversationEvent, ConversationKey, Error, GroupChange, GroupId, Limits, MessageId, Result, UserId,
+    ChannelAck, ConversationEvent, ConversationKey, Error, GroupChange, GroupId, Limits, MessageId, Recall, Receipt,
+    Result, UserId,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -58,6 +59,9 @@ pub struct NewMessage {
     /// always from a device; from the backend API only when the operator
     /// turns it on.
     pub updates_conversations: bool,
+    /// R5: the group's members are asked for read receipts (the seed's
+    /// `msgConfig.allowGroupAck`); only the group's owner and admins may ask.
+    pub allow_group_ack: bool,
 }
 
 impl NewMessage {
@@ -109,7 +113,7 @@ impl NewMessage {
                 format!("body and ext are {size} bytes, the limit is {}", limits.max_body_bytes),
             ));
         }
-        Ok(Self { client_msg_id, chat_type, to, body, ext, updates_conversations: true })
+        Ok(Self { client_msg_id, chat_type, to, body, ext, updates_conversations: true, allow_group_ack: false })
     }
 }
 
@@ -131,6 +135,8 @@ pub struct Message {
     /// for conversations (a backend message, unless the operator turned
     /// that on): it is in the history but not in unread counts or previews.
     pub pos: u64,
+    /// R5: a group message whose readers send read receipts.
+    pub allow_group_ack: bool,
 }
 
 impl Message {
@@ -152,6 +158,8 @@ pub enum LogEvent {
     GroupChange(GroupChange),
     Conversation(ConversationEvent),
     ChannelAck(ChannelAck),
+    Receipt(Receipt),
+    Recall(Recall),
 }
 
 /// Where an appended event landed in one user's log.

@@ -11,7 +11,7 @@ use crate::{Deployment, assert_quiet, grpc_channel, messages, next_event, text_o
 use super::group_req;
 
 /// Every page of my conversation list, `page_size` at a time.
-async fn all_conversations(client: &Client, page_size: u32) -> Vec<v1::ConversationItem> {
+pub(super) async fn all_conversations(client: &Client, page_size: u32) -> Vec<v1::ConversationItem> {
     let mut items = Vec::new();
     let mut cursor = String::new();
     loop {
@@ -26,11 +26,17 @@ async fn all_conversations(client: &Client, page_size: u32) -> Vec<v1::Conversat
 }
 
 /// `(conversation id, unread)` of each item, in list order.
-fn unread_by_id(items: &[v1::ConversationItem]) -> Vec<(String, u64)> {
+pub(super) fn unread_by_id(items: &[v1::ConversationItem]) -> Vec<(String, u64)> {
     items.iter().map(|c| (c.conversation_id.clone(), c.un_read_count)).collect()
 }
 
-fn history(target: &str, chat_type: v1::ChatType, page_size: u32, cursor: &str, down: bool) -> v1::GetHistoryMessages {
+pub(super) fn history(
+    target: &str,
+    chat_type: v1::ChatType,
+    page_size: u32,
+    cursor: &str,
+    down: bool,
+) -> v1::GetHistoryMessages {
     v1::GetHistoryMessages {
         target_id: target.into(),
         chat_type: chat_type as i32,
@@ -40,11 +46,11 @@ fn history(target: &str, chat_type: v1::ChatType, page_size: u32, cursor: &str, 
     }
 }
 
-fn texts(page: &v1::HistoryPage) -> Vec<&str> {
+pub(super) fn texts(page: &v1::HistoryPage) -> Vec<&str> {
     page.messages.iter().map(text_of).collect()
 }
 
-fn error_of(result: Result<impl std::fmt::Debug, ClientError>) -> v1::Error {
+pub(super) fn error_of(result: Result<impl std::fmt::Debug, ClientError>) -> v1::Error {
     match result {
         Err(ClientError::Server { code, message, field }) => {
             v1::Error { code: code as i32, message, field: field.unwrap_or_default() }
@@ -64,7 +70,7 @@ async fn next_multi_device(events: &mut Events) -> v1::MultiDeviceEvent {
     }
 }
 
-async fn send_texts(from: &Client, to: &str, chat_type: v1::ChatType, texts: &[&str]) -> Vec<u64> {
+pub(super) async fn send_texts(from: &Client, to: &str, chat_type: v1::ChatType, texts: &[&str]) -> Vec<u64> {
     let mut ids = Vec::new();
     for text in texts {
         ids.push(from.send_text(to, chat_type, *text).await.expect("send").server_msg_id);
@@ -476,7 +482,7 @@ pub async fn backend_grpc_reads_conversations_and_history_and_deletes_for_a_user
 
 /// The next frame that is not a presence change: the user's own devices get
 /// those live, at whatever moment their login reaches the presence service.
-async fn next_frame(ws: &mut super::RawWs) -> serde_json::Value {
+pub(super) async fn next_frame(ws: &mut super::RawWs) -> serde_json::Value {
     loop {
         let frame = super::next_json(ws).await;
         if frame["event"].get("onPresenceStatusChange").is_none() {
@@ -487,7 +493,7 @@ async fn next_frame(ws: &mut super::RawWs) -> serde_json::Value {
 
 /// Sends one JSON request and returns its response, with the events other
 /// than presence changes that came before it.
-async fn json_request(
+pub(super) async fn json_request(
     ws: &mut super::RawWs,
     request: serde_json::Value,
 ) -> (serde_json::Value, Vec<serde_json::Value>) {

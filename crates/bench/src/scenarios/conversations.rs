@@ -303,5 +303,6 @@ pub(crate) fn send_body(
         chat_type: chat_type as i32,
         body: Some(v1::send_message::Body::Text(v1::TextBody { text })),
         ext: Default::default(),
+        msg_config: None,
     })
 }

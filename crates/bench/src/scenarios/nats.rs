@@ -296,6 +296,7 @@ impl Sender {
             body: Some(v1::message::Body::Text(v1::TextBody { text })),
             ext: Default::default(),
             from_system: false,
+            allow_group_ack: false,
             position: 0,
         };
         Bytes::from(wire::bus_live_message(msg + 1, msg, message))

@@ -183,8 +183,8 @@ pub struct SweeperResult {
 /// `subscriptions` subscriptions (1000 targets per subscriber) that all
 /// expire at the same moment, swept by the real sweeper.
 pub async fn sweeper(subscriptions: usize) -> anyhow::Result<SweeperResult> {
-    use natter_presence::clock::Clock;
     use natter_presence::sweeper::Sweeper;
+    use natter_runtime::Clock;
     use natter_store::embedded::{EmbeddedOptions, EmbeddedStore};
     use natter_types::UserId;
 

@@ -47,7 +47,7 @@ impl Harness {
         let backends =
             Backends { stores: stores.clone(), bus: bus.clone(), sessions: Arc::new(LocalSessionRegistry::new()) };
         let limits = Limits::default();
-        let message = MessageOptions { node_id: 1, limits: limits.clone() };
+        let message = MessageOptions { node_id: 1, limits: limits.clone(), ..MessageOptions::default() };
         let (apis, _) =
             wiring::local_services(message, PresenceOptions::default(), Default::default(), &backends, &tasks)
                 .await
@@ -91,6 +91,7 @@ impl Harness {
                 body: MessageBody::Text(format!("m{i}")),
                 ext: BTreeMap::new(),
                 from_system: false,
+                allow_group_ack: false,
                 pos: 0,
             });
             let at = self.stores.log.append(std::slice::from_ref(user), &event).await.unwrap()[0];

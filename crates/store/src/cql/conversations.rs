@@ -53,6 +53,8 @@ pub(crate) struct ConversationStatements {
     state_hide: PreparedStatement,
     removed_insert: PreparedStatement,
     removed_scan: PreparedStatement,
+    recall_insert: PreparedStatement,
+    recalled_scan: PreparedStatement,
 }
 
 impl ConversationStatements {
@@ -115,6 +117,12 @@ impl ConversationStatements {
                 .await?,
             removed_scan: p
                 .prepare(&format!("SELECT msg_id, pos FROM {{ks}}.user_removed_messages {key} AND msg_id > ?"), true)
+                .await?,
+            recall_insert: p
+                .prepare("INSERT INTO {ks}.recalled_messages (conversation, msg_id, pos) VALUES (?, ?, ?)", true)
+                .await?,
+            recalled_scan: p
+                .prepare("SELECT msg_id, pos FROM {ks}.recalled_messages WHERE conversation = ? AND msg_id > ?", true)
                 .await?,
         })
     }
@@ -741,6 +749,36 @@ impl ConversationStore for CqlStore {
             .map(|(id, pos)| {
                 let corrupt =
                     || Error::internal(format!("corrupt removed message {id} of {user} in {}", conversation.as_str()));
+                let id = u64::try_from(id).map_err(|_| corrupt())?;
+                let pos = u64::try_from(pos.unwrap_or(0)).map_err(|_| corrupt())?;
+                Ok((MessageId(id), pos))
+            })
+            .collect()
+    }
+
+    async fn recall(&self, conversation: &ConversationKey, message: MessageId, pos: u64) -> Result<()> {
+        let inner = &*self.inner;
+        // A plain write of the same cells: recalling again changes nothing.
+        let values = (conversation.as_str(), id_value(message)?, bound(pos, "pos")?);
+        inner.execute("recall message", &inner.st.conversations.recall_insert, values).await?;
+        Ok(())
+    }
+
+    async fn recalled(&self, conversation: &ConversationKey, after: MessageId) -> Result<Vec<(MessageId, u64)>> {
+        let inner = &*self.inner;
+        // No stored id is above the bigint range.
+        let Ok(after) = i64::try_from(after.0) else { return Ok(Vec::new()) };
+        let rows: Vec<(i64, Option<i64>)> = inner
+            .scan(
+                "read recalled messages",
+                &inner.st.conversations.recalled_scan,
+                (conversation.as_str(), after),
+                usize::MAX,
+            )
+            .await?;
+        rows.into_iter()
+            .map(|(id, pos)| {
+                let corrupt = || Error::internal(format!("corrupt recalled message {id} in {}", conversation.as_str()));
                 let id = u64::try_from(id).map_err(|_| corrupt())?;
                 let pos = u64::try_from(pos.unwrap_or(0)).map_err(|_| corrupt())?;
                 Ok((MessageId(id), pos))

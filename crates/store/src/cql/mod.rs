@@ -4,7 +4,7 @@
 //! materialized views or SASI); every hot-path statement is prepared once at
 //! [`CqlStore::connect`], and scans page.
 //!
-//! # Data model (schema version 5, see [`migrate`])
+//! # Data model (schema version 6, see [`migrate`])
 //!
 //! Partition key in inner parentheses where it is not the first column.
 //!
@@ -19,6 +19,8 @@
 //!                                                           cleared_id bigint, hidden boolean,
 //!                                                           hidden_pos, pinned_at bigint
 //! user_removed_messages ((user_id text, conversation text), msg_id bigint ASC) -> pos bigint
+//! recalled_messages    (conversation text, msg_id bigint ASC) -> pos bigint
+//! group_reads          ((conversation text, msg_id bigint), reader text ASC) -> read_at bigint
 //! groups               (group_id text, user_id text) -> role int, joined_at bigint
 //!                        static: name, description, owner, created_at, member_count,
 //!                                max_members, version bigint, writer bigint
@@ -48,7 +50,8 @@
 //! message, group and user-log tables; version 2 the presence and webhook
 //! tables; version 3 the session registry and the leases; version 4 adds
 //! `earlier` to the log heads; version 5 the conversation tables and
-//! `counted` to the idempotency records.
+//! `counted` to the idempotency records; version 6 the recalled messages
+//! and the group read receipts.
 //!
 //! **Messages** use the Discord layout: a conversation's history is split into
 //! partitions of [`BUCKET_MS`] (10 days) of message-id time, clustered by
@@ -142,6 +145,16 @@
 //! nothing for it. `user_removed_messages` holds a user's one-way deletes
 //! (C6) per conversation, by id. A group message writes the group's head and its sender's
 //! state only, never a row per member.
+//!
+//! **Recalls and receipts**: `recalled_messages` holds a conversation's
+//! recalled messages (R8) by id with their positions, one row per recall for
+//! every user at once, written by a plain insert (a repeat rewrites the same
+//! cells) and read like `user_removed_messages`. `group_reads` (see
+//! `receipts.rs`) holds a row per reader of a group message in the message's
+//! own partition, without Paxos: `read_count` is an exact `COUNT(*)` of that
+//! partition, `readers` pages it by user id, and `record_read` reads the
+//! reader's row first and writes it only if missing, so a repeat keeps the
+//! first read time.
 //!
 //! **Groups** live in one partition per group: the group's fields are static
 //! columns and each member is a clustering row ordered by user id (so
@@ -239,6 +252,9 @@
 //!   entries, so a device that receives the message finds the conversation.
 //! - A group's id must not be reused after `delete_group` if its partition
 //!   purge failed (ids are generated, so they are not).
+//! - Two concurrent first receipts of one reader for one message (say from
+//!   two devices) both write, and the row keeps one of the two times, not
+//!   necessarily the earlier; it is still counted once.
 //!
 //! # Operating notes
 //! - Every conditional statement is a Paxos round (4 round trips with
@@ -260,6 +276,7 @@ mod log;
 mod messages;
 mod outbox;
 mod presence;
+mod receipts;
 mod schema;
 mod sessions;
 mod statements;
@@ -704,6 +721,7 @@ impl CqlStore {
             presence: Arc::new(self.clone()),
             outbox: Arc::new(self.clone()),
             conversations: Arc::new(self.clone()),
+            receipts: Arc::new(self.clone()),
         }
     }
 

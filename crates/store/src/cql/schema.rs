@@ -22,7 +22,7 @@ use scylla::value::CqlTimestamp;
 use super::{Lwt, Replication, error, new_token, validate_keyspace};
 
 /// The schema version this build reads and writes.
-pub const LATEST_VERSION: i32 = 5;
+pub const LATEST_VERSION: i32 = 6;
 
 /// How long a migration lease lives without its holder.
 pub const LEASE_TTL_SECS: i32 = 120;
@@ -234,6 +234,28 @@ const MIGRATIONS: &[Migration] = &[
         // message has no position yet is a send that died before it got one
         // (null in records of earlier builds, which had no positions).
         add_columns: &[("message_dedup", "counted", "boolean")],
+    },
+    Migration {
+        version: 6,
+        description: "recalled messages, group read receipts",
+        statements: &[
+            "CREATE TABLE IF NOT EXISTS {ks}.recalled_messages (
+            conversation text,
+            msg_id bigint,
+            pos bigint,
+            PRIMARY KEY (conversation, msg_id)
+        )",
+            // One partition per group message, a row per reader: the count
+            // is a `COUNT(*)` of the partition (see cql/receipts.rs).
+            "CREATE TABLE IF NOT EXISTS {ks}.group_reads (
+            conversation text,
+            msg_id bigint,
+            reader text,
+            read_at bigint,
+            PRIMARY KEY ((conversation, msg_id), reader)
+        )",
+        ],
+        add_columns: &[],
     },
 ];
 

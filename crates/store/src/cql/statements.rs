@@ -7,6 +7,7 @@ use scylla::statement::prepared::PreparedStatement;
 
 use super::conversations::ConversationStatements;
 use super::log::{LogStatements, MaxRegister};
+use super::receipts::ReceiptStatements;
 use super::{CqlOptions, error};
 
 const SUBS_READ: &str = "SELECT target, expires_at, version FROM {ks}.presence_subs WHERE subscriber = ?";
@@ -33,6 +34,9 @@ pub(crate) struct Statements {
 
     // conversation heads and users' states
     pub conversations: ConversationStatements,
+
+    // group read receipts
+    pub receipts: ReceiptStatements,
 
     // groups
     pub group_create: PreparedStatement,
@@ -202,6 +206,8 @@ impl Statements {
             history_down_after: p.prepare(&format!("{MESSAGE_COLS} AND id > ? ORDER BY id ASC LIMIT ?"), true).await?,
 
             conversations: ConversationStatements::prepare(&p).await?,
+
+            receipts: ReceiptStatements::prepare(&p).await?,
 
             group_create: p
                 .prepare(

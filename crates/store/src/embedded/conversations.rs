@@ -8,6 +8,7 @@
 //! conversation_heads   conversation                  -> ConversationHeadRecord
 //! user_conversations   user \0 conversation          -> UserConversationRecord
 //! removed_messages     user \0 conversation \0 id_be -> pos_be (C6 by id)
+//! recalled_messages    conversation \0 id_be         -> pos_be (R8)
 //! ```
 
 use std::collections::HashMap;
@@ -253,15 +254,31 @@ impl ConversationStore for EmbeddedStore {
         conversation: &ConversationKey,
         after: MessageId,
     ) -> Result<Vec<(MessageId, u64)>> {
-        let prefix = removed_prefix(user, conversation);
-        let range = (Bound::Excluded(key2(&prefix, &after.0.to_be_bytes())), Bound::Excluded(prefix_end(&prefix)));
-        self.inner
-            .removed_messages
-            .range::<Vec<u8>, _>(range)
-            .map(|item| {
-                let (key, value) = item.into_inner().map_err(storage_err)?;
-                Ok((MessageId(seq_of(&key)), seq_of(&value)))
-            })
-            .collect()
+        positions_after(&self.inner.removed_messages, &removed_prefix(user, conversation), after)
     }
+
+    async fn recall(&self, conversation: &ConversationKey, message: MessageId, pos: u64) -> Result<()> {
+        let key = key2(conversation.as_str(), &message.0.to_be_bytes());
+        self.write_batch(move |inner, batch| {
+            batch.insert(&inner.recalled_messages, key, pos.to_be_bytes().to_vec());
+            Ok(())
+        })
+        .await
+    }
+
+    async fn recalled(&self, conversation: &ConversationKey, after: MessageId) -> Result<Vec<(MessageId, u64)>> {
+        positions_after(&self.inner.recalled_messages, conversation.as_str(), after)
+    }
+}
+
+/// The `prefix \0 id_be -> pos_be` rows of `keyspace` with ids above `after`.
+fn positions_after(keyspace: &fjall::Keyspace, prefix: &str, after: MessageId) -> Result<Vec<(MessageId, u64)>> {
+    let range = (Bound::Excluded(key2(prefix, &after.0.to_be_bytes())), Bound::Excluded(prefix_end(prefix)));
+    keyspace
+        .range::<Vec<u8>, _>(range)
+        .map(|item| {
+            let (key, value) = item.into_inner().map_err(storage_err)?;
+            Ok((MessageId(seq_of(&key)), seq_of(&value)))
+        })
+        .collect()
 }

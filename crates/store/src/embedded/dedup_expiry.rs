@@ -79,6 +79,7 @@ mod tests {
                 body: natter_types::MessageBody::Text("hi".into()),
                 ext: Default::default(),
                 from_system: false,
+                allow_group_ack: false,
                 pos: 0,
             };
             assert_eq!(store.insert_message(&message).await.unwrap(), Inserted::New);

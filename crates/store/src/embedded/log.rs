@@ -399,6 +399,8 @@ impl Inner {
             Some(Kind::GroupChange(change)) => Some(v1::log_event::Kind::GroupChange(change)),
             Some(Kind::MultiDevice(event)) => Some(v1::log_event::Kind::MultiDevice(event)),
             Some(Kind::ChannelAck(ack)) => Some(v1::log_event::Kind::ChannelAck(ack)),
+            Some(Kind::Receipt(receipt)) => Some(v1::log_event::Kind::Receipt(receipt)),
+            Some(Kind::Recall(recall)) => Some(v1::log_event::Kind::Recall(recall)),
             None => None,
         };
         Ok(v1::LogEvent { kind }.try_into()?)
@@ -804,6 +806,7 @@ mod tests {
             body: natter_types::MessageBody::Text(format!("text {n}")),
             ext: Default::default(),
             from_system: false,
+            allow_group_ack: false,
             pos: 0,
         };
         let whole = message(7, "c7");

@@ -257,6 +257,7 @@ mod tests {
                 body: natter_types::MessageBody::Text("hi".into()),
                 ext: Default::default(),
                 from_system: false,
+                allow_group_ack: false,
                 pos: 0,
             };
             Box::pin(async move { store.insert_and_append(&message, &users, false, &store).await.unwrap() })

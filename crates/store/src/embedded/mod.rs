@@ -19,6 +19,9 @@
 //! conversation_heads       conversation                 -> ConversationHeadRecord
 //! user_conversations       user \0 conversation         -> UserConversationRecord
 //! removed_messages         user \0 conversation \0 id_be -> pos_be (conversations.rs)
+//! recalled_messages        conversation \0 id_be       -> pos_be (conversations.rs)
+//! group_reads              conversation \0 id_be reader -> time_be (receipts.rs)
+//! group_read_counts        conversation \0 id_be       -> count_be
 //! ```
 //!
 //! A log entry is a group change, or a reference to its message in
@@ -92,6 +95,7 @@ mod member_cache;
 mod messages;
 mod outbox;
 mod presence;
+mod receipts;
 mod sessions;
 #[cfg(test)]
 mod test_util;
@@ -179,6 +183,10 @@ struct Inner {
     conversation_heads: Keyspace,
     user_conversations: Keyspace,
     removed_messages: Keyspace,
+    recalled_messages: Keyspace,
+    /// Group read receipts (`receipts.rs`).
+    group_reads: Keyspace,
+    group_read_counts: Keyspace,
     options: EmbeddedOptions,
     /// Last queue id per webhook receiver, loaded lazily (writer only).
     outbox_heads: Mutex<HashMap<String, u64>>,
@@ -194,7 +202,7 @@ struct Inner {
 }
 
 impl Inner {
-    fn keyspaces(&self) -> [&Keyspace; 16] {
+    fn keyspaces(&self) -> [&Keyspace; 19] {
         [
             &self.messages,
             &self.dedup,
@@ -212,6 +220,9 @@ impl Inner {
             &self.conversation_heads,
             &self.user_conversations,
             &self.removed_messages,
+            &self.recalled_messages,
+            &self.group_reads,
+            &self.group_read_counts,
         ]
     }
 }
@@ -319,6 +330,9 @@ impl EmbeddedStore {
             conversation_heads: ks("conversation_heads")?,
             user_conversations: ks("user_conversations")?,
             removed_messages: ks("removed_messages")?,
+            recalled_messages: ks("recalled_messages")?,
+            group_reads: ks("group_reads")?,
+            group_read_counts: ks("group_read_counts")?,
             db,
             options,
             outbox_heads: Mutex::new(HashMap::new()),
@@ -356,6 +370,7 @@ impl EmbeddedStore {
             presence: Arc::new(self.clone()),
             outbox: Arc::new(self.clone()),
             conversations: Arc::new(self.clone()),
+            receipts: Arc::new(self.clone()),
         }
     }
 

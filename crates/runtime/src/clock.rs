@@ -1,6 +1,6 @@
-//! The server clock of the presence service: wall time anchored once, then
-//! advanced by tokio's monotonic clock. Expiry rules use it (never a
-//! client's clock), and paused-time tests drive it with `tokio::time`.
+//! The server clock: wall time anchored once, then advanced by tokio's
+//! monotonic clock. Time rules (presence expiry, the recall window) use it,
+//! never a client's clock, and paused-time tests drive it with `tokio::time`.
 
 use std::time::Duration;
 
