@@ -485,7 +485,8 @@ pub async fn backend_grpc_reads_conversations_and_history_and_deletes_for_a_user
 pub(super) async fn next_frame(ws: &mut super::RawWs) -> serde_json::Value {
     loop {
         let frame = super::next_json(ws).await;
-        if frame["event"].get("onPresenceStatusChange").is_none() {
+        // A presence change is a frame of its own, not a log event.
+        if frame.get("onPresenceStatusChange").is_none() {
             return frame;
         }
     }

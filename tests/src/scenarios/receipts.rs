@@ -367,4 +367,27 @@ pub async fn receipt_and_recall_frames_over_json_use_the_seed_names<D: Deploymen
         serde_json::json!({"reqId": "4", "receipt": {"type": "DELIVERY", "to": "x", "chatType": "GROUP", "id": "1"}});
     let (refused, _) = json_request(&mut ws, bad).await;
     assert_eq!(refused["error"]["field"], "receipt.to", "{refused}");
+
+    // A group message asking for read receipts, its live count, its readers.
+    let group = serde_json::json!({"reqId": "5", "createGroup": {"name": "acks", "members": [alice_id]}});
+    let (created, _) = json_request(&mut ws, group).await;
+    let group_id = created["group"]["id"].as_str().expect("a group id").to_owned();
+    let ask = serde_json::json!({"reqId": "6", "send": {"clientMsgId": "j2", "to": group_id, "chatType": "GROUP",
+        "text": {"text": "read?"}, "msgConfig": {"allowGroupAck": true}}});
+    let (sent, _) = json_request(&mut ws, ask).await;
+    let asked: u64 = sent["sent"]["serverMsgId"].as_str().expect("an id").parse().expect("numeric");
+    alice.send_read_ack(&group_id, v1::ChatType::Group, asked).await.expect("alice reads");
+    let count = loop {
+        let frame = next_frame(&mut ws).await;
+        if let Some(read) = frame["event"].get("onReadMessage") {
+            break read.clone();
+        }
+    };
+    let want = (serde_json::json!(asked.to_string()), serde_json::json!("1"));
+    assert_eq!((count["mid"].clone(), count["groupReadCount"].clone()), want, "{count}");
+    let readers =
+        serde_json::json!({"reqId": "7", "getGroupMsgReadUser": {"msgId": asked.to_string(), "groupId": group_id}});
+    let (page, _) = json_request(&mut ws, readers).await;
+    assert_eq!(page["groupReadUsers"]["users"][0]["userId"], alice_id.as_str(), "{page}");
+    assert_eq!(page["groupReadUsers"]["readCount"], "1", "{page}");
 }
