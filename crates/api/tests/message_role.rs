@@ -226,3 +226,43 @@ fn an_invalid_uri_is_a_bad_request() {
     let err = RemoteMessages::connect_lazy("not a uri", TIMEOUT).err().unwrap();
     assert_eq!(err.code, ErrorCode::BadRequest);
 }
+
+/// Receipts, reader lists and recall answer across the hop as the local
+/// service does, errors with their code and field.
+#[tokio::test]
+async fn receipts_and_recall_cross_the_hop() {
+    use natter_types::{MessageId, ReaderQuery, RecallRequest, ReceiptKind, ReceiptRequest};
+    let h = harness().await;
+    let (owner, a) = (user("owner"), user("a"));
+    let new = NewGroup { name: "acks".into(), members: vec![a.clone()], ..NewGroup::default() };
+    let group = h.remote.create_group(&owner, new).await.unwrap();
+    let mut asking = text(group.id.as_str(), ChatType::Group, "g1");
+    asking.allow_group_ack = true;
+    let sent = h.remote.send(Actor::User(owner.clone()), asking.clone()).await.unwrap();
+    let e = h.remote.send(Actor::User(a.clone()), NewMessage { client_msg_id: "g2".into(), ..asking }).await;
+    assert_eq!(e.unwrap_err().field.as_deref(), Some("msg_config.allow_group_ack"), "only admins ask");
+
+    let read = ReceiptRequest {
+        kind: ReceiptKind::Read,
+        chat_type: ChatType::Group,
+        to: group.id.to_string(),
+        message_id: sent.id,
+    };
+    h.remote.receipt(&a, read.clone()).await.unwrap();
+    let query = ReaderQuery { group: group.id.clone(), message_id: sent.id, after: None, limit: 10 };
+    let page = h.remote.group_read_users(&Actor::User(owner.clone()), query.clone()).await.unwrap();
+    assert_eq!(page, h.local.group_read_users(&Actor::User(owner.clone()), query.clone()).await.unwrap());
+    assert_eq!((page.read_count, page.readers[0].user.clone()), (1, a.clone()));
+
+    let missing = ReceiptRequest { message_id: MessageId(sent.id.0 + 1), ..read };
+    let (remote, local) = (h.remote.receipt(&a, missing.clone()).await, h.local.receipt(&a, missing).await);
+    let (remote, local) = (remote.unwrap_err(), local.unwrap_err());
+    assert_eq!((remote.code, remote.field.as_deref()), (ErrorCode::NotFound, Some("id")));
+    assert_eq!((remote.code, remote.field), (local.code, local.field));
+
+    let recall =
+        RecallRequest { chat_type: ChatType::Group, to: group.id.to_string(), message_id: sent.id, from: None };
+    h.remote.recall(&Actor::System, recall).await.unwrap();
+    let e = h.remote.group_read_users(&Actor::User(owner), query).await.unwrap_err();
+    assert_eq!((e.code, e.field.as_deref()), (ErrorCode::NotFound, Some("msg_id")), "recalled");
+}

@@ -403,6 +403,12 @@ mod tests {
             jail.set_env("NATTER_STORE__IDEMPOTENCY_WINDOW_SECS", "86400");
             let config = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
             assert_eq!(config.store.idempotency_window(), Duration::from_secs(86400));
+            jail.set_env("NATTER_MESSAGES__RECALL_WINDOW_SECS", "604801");
+            let err = Config::load(None, &Overrides::default()).unwrap_err().to_string();
+            assert!(err.contains("messages.recall_window_secs = 604801") && err.contains("7 days"), "{err}");
+            jail.set_env("NATTER_MESSAGES__RECALL_WINDOW_SECS", "600");
+            let config = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(config.messages.recall_window(), Duration::from_secs(600));
             jail.create_file("bad.toml", "[server]\nlisen = \"x\"\n")?;
             let err = Config::load(Some(Path::new("bad.toml")), &Overrides::default()).unwrap_err().to_string();
             assert!(err.contains("lisen"), "unknown keys are named: {err}");
