@@ -5,8 +5,8 @@
 //! NATS publish/subscribe measured in the same run. See docs/PERFORMANCE.md#scenarios.
 //!
 //! Modules: `client` (load clients and connecting), `wire` (frames),
-//! `scenarios` (idle, direct, fanout, nats, presence, and the read scenarios
-//! conversations and history), `bare` (the baseline
+//! `scenarios` (idle, direct, fanout, nats, presence, the read scenarios
+//! conversations and history, and group read receipts), `bare` (the baseline
 //! server), `nats_server` (the NATS baseline's nats-server),
 //! `stats` / `procfs` / `disk` (measurement), `progress` (the live line), `suite`
 //! (what runs, checks against the targets) and `report` (JSON, Markdown).

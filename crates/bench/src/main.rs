@@ -14,6 +14,7 @@ use natter_bench::scenarios::direct::DirectConfig;
 use natter_bench::scenarios::fanout::FanoutConfig;
 use natter_bench::scenarios::history::HistoryConfig;
 use natter_bench::scenarios::idle::IdleConfig;
+use natter_bench::scenarios::receipts::ReceiptsConfig;
 use natter_bench::suite::{self, BareSource, NatterSource, SuiteConfig};
 use natter_bench::target::{self, ServerKind, Target};
 use tokio_util::sync::CancellationToken;
@@ -38,7 +39,7 @@ enum Command {
         #[arg(long)]
         idle_conns: Option<usize>,
         /// Scenarios to run (idle, direct, fanout, presence, sweeper,
-        /// conversations, history); all by default.
+        /// conversations, history, receipts); all by default.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         #[command(flatten)]
@@ -132,6 +133,31 @@ enum Command {
         /// How long seeding may take, in seconds.
         #[arg(long, default_value_t = 900.0)]
         seed_timeout_secs: f64,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Group read receipts (R5/R6) only: every member of a big group
+    /// read-acks every message of its sender.
+    Receipts {
+        /// Members besides the sender; each reads every message.
+        #[arg(long, default_value_t = 1000)]
+        members: usize,
+        /// Messages the sender sends (each asks for read receipts).
+        #[arg(long, default_value_t = 200)]
+        messages: usize,
+        /// Messages open at once (sent, not yet at their full read count),
+        /// 1 to 32.
+        #[arg(long, default_value_t = 8)]
+        window: usize,
+        /// Highest send rate of the sender in msg/s; 0: only the window
+        /// limits it. Against a running server (--url) keep it under its
+        /// `limits.requests_per_second` (every member sends at this rate).
+        #[arg(long, default_value_t = 0.0)]
+        rate: f64,
+        /// How long the messages may take to reach their full counts, in
+        /// seconds.
+        #[arg(long, default_value_t = 300.0)]
+        timeout_secs: f64,
         #[command(flatten)]
         common: Common,
     },
@@ -250,7 +276,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 if !wants("history") {
                     config.history = None;
                 }
-                let known = ["idle", "direct", "fanout", "presence", "sweeper", "conversations", "history"];
+                if !wants("receipts") {
+                    config.receipts = None;
+                }
+                let known = ["idle", "direct", "fanout", "presence", "sweeper", "conversations", "history", "receipts"];
                 if let Some(unknown) = only.iter().find(|o| !known.contains(&o.as_str())) {
                     anyhow::bail!("--only {unknown}: not a scenario (one of {})", known.join(", "));
                 }
@@ -295,6 +324,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 seed_timeout_secs,
                 ..standard
             });
+            (config, common)
+        }
+        Command::Receipts { members, messages, window, rate, timeout_secs, common } => {
+            let mut config = empty("receipts");
+            let standard = SuiteConfig::standard().receipts.context("standard receipts config")?;
+            config.receipts = Some(ReceiptsConfig { members, messages, window, rate, timeout_secs, ..standard });
             (config, common)
         }
         Command::Fanout { group_size, groups, senders, messages, window, common } => {
@@ -384,6 +419,7 @@ fn empty(name: &str) -> SuiteConfig {
         sweeper_subscriptions: None,
         conversations: None,
         history: None,
+        receipts: None,
         ..SuiteConfig::standard()
     }
 }

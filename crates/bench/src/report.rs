@@ -43,7 +43,7 @@ fn disk(usage: &Usage) -> String {
     }
 }
 
-fn thousands(v: f64) -> String {
+pub(crate) fn thousands(v: f64) -> String {
     let n = v.round() as u64;
     let s = n.to_string();
     let mut out = String::new();
@@ -64,6 +64,20 @@ paging without pause would get were it not for that limit. Ping is a `ping` requ
 the floor under every request (WebSocket, gateway, request worker), so a page's own cost is its latency minus the \
 ping's. Server CPU per page is over the paced window, pings and the server's background work (heartbeats, \
 compactions after seeding) included.";
+
+/// How the receipts scenario measures (said once above its table).
+const RECEIPTS: &str = "One sender, the owner of the group, sends messages that ask for read receipts \
+(`msg_config.allow_group_ack`); every other member is online and, on receiving one, sends a read receipt for it \
+at once, without waiting for the answer to its previous ones (the server runs a connection's requests one at a \
+time). The sender keeps a window of messages open: sent, and not yet at their full read count. Receipts/s is the \
+receipts answered ok ÷ the time from the first such answer to the last. Last receipt → sender is, per message, \
+the send of its last member's receipt → the sender's `onReadMessage` whose `group_read_count` reaches the member \
+count, read off the sender's socket (the server coalesces counts: while one write of the sender's log is in \
+flight further receipts wait, and the next event carries the newest count; Count events is how many the sender \
+got). Receipt answer is a receipt sent → its ok answer, which the server gives once an event covering it is \
+durable. Wrong counts are acknowledged messages whose final count, as the sender was told it, is not the member \
+count. A natter the bench starts gets a per-connection request limit it never reaches; a running one is \
+measured as configured.";
 
 pub fn markdown(r: &SuiteReport) -> String {
     let mut md = String::new();
@@ -357,6 +371,56 @@ pub fn markdown(r: &SuiteReport) -> String {
                 h.usage.other_cpu_percent,
             );
             let _ = writeln!(md, "| {} | ping (floor) | {} | {} | | | | | | | |", h.target, h.ping.count, lat(&h.ping));
+        }
+        md.push('\n');
+    }
+
+    if !r.receipts.is_empty() {
+        let _ = writeln!(md, "## Group read receipts (R5/R6)\n");
+        let _ = writeln!(md, "{RECEIPTS}\n");
+        for c in &r.receipts {
+            let _ = writeln!(
+                md,
+                "{}: a group of {} members and the sender; {} messages of {} bytes, at most {} open at once{}.\n",
+                c.target,
+                c.members,
+                thousands(c.messages as f64),
+                c.payload_bytes,
+                c.window,
+                if c.rate > 0.0 { format!(", sent at most {} a second", c.rate) } else { String::new() }
+            );
+        }
+        let _ = writeln!(
+            md,
+            "| Server | Gateways | Members | Messages | Receipts ok / expected | Receipts/s | Count events | Last receipt → sender p50 / p99 / p99.9 / max (ms) | Receipt answer p50 / p99 (ms) | Ack p99 (ms) | Errors | Wrong counts | Server CPU | Server CPU per receipt (µs) | Server RSS | Bench CPU | Other CPU | Disk sync p99 / max, ms (over 10 ms) |"
+        );
+        let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        for c in &r.receipts {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} / {}{} | {} | {} | {} | {} / {} | {} | {} | {} | {} | {} | {} | {:.0}% | {:.0}% | {} |",
+                c.target,
+                c.gateways,
+                c.members,
+                thousands(c.messages as f64),
+                thousands(c.receipts as f64),
+                thousands(c.expected_receipts as f64),
+                if c.complete { "" } else { " (timed out)" },
+                thousands(c.receipts_per_sec),
+                thousands(c.count_events as f64),
+                lat(&c.to_sender),
+                ms(c.receipt_latency.p50_ms),
+                ms(c.receipt_latency.p99_ms),
+                ms(c.ack_latency.p99_ms),
+                c.errors,
+                c.wrong_counts,
+                opt(c.usage.server_cpu_percent, "%"),
+                cpu_per(c.usage.server_cpu_percent, c.receipts_per_sec),
+                opt(c.usage.server_rss_mib, " MiB"),
+                c.usage.bench_cpu_percent,
+                c.usage.other_cpu_percent,
+                disk(&c.usage),
+            );
         }
         md.push('\n');
     }

@@ -13,6 +13,7 @@ use crate::bare::BareOptions;
 use crate::client::ClientOptions;
 use crate::nats_server::{NatsInfo, NatsServer, NatsSource};
 use crate::procfs::{self, Machine};
+use crate::report::thousands;
 use crate::scenarios::conversations::{ConversationsConfig, ConversationsResult};
 use crate::scenarios::direct::{DirectConfig, DirectResult, P99_TARGET_LOAD};
 use crate::scenarios::fanout::{FanoutConfig, FanoutResult};
@@ -20,7 +21,8 @@ use crate::scenarios::history::{HistoryConfig, HistoryResult};
 use crate::scenarios::idle::{IdleConfig, IdleResult};
 use crate::scenarios::nats::Layout;
 use crate::scenarios::presence::{PresenceFanoutConfig, PresenceFanoutResult, SweeperResult};
-use crate::scenarios::{Run, conversations, direct, fanout, history, idle, nats, presence};
+use crate::scenarios::receipts::{ReceiptsConfig, ReceiptsResult};
+use crate::scenarios::{Run, conversations, direct, fanout, history, idle, nats, presence, receipts};
 use crate::target::{Spawned, Target};
 
 #[derive(Debug, Clone, Serialize)]
@@ -37,6 +39,9 @@ pub struct SuiteConfig {
     pub conversations: Option<ConversationsConfig>,
     /// One conversation's history paged (C5).
     pub history: Option<HistoryConfig>,
+    /// Every member of a big group read-acks every message of its sender
+    /// (R5/R6).
+    pub receipts: Option<ReceiptsConfig>,
     /// Run the bare baselines too (fan-out, and 1:1 saturation). The NATS
     /// baseline runs with every fan-out unless its source is `Skip`.
     pub baselines: bool,
@@ -115,6 +120,16 @@ impl SuiteConfig {
                 payload_bytes: 100,
                 seed_timeout_secs: 900.0,
             }),
+            // 200,000 receipts: 2 s at the target's rate; bounded by the
+            // timeout if the server is far below it.
+            receipts: Some(ReceiptsConfig {
+                members: 1000,
+                messages: 200,
+                window: 8,
+                rate: 0.0,
+                payload_bytes: 100,
+                timeout_secs: 300.0,
+            }),
             baselines: true,
             nats_gateways: 2,
             client: ClientOptions::default(),
@@ -174,6 +189,14 @@ impl SuiteConfig {
                 payload_bytes: 100,
                 seed_timeout_secs: 60.0,
             }),
+            receipts: Some(ReceiptsConfig {
+                members: 20,
+                messages: 6,
+                window: 4,
+                rate: 0.0,
+                payload_bytes: 100,
+                timeout_secs: 20.0,
+            }),
             baselines: true,
             nats_gateways: 2,
             client: ClientOptions {
@@ -223,6 +246,7 @@ pub struct SuiteReport {
     pub sweeper: Option<SweeperResult>,
     pub conversations: Vec<ConversationsResult>,
     pub history: Vec<HistoryResult>,
+    pub receipts: Vec<ReceiptsResult>,
     pub checks: Vec<Check>,
     pub notes: Vec<String>,
 }
@@ -337,6 +361,7 @@ pub async fn run_suite(
         sweeper: None,
         conversations: Vec::new(),
         history: Vec::new(),
+        receipts: Vec::new(),
         checks: Vec::new(),
         notes: Vec::new(),
     };
@@ -492,8 +517,32 @@ async fn run_scenarios(
         report.history.push(result);
     }
 
+    if let Some(receipts_config) = &config.receipts {
+        tracing::info!(members = receipts_config.members, messages = receipts_config.messages, "group read receipts");
+        // Every member sends one receipt per message, as fast as the sender
+        // sends: far over the default 50 requests/s per connection, which is
+        // not what is measured here. Room for the group as well.
+        let unlimited = RECEIPTS_REQUESTS_PER_SECOND.to_string();
+        let settings = vec![
+            ("NATTER_LIMITS__REQUESTS_PER_SECOND".to_owned(), unlimited.clone()),
+            ("NATTER_LIMITS__REQUEST_BURST".to_owned(), unlimited),
+            ("NATTER_LIMITS__MAX_GROUP_MEMBERS".to_owned(), (receipts_config.members + 1).max(3000).to_string()),
+        ];
+        let server = natter_with(natter_source, settings).await?;
+        let result = on(server, client, "r", |run| async move {
+            let r = receipts::run(&run, receipts_config).await;
+            (run, r)
+        })
+        .await?;
+        report.receipts.push(result);
+    }
+
     Ok(())
 }
+
+/// The per-connection request limit (and burst) of a natter the bench starts
+/// for the receipts scenario: high enough never to be reached.
+const RECEIPTS_REQUESTS_PER_SECOND: u32 = 1_000_000;
 
 /// The issue's targets for a 2-core box, single-node mode.
 fn checks(report: &SuiteReport) -> Vec<Check> {
@@ -607,6 +656,35 @@ fn checks(report: &SuiteReport) -> Vec<Check> {
             met: h.page_latency.p99_ms <= limit && h.errors == 0 && h.mismatched_pages == 0 && h.pages > 0,
         });
     }
+    // The targets are single-node; a cluster's figures are in the table
+    // (and a note), not checked.
+    if let Some(r) = report.receipts.iter().find(|r| r.members >= 1000 && r.gateways == 1) {
+        let correct = r.complete && r.errors == 0 && r.wrong_counts == 0 && r.messages > 0;
+        checks.push(Check {
+            name: format!("group read receipts ({} members, every one reads every message)", r.members),
+            goal: "≥ 100,000 receipts/s".into(),
+            measured: format!(
+                "{} receipts/s ({} of {} answered ok over {:.1} s; {} errors, {} wrong counts{})",
+                thousands(r.receipts_per_sec),
+                r.receipts,
+                r.expected_receipts,
+                r.duration_secs,
+                r.errors,
+                r.wrong_counts,
+                if r.complete { "" } else { "; timed out" }
+            ),
+            met: r.receipts_per_sec >= 100_000.0 && correct && r.receipts == r.expected_receipts,
+        });
+        checks.push(Check {
+            name: "group read count p99: last member's receipt → the sender's onReadMessage".into(),
+            goal: "≤ 20 ms".into(),
+            measured: format!(
+                "{:.2} ms over {} messages (p50 {:.2} ms, max {:.2} ms)",
+                r.to_sender.p99_ms, r.to_sender.count, r.to_sender.p50_ms, r.to_sender.max_ms
+            ),
+            met: r.to_sender.p99_ms <= 20.0 && correct && r.to_sender.count == r.messages,
+        });
+    }
     checks
 }
 
@@ -659,6 +737,33 @@ fn notes(report: &SuiteReport, config: &SuiteConfig, nats_source: &NatsSource) -
                  past it; the natter the bench starts gets room for all of them, a given one is measured as it is \
                  configured.",
                 c.target, c.listed, c.seeded
+            ));
+        }
+    }
+    for r in &report.receipts {
+        if r.gateways > 1 {
+            notes.push(format!(
+                "Group read receipts on {} gateways ({}): {} receipts/s, last member's receipt → the sender's \
+                 count p50 / p99 / max {:.2} / {:.2} / {:.2} ms, {} errors, {} wrong counts. Recorded; the \
+                 targets (≥ 100,000 receipts/s, p99 ≤ 20 ms) are for a single node.",
+                r.gateways,
+                r.target,
+                thousands(r.receipts_per_sec),
+                r.to_sender.p50_ms,
+                r.to_sender.p99_ms,
+                r.to_sender.max_ms,
+                r.errors,
+                r.wrong_counts
+            ));
+        }
+        if r.errors > 0 {
+            notes.push(format!(
+                "The read receipts run on {} had {} errors (the first few are in the log). Every member sends one \
+                 receipt per message, as fast as the sender sends: a natter the bench starts gets \
+                 `limits.requests_per_second` and `request_burst` of {RECEIPTS_REQUESTS_PER_SECOND}; a running one \
+                 (--url) is measured as configured, and its per-connection limit (50/s, burst 100 by default) \
+                 answers RATE_LIMITED past it: set them higher there, or pace the sender under them (--rate).",
+                r.target, r.errors
             ));
         }
     }

@@ -70,15 +70,51 @@ pub fn send_frame(req_id: u64, client_msg_id: String, to: String, group: bool, t
     .encode_to_vec()
 }
 
+/// A group `send` that asks the members for read receipts
+/// (`msg_config.allow_group_ack`, R5).
+pub fn send_frame_asking_reads(req_id: u64, client_msg_id: String, group: String, text: String) -> Vec<u8> {
+    v1::ClientFrame {
+        req_id,
+        body: Some(v1::client_frame::Body::Send(v1::SendMessage {
+            client_msg_id,
+            to: group,
+            chat_type: v1::ChatType::Group as i32,
+            body: Some(v1::send_message::Body::Text(v1::TextBody { text })),
+            ext: Default::default(),
+            msg_config: Some(v1::MsgConfig { allow_group_ack: true }),
+        })),
+    }
+    .encode_to_vec()
+}
+
+/// A read receipt for message `id` of `group` (R5).
+pub fn read_receipt_frame(req_id: u64, group: String, id: u64) -> Vec<u8> {
+    let receipt =
+        v1::SendReceipt { r#type: v1::ReceiptType::Read as i32, to: group, chat_type: v1::ChatType::Group as i32, id };
+    request_frame(req_id, v1::client_frame::Body::Receipt(receipt))
+}
+
 pub fn request_frame(req_id: u64, body: v1::client_frame::Body) -> Vec<u8> {
     v1::ClientFrame { req_id, body: Some(body) }.encode_to_vec()
+}
+
+/// A group message's read count as its sender is told it: `onReadMessage`
+/// live, `onStatisticMessage` on resume (R6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadCount {
+    /// The message's server id.
+    pub mid: u64,
+    /// Members who have read it.
+    pub count: u64,
 }
 
 /// A server frame as the load clients see it.
 #[derive(Debug)]
 pub enum Incoming<'a> {
-    /// An event; `text` is the body of a text message, if it is one.
-    Event { seq: u64, text: Option<&'a [u8]> },
+    /// An event; `text` is the body of a text message, if it is one, and
+    /// `id` that message's server id (0 for any other event); `read` is a
+    /// read-count receipt, if it is one.
+    Event { seq: u64, id: u64, text: Option<&'a [u8]>, read: Option<ReadCount> },
     /// Anything else, fully decoded.
     Other(Box<v1::ServerFrame>),
 }
@@ -101,25 +137,51 @@ pub fn read_server_frame(bytes: &[u8]) -> Option<Incoming<'_>> {
 
 fn read_event(mut buf: &[u8]) -> Option<Incoming<'_>> {
     let mut seq = 0;
+    let mut id = 0;
     let mut text = None;
+    let mut read = None;
     while buf.has_remaining() {
         let (tag, wire) = decode_key(&mut buf).ok()?;
         match (tag, wire) {
             (1, WireType::Varint) => seq = decode_varint(&mut buf).ok()?,
             // on_text_message = 10, on_custom_message = 11: a Message.
-            (10, WireType::LengthDelimited) => text = message_text(length_delimited(&mut buf)?)?,
+            (10, WireType::LengthDelimited) => (id, text) = message_fields(length_delimited(&mut buf)?)?,
+            // on_read_message = 16, on_statistic_message = 17: a Receipt.
+            (16 | 17, WireType::LengthDelimited) => read = Some(read_count(length_delimited(&mut buf)?)?),
             _ => skip(&mut buf, wire)?,
         }
     }
-    Some(Incoming::Event { seq, text })
+    Some(Incoming::Event { seq, id, text, read })
+}
+
+/// A `Receipt`'s message (`mid` = 2) and read count (`group_read_count` = 7).
+fn read_count(mut buf: &[u8]) -> Option<ReadCount> {
+    let mut read = ReadCount { mid: 0, count: 0 };
+    while buf.has_remaining() {
+        let (tag, wire) = decode_key(&mut buf).ok()?;
+        match (tag, wire) {
+            (2, WireType::Varint) => read.mid = decode_varint(&mut buf).ok()?,
+            (7, WireType::Varint) => read.count = decode_varint(&mut buf).ok()?,
+            _ => skip(&mut buf, wire)?,
+        }
+    }
+    Some(read)
 }
 
 /// The text of a `Message` (field 7, `TextBody.text` = 1), if it has one.
-fn message_text(mut buf: &[u8]) -> Option<Option<&[u8]>> {
+fn message_text(buf: &[u8]) -> Option<Option<&[u8]>> {
+    message_fields(buf).map(|(_, text)| text)
+}
+
+/// The server id (field 1) and the text of a `Message`.
+fn message_fields(mut buf: &[u8]) -> Option<(u64, Option<&[u8]>)> {
+    let mut id = 0;
     let mut text = None;
     while buf.has_remaining() {
         let (tag, wire) = decode_key(&mut buf).ok()?;
-        if tag == 7 && wire == WireType::LengthDelimited {
+        if tag == 1 && wire == WireType::Varint {
+            id = decode_varint(&mut buf).ok()?;
+        } else if tag == 7 && wire == WireType::LengthDelimited {
             let mut body = length_delimited(&mut buf)?;
             while body.has_remaining() {
                 let (tag, wire) = decode_key(&mut body).ok()?;
@@ -133,7 +195,7 @@ fn message_text(mut buf: &[u8]) -> Option<Option<&[u8]>> {
             skip(&mut buf, wire)?;
         }
     }
-    Some(text)
+    Some((id, text))
 }
 
 fn length_delimited<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
@@ -277,11 +339,35 @@ mod tests {
         };
         let bytes = event_frame(42, message);
         match read_server_frame(&bytes).unwrap() {
-            Incoming::Event { seq, text: Some(t) } => {
+            Incoming::Event { seq, id, text: Some(t), read: None } => {
                 assert_eq!(seq, 42);
+                assert_eq!(id, 382_754_410_561_798_144);
                 assert_eq!(t, text.as_bytes());
             }
             other => panic!("{other:?}"),
+        }
+        for live in [true, false] {
+            let receipt = v1::Receipt {
+                r#type: v1::ReceiptType::Read as i32,
+                mid: 382_754_410_561_798_144,
+                from: "m7".into(),
+                to: "1234".into(),
+                chat_type: v1::ChatType::Group as i32,
+                time: 1_795_322_962_711,
+                group_read_count: 999,
+            };
+            let kind = if live {
+                v1::event::Kind::OnReadMessage(receipt)
+            } else {
+                v1::event::Kind::OnStatisticMessage(receipt)
+            };
+            let bytes = server_frame(v1::server_frame::Body::Event(v1::Event { seq: 43, kind: Some(kind) }));
+            match read_server_frame(&bytes).unwrap() {
+                Incoming::Event { seq: 43, id: 0, text: None, read: Some(read) } => {
+                    assert_eq!(read, ReadCount { mid: 382_754_410_561_798_144, count: 999 });
+                }
+                other => panic!("{other:?}"),
+            }
         }
         let pong = server_frame(v1::server_frame::Body::Pong(v1::Pong::default()));
         assert!(matches!(read_server_frame(&pong), Some(Incoming::Other(_))));

@@ -41,6 +41,7 @@ async fn nats_baseline_fans_out_next_to_natter_and_stops_its_server() {
         direct: None,
         presence: None,
         sweeper_subscriptions: None,
+        receipts: None,
         // Only Natter and the NATS rows: the bare ones have the smoke test.
         baselines: false,
         ..SuiteConfig::smoke()

@@ -83,6 +83,22 @@ async fn smoke_suite_measures_every_scenario_against_a_real_server() {
     }
     assert!(history.ping.count > 0 && history.pages_per_sec > 0.0, "{history:?}");
 
+    let receipts = &report.receipts[0];
+    assert!(receipts.complete, "every message reached its full count: {receipts:?}");
+    assert_eq!((receipts.members, receipts.messages), (20, 6), "{receipts:?}");
+    assert_eq!(receipts.expected_receipts, 120, "{receipts:?}");
+    assert_eq!(receipts.receipts_sent, 120, "every member read every message: {receipts:?}");
+    assert_eq!(receipts.receipts, 120, "every receipt answered ok: {receipts:?}");
+    assert_eq!((receipts.errors, receipts.wrong_counts), (0, 0), "every final count is 20: {receipts:?}");
+    assert_eq!(receipts.to_sender.count, 6, "one full count per message: {receipts:?}");
+    assert_eq!(receipts.receipt_latency.count, 120, "{receipts:?}");
+    assert_eq!(receipts.ack_latency.count, 6, "{receipts:?}");
+    assert!(
+        (6..=120).contains(&receipts.count_events),
+        "counts coalesced, never more than one per receipt: {receipts:?}"
+    );
+    assert!(receipts.receipts_per_sec > 0.0, "{receipts:?}");
+
     assert_eq!(report.fanout.len(), 3, "natter, bare, bare-batched");
     for f in &report.fanout {
         assert!(f.complete, "{f:?}");
@@ -99,6 +115,7 @@ async fn smoke_suite_measures_every_scenario_against_a_real_server() {
         "## Group fan-out",
         "## Conversation list (C1)",
         "## History (C5)",
+        "## Group read receipts (R5/R6)",
     ] {
         assert!(md.contains(section), "{section} missing from\n{md}");
     }

@@ -1,10 +1,11 @@
 //! Telling a group message's sender its read count (R6) without one event
 //! per reader: receipts for one sender's messages take turns at writing the
 //! sender's log, and the one whose turn it is writes, for every message with
-//! receipts waiting, one event carrying the count read after them. While one
-//! write is in flight the next receipts wait behind it and are covered by the
-//! next write: a busy message costs one event per write, not per reader,
-//! and a receipt is answered only once an event covering it is durable.
+//! receipts waiting, one event carrying the count read after them. Receipts
+//! that arrive while a write is in flight wait for the next one, which
+//! covers all of them: a busy message costs one event per write, not per
+//! reader, and a receipt is answered only once an event covering it is
+//! durable (the group commit of the writer's rounds, one level up).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,9 +23,20 @@ struct Waiting {
     time: i64,
 }
 
+type Batch = HashMap<(ConversationKey, MessageId), Waiting>;
+
+#[derive(Default)]
+struct Queue {
+    waiting: Batch,
+    /// Tickets are handed out in arrival order; every receipt with a ticket
+    /// up to `written` is covered by a durable event.
+    issued: u64,
+    written: u64,
+}
+
 #[derive(Default)]
 struct SenderQueue {
-    waiting: parking_lot::Mutex<HashMap<(ConversationKey, MessageId), Waiting>>,
+    queue: parking_lot::Mutex<Queue>,
     turn: tokio::sync::Mutex<()>,
 }
 
@@ -46,37 +58,47 @@ impl ReadCounts {
         reader: UserId,
         time: i64,
     ) -> Result<()> {
-        let queue = self.senders.entry(sender.clone()).or_default().clone();
-        queue.waiting.lock().insert(message, Waiting { group, reader, time });
-        let result = {
-            let _turn = queue.turn.lock().await;
-            let batch = std::mem::take(&mut *queue.waiting.lock());
-            // Empty: an earlier turn took this receipt and wrote it.
+        let sender_queue = self.senders.entry(sender.clone()).or_default().clone();
+        let ticket = {
+            let mut queue = sender_queue.queue.lock();
+            queue.waiting.insert(message, Waiting { group, reader, time });
+            queue.issued += 1;
+            queue.issued
+        };
+        let result = async {
+            let _turn = sender_queue.turn.lock().await;
+            let (batch, upto) = {
+                let mut queue = sender_queue.queue.lock();
+                if queue.written >= ticket {
+                    return Ok(()); // an earlier turn wrote this receipt's count
+                }
+                (std::mem::take(&mut queue.waiting), queue.issued)
+            };
             let written = service.write_counts(sender, &batch).await;
-            if written.is_err() {
+            let mut queue = sender_queue.queue.lock();
+            match &written {
+                Ok(()) => queue.written = upto,
                 // Back in line for the next turn, unless a newer receipt for
                 // the same message is there already.
-                let mut waiting = queue.waiting.lock();
-                for (message, entry) in batch {
-                    waiting.entry(message).or_insert(entry);
+                Err(_) => {
+                    for (message, entry) in batch {
+                        queue.waiting.entry(message).or_insert(entry);
+                    }
                 }
             }
             written
-        };
-        drop(queue);
+        }
+        .await;
+        drop(sender_queue);
         // The map's reference is the only one left: nobody waits.
-        self.senders.remove_if(sender, |_, q| Arc::strong_count(q) == 1 && q.waiting.lock().is_empty());
+        self.senders.remove_if(sender, |_, q| Arc::strong_count(q) == 1 && q.queue.lock().waiting.is_empty());
         result
     }
 }
 
 impl MessageService {
     /// One read-count event per message into the sender's log, then live.
-    async fn write_counts(
-        &self,
-        sender: &UserId,
-        batch: &HashMap<(ConversationKey, MessageId), Waiting>,
-    ) -> Result<()> {
+    async fn write_counts(&self, sender: &UserId, batch: &Batch) -> Result<()> {
         let events = futures::future::try_join_all(batch.iter().map(|((key, id), waiting)| async move {
             let read_count = self.stores.receipts.read_count(key, *id).await?;
             Ok::<_, natter_types::Error>(LogEvent::Receipt(Receipt {

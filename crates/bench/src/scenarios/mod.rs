@@ -11,6 +11,7 @@ pub mod history;
 pub mod idle;
 pub mod nats;
 pub mod presence;
+pub mod receipts;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
