@@ -690,7 +690,12 @@ mod tests {
     #[test]
     fn every_scenario_is_listed() {
         let listed: Vec<&str> = crate::scenarios!(@list names []).to_vec();
-        let defined: Vec<&str> = [include_str!("scenarios.rs"), include_str!("scenarios/conversations.rs")]
+        let files = [
+            include_str!("scenarios.rs"),
+            include_str!("scenarios/conversations.rs"),
+            include_str!("scenarios/receipts.rs"),
+        ];
+        let defined: Vec<&str> = files
             .into_iter()
             .flat_map(str::lines)
             .filter_map(|line| line.strip_prefix("pub async fn ")?.split_once("<D: Deployment>"))
