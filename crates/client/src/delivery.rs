@@ -102,6 +102,10 @@ impl EchoFilter {
         }
     }
 
+    pub(crate) fn user(&self) -> &str {
+        &self.user_id
+    }
+
     pub(crate) fn note_sending(&mut self, client_msg_id: &str) {
         if !client_msg_id.is_empty() {
             self.client_msg_ids.insert(client_msg_id.to_owned());

@@ -483,7 +483,7 @@ impl Driver {
     /// arrived (the seed SDK's `delivery: true`). Queued like any request;
     /// written once the window allows.
     fn deliver_receipt(&mut self, m: &v1::Message) {
-        if m.chat_type != v1::ChatType::Single as i32 || m.from_system || m.to != self.shared.hello().user_id {
+        if m.chat_type != v1::ChatType::Single as i32 || m.from_system || m.to != self.echo.user() {
             return;
         }
         let body = Req::Receipt(v1::SendReceipt {

@@ -583,7 +583,7 @@ fn superseded_counts(events: &[(u64, LogEvent)]) -> std::collections::HashSet<us
     let mut superseded = std::collections::HashSet::new();
     for (i, (_, event)) in events.iter().enumerate().rev() {
         if let LogEvent::Receipt(r) = event
-            && r.read_count > 0
+            && r.is_group_count()
             && !newest.insert((r.to.as_str(), r.message_id))
         {
             superseded.insert(i);

@@ -14,10 +14,12 @@ use natter_types::{
 use crate::MessageService;
 
 impl MessageService {
-    /// The actor's role in the group; FORBIDDEN for non-members. `None` for
-    /// the system, which acts with every right.
+    /// The actor's role in the group; FORBIDDEN for non-members, NOT_FOUND
+    /// for a group that does not exist. `None` for the system, which acts
+    /// with every right.
     pub(crate) async fn require_member(&self, actor: &Actor, group: &GroupId) -> Result<Option<GroupRole>> {
         let Actor::User(user) = actor else {
+            self.require_group(group).await?;
             return Ok(None);
         };
         match self.stores.groups.get_member(group, user).await? {

@@ -168,9 +168,6 @@ impl MessageService {
             ChatType::Group => {
                 let group = GroupId::parse(&recall.to, "to")?;
                 let role = self.require_member(actor, &group).await?;
-                if role.is_none() {
-                    self.require_group(&group).await?;
-                }
                 let key = ConversationKey::group(&group);
                 let message = self.stored(&key, recall.message_id, "mid", &format!("group {group}")).await?;
                 if let Actor::User(me) = actor

@@ -162,9 +162,6 @@ pub fn receipt(r: &v1::SendReceipt) -> t::Result<t::ReceiptRequest> {
     if r.id == 0 {
         return Err(t::Error::bad_request("id", "must be the id of the message the receipt is for"));
     }
-    if kind == t::ReceiptKind::Delivered && conversation.chat_type != t::ChatType::Single {
-        return Err(t::Error::bad_request("type", "delivery receipts are for 1:1 messages"));
-    }
     Ok(t::ReceiptRequest {
         kind,
         chat_type: conversation.chat_type,

@@ -634,7 +634,7 @@ pub fn event_frame(seq: u64, event: &t::LogEvent) -> v1::Event {
 /// seed's callback for counts gathered while the sender was away).
 pub fn replay_frame(seq: u64, event: &t::LogEvent) -> v1::Event {
     match event {
-        t::LogEvent::Receipt(r) if r.chat_type != t::ChatType::Single && r.kind == t::ReceiptKind::Read => {
+        t::LogEvent::Receipt(r) if r.is_group_count() => {
             v1::Event { seq, kind: Some(v1::event::Kind::OnStatisticMessage(r.into())) }
         }
         _ => event_frame(seq, event),

@@ -49,6 +49,14 @@ pub struct Receipt {
     pub read_count: u64,
 }
 
+impl Receipt {
+    /// A group message's read count (R6): the newest one of a message
+    /// stands for every earlier one.
+    pub fn is_group_count(&self) -> bool {
+        self.kind == ReceiptKind::Read && self.chat_type == ChatType::Group
+    }
+}
+
 /// R8: a message taken back. Every recipient's devices get it
 /// (`onRecallMessage`), and the message leaves history and previews.
 #[derive(Debug, Clone, PartialEq, Eq)]
